@@ -1,0 +1,39 @@
+# Every target builds .venv itself, so a fresh clone needs only `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Nothing here may reach a model hub: tests and the demo run on files the project ships or writes.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: venv test demo bench attention-demo clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install -r requirements.txt
+	$(BIN)/python -m pip install --no-deps -r requirements-nodeps.txt
+	$(BIN)/python -m pip install --no-deps --no-build-isolation -e .
+	@! $(BIN)/python -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('torch') and 'mindtorch' not in str(u.find_spec('torch').origin) else 1)" \
+		|| (echo "real PyTorch got installed into $(VENV); it must not be (see requirements.txt)"; exit 1)
+	touch $@
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	$(BIN)/ms-gpt2 attention-demo
+
+attention-demo: $(STAMP)
+	$(BIN)/ms-gpt2 attention-demo
+
+bench: $(STAMP)
+	$(BIN)/ms-gpt2 bench --json runs/bench/bench.json
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
