@@ -1,0 +1,198 @@
+"""Every MindNLP / mindtorch version quirk ms_gpt2 works around lives here, and only here.
+
+mindnlp 0.5 runs Hugging Face ``transformers`` on MindSpore through ``mindtorch``, a stand-in for
+``torch``. ``mindtorch`` dispatches each op by name to a per-device table (``mindtorch._apis.cpu``,
+``.npu``, ``.gpu``). In mindnlp 0.5.1 the CPU table has gaps that the Hugging Face ``Trainer`` walks
+straight into (AdamW needs ``addcdiv``; gradient clipping needs ``linalg_vector_norm`` over all
+dimensions). We fill the gaps *in the dispatch table itself*, so every caller (optimizer, clipping,
+user code) is fixed at once and the NPU/GPU tables are never touched.
+
+Each shim names the exact versions it was written for. On any other version it is not applied and
+a warning says so: a shim that silently patched an op it was not written for could hide a real fix
+or a changed signature upstream.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+#: The only combination the shims were written and tested against (see README, "The stack").
+WRITTEN_FOR = {"mindspore": "2.7.0", "mindnlp": "0.5.1"}
+
+
+class CompatWarning(UserWarning):
+    """A shim was not applied because the installed stack is not the one it was written for."""
+
+
+@dataclass(frozen=True)
+class Shim:
+    name: str
+    why: str
+    install: Callable[[], None]
+
+
+def installed_versions() -> dict[str, str]:
+    # Distribution metadata, not ``mindnlp.__version__``: the 0.5.1 wheel still says "0.5.0rc2".
+    from importlib.metadata import version
+
+    return {name: version(name) for name in WRITTEN_FOR}
+
+
+# --------------------------------------------------------------------------------------------------
+# CPU shims for mindtorch (mindnlp 0.5.1)
+# --------------------------------------------------------------------------------------------------
+
+def _cpu_table():
+    from mindtorch._apis import cpu
+
+    return cpu
+
+
+#: What each shim replaced (None: the op was missing), so tests can show the gap is real.
+ORIGINALS: dict[str, Callable | None] = {}
+
+
+def _replace(table, name: str, shim: Callable) -> None:
+    ORIGINALS.setdefault(f"cpu.{name}", getattr(table, name, None))
+    setattr(table, name, shim)
+
+
+def _install_cpu_addcdiv() -> None:
+    cpu = _cpu_table()
+
+    def addcdiv(input, tensor1, tensor2, value=1.0):
+        # input + value * tensor1 / tensor2, the torch.addcdiv contract (AdamW's update step).
+        quotient = cpu.div(tensor1, tensor2)
+        if value != 1:
+            quotient = cpu.mul(quotient, value)
+        return cpu.add(input, quotient)
+
+    _replace(cpu, "addcdiv", addcdiv)
+
+
+def _install_cpu_linalg_vector_norm() -> None:
+    cpu = _cpu_table()
+    original = cpu.linalg_vector_norm
+
+    def linalg_vector_norm(x, ord=2, dim=None, keepdim=False, dtype=None):
+        # mindtorch passes dim=None straight to MindSpore's LpNorm, which wants an axis, and
+        # truncates ord with int(); torch means "all dimensions" and any real ord.
+        if dtype is not None:
+            x = cpu.cast(x, dtype)
+        if dim is None:
+            dims = tuple(range(x.ndim))
+        elif isinstance(dim, int):
+            dims = (dim,)
+        else:
+            dims = tuple(dim)
+        if x.ndim == 0:
+            x, dims = cpu.reshape(x, (1,)), (0,)
+        ord = float(ord)
+        magnitude = cpu.abs(x)
+        if ord == math.inf:
+            return cpu.reduce_max(magnitude, dims, keepdim)
+        if ord == -math.inf:
+            return cpu.neg(cpu.reduce_max(cpu.neg(magnitude), dims, keepdim))
+        if ord == 0:
+            nonzero = cpu.cast(cpu.not_equal(magnitude, 0), x.dtype)
+            return cpu.sum(nonzero, dims, keepdim, None)
+        if ord.is_integer() and ord >= 1:
+            return original(x, ord, dims, keepdim, None)
+        powered = cpu.sum(cpu.pow(magnitude, ord), dims, keepdim, None)
+        return cpu.pow(powered, 1.0 / ord)
+
+    _replace(cpu, "linalg_vector_norm", linalg_vector_norm)
+
+
+def _install_cpu_seeded_random() -> None:
+    """Make CPU random ops draw from the mindtorch Generator they are given.
+
+    mindtorch 0.5.1's CPU table calls MindSpore's random primitives with seed (0, 0) (or NumPy's
+    global state) and drops the generator, so ``torch.manual_seed`` changes nothing: sampling
+    (``multinomial`` draws through ``rand``), dropout and ``randn`` differ on every run. Each op
+    here asks the generator for its (seed, offset), as the NPU table does, and draws from a NumPy
+    generator keyed on that pair: same seed, same numbers; each call advances the offset.
+    """
+    import numpy as np
+    import mindspore
+    import mindtorch
+
+    cpu = _cpu_table()
+
+    def rng_for(seed, offset):
+        as_int = lambda v: int(v.item()) if hasattr(v, "item") else int(v)  # noqa: E731
+        return np.random.default_rng([as_int(seed) % 2**64, as_int(offset) % 2**64])
+
+    def from_generator(generator):
+        return rng_for(*generator._step(12))  # pylint: disable=protected-access
+
+    def to_tensor(array, dtype):
+        tensor = mindspore.Tensor(array)
+        return tensor if dtype is None else cpu.cast(tensor, dtype)
+
+    def np_float(dtype):
+        return np.float64 if dtype == mindtorch.float64 else np.float32
+
+    def rand(size, generator, dtype):
+        return to_tensor(from_generator(generator).random(tuple(size), dtype=np_float(dtype)), dtype)
+
+    def randn(size, generator, dtype):
+        return to_tensor(from_generator(generator).standard_normal(tuple(size), dtype=np_float(dtype)), dtype)
+
+    def randint(low, high, shape, generator, dtype):
+        return to_tensor(from_generator(generator).integers(low, high, tuple(shape), dtype=np.int64), dtype)
+
+    def normal_float_float(mean, std, size, dtype, generator):
+        return to_tensor(from_generator(generator).normal(mean, std, tuple(size)).astype(np_float(dtype)), dtype)
+
+    def normal_tensor_tensor(mean, std, size, dtype, generator):
+        return normal_float_float(mean.item(), std.item(), size, dtype, generator)
+
+    def dropout(input, p, seed, offset):
+        keep = rng_for(seed, offset).random(tuple(input.shape)) >= p
+        mask = cpu.cast(mindspore.Tensor(keep), input.dtype)
+        return cpu.mul(cpu.mul(input, mask), 1.0 / (1.0 - p)), mask
+
+    for name, fn in [("rand", rand), ("randn", randn), ("randint", randint), ("dropout", dropout),
+                     ("normal_float_float", normal_float_float),
+                     ("normal_tensor_tensor", normal_tensor_tensor)]:
+        _replace(cpu, name, fn)
+
+
+SHIMS: tuple[Shim, ...] = (
+    Shim("cpu.addcdiv", "AdamW's update calls torch.addcdiv; the CPU table has no entry",
+         _install_cpu_addcdiv),
+    Shim("cpu.linalg_vector_norm", "clip_grad_norm_/torch.norm fail with dim=None on CPU",
+         _install_cpu_linalg_vector_norm),
+    Shim("cpu.seeded_random", "CPU rand/randn/randint/normal/dropout ignore the Generator and seed",
+         _install_cpu_seeded_random),
+)
+
+_applied: list[str] = []
+
+
+def apply(versions: dict[str, str] | None = None) -> list[str]:
+    """Install the shims once per process; return the names of those in force.
+
+    ``versions`` defaults to what is installed; tests pass another to prove the guard refuses.
+    """
+    versions = versions or installed_versions()
+    if versions != WRITTEN_FOR:
+        warnings.warn(
+            f"ms_gpt2 compat shims were written for {WRITTEN_FOR}, found {versions}: "
+            f"not applying {[s.name for s in SHIMS]}. CPU training may fail; see README.",
+            CompatWarning,
+            stacklevel=2,
+        )
+        return []
+    for shim in SHIMS:
+        if shim.name not in _applied:
+            shim.install()
+            _applied.append(shim.name)
+            log.debug("compat shim %s applied: %s", shim.name, shim.why)
+    return list(_applied)

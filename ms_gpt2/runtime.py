@@ -1,0 +1,133 @@
+"""One place that decides where ms_gpt2 runs: Ascend NPU first, then GPU, then CPU.
+
+Why this has to happen early: mindtorch (the ``torch`` that mindnlp 0.5 provides) reads MindSpore's
+``device_target`` once, when ``mindnlp`` is first imported, and routes every op through that
+backend's table. So the device is fixed *before* that import, here, and every ms_gpt2 module that
+needs mindnlp calls :func:`ensure` first. The compat shims are applied at the same moment, so no
+code path can see the stack half-patched.
+
+Precedence: explicit argument (``--device``) > ``MS_GPT2_DEVICE`` > ``auto``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+from dataclasses import dataclass
+
+# MindSpore logs every missing accelerator plugin at WARNING on a CPU machine; keep errors only
+# unless the user asked for more. Must be set before mindspore is imported to take effect.
+os.environ.setdefault("GLOG_v", "3")
+
+log = logging.getLogger("ms_gpt2")
+
+ENV_VAR = "MS_GPT2_DEVICE"
+CHOICES = ("auto", "ascend", "gpu", "cpu")
+PREFERENCE = ("ascend", "gpu", "cpu")
+MINDSPORE_TARGET = {"ascend": "Ascend", "gpu": "GPU", "cpu": "CPU"}
+# The device string Hugging Face code (on mindtorch) expects for each backend.
+TORCH_DEVICE = {"ascend": "npu", "gpu": "cuda", "cpu": "cpu"}
+
+
+class DeviceUnavailableError(RuntimeError):
+    """The user asked for a backend this machine does not have."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: str  # "ascend" | "gpu" | "cpu"
+    requested: str  # what the user asked for, e.g. "auto"
+    seed: int | None
+    shims: tuple[str, ...]
+
+    @property
+    def mindspore_target(self) -> str:
+        return MINDSPORE_TARGET[self.device]
+
+    @property
+    def torch_device(self) -> str:
+        return TORCH_DEVICE[self.device]
+
+
+_current: Runtime | None = None
+
+
+def available_devices() -> dict[str, bool]:
+    """Which backends MindSpore can load plugins for on this machine."""
+    from mindspore.device_context import ascend, gpu
+
+    return {"ascend": bool(ascend.is_available()), "gpu": bool(gpu.is_available()), "cpu": True}
+
+
+def resolve_device(requested: str | None, available: dict[str, bool]) -> tuple[str, str]:
+    """Return ``(requested, chosen)``; pure so the policy is testable without hardware."""
+    requested = (requested or os.environ.get(ENV_VAR) or "auto").strip().lower()
+    if requested not in CHOICES:
+        raise ValueError(f"unknown device {requested!r}; choose one of {', '.join(CHOICES)}")
+    if requested == "auto":
+        return requested, next(d for d in PREFERENCE if available.get(d))
+    if not available.get(requested):
+        have = ", ".join(d for d in PREFERENCE if available.get(d))
+        raise DeviceUnavailableError(
+            f"device {requested!r} was requested (--device or ${ENV_VAR}) but MindSpore cannot use "
+            f"it on this machine (available: {have}). Install the {MINDSPORE_TARGET[requested]} "
+            f"MindSpore plugin/driver, or pass --device auto / --device cpu."
+        )
+    return requested, requested
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy, MindSpore and mindtorch, so sampling and init are reproducible."""
+    import numpy as np
+    import mindspore
+
+    random.seed(seed)
+    np.random.seed(seed)
+    mindspore.set_seed(seed)
+    if "mindnlp" in sys.modules:
+        import torch  # mindtorch, once mindnlp is imported
+
+        torch.manual_seed(seed)
+
+
+def setup(device: str | None = None, seed: int | None = None) -> Runtime:
+    """Fix the backend, import mindnlp on it, apply compat shims, seed. Idempotent per device."""
+    global _current
+    import mindspore
+
+    requested, chosen = resolve_device(device, available_devices())
+    if _current is not None:
+        if chosen != _current.device:
+            raise RuntimeError(
+                f"ms_gpt2 already runs on {_current.device!r} in this process; mindtorch cannot "
+                f"switch to {chosen!r} after mindnlp is imported. Start a new process."
+            )
+    else:
+        if "mindnlp" in sys.modules and mindspore.get_context("device_target") != MINDSPORE_TARGET[chosen]:
+            raise RuntimeError(
+                "mindnlp was imported before ms_gpt2.runtime.setup() on another device; "
+                "call setup() (or pass --device) before importing mindnlp."
+            )
+        mindspore.set_device(MINDSPORE_TARGET[chosen])
+        import mindnlp  # noqa: F401  (binds mindtorch to the device just set)
+
+        from ms_gpt2 import compat
+
+        shims = tuple(compat.apply())
+        _current = Runtime(device=chosen, requested=requested, seed=seed, shims=shims)
+        log.info("ms_gpt2 device: %s (requested %s; MindSpore target %s)",
+                 chosen, requested, MINDSPORE_TARGET[chosen])
+    if seed is not None:
+        seed_everything(seed)
+        _current = Runtime(_current.device, _current.requested, seed, _current.shims)
+    return _current
+
+
+def ensure() -> Runtime:
+    """The runtime in force, setting it up with defaults (env var or auto) on first use."""
+    return _current if _current is not None else setup()
+
+
+def current() -> Runtime | None:
+    return _current

@@ -1,0 +1,156 @@
+"""The CPU shims: numbers checked against NumPy, and each shown to be needed."""
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+from ms_gpt2 import compat, runtime
+
+runtime.ensure()
+
+import torch  # noqa: E402  (mindtorch)
+from mindtorch._apis import cpu as cpu_table  # noqa: E402
+
+
+def test_shims_are_in_force_on_the_pinned_stack():
+    assert set(runtime.current().shims) == {s.name for s in compat.SHIMS}
+
+
+def test_guard_refuses_other_versions_loudly():
+    with pytest.warns(compat.CompatWarning, match="not applying"):
+        assert compat.apply({"mindspore": "2.8.0", "mindnlp": "0.5.1"}) == []
+
+
+def test_addcdiv_matches_numpy():
+    rng = np.random.default_rng(0)
+    a, b, c = (rng.normal(size=(3, 4)).astype(np.float32) for _ in range(3))
+    c = np.abs(c) + 0.5
+    out = torch.addcdiv(torch.tensor(a), torch.tensor(b), torch.tensor(c), value=-0.3)
+    np.testing.assert_allclose(out.numpy(), a - 0.3 * b / c, rtol=1e-6, atol=1e-6)
+
+
+def test_addcdiv_is_missing_without_the_shim(monkeypatch):
+    assert compat.ORIGINALS["cpu.addcdiv"] is None
+    monkeypatch.delattr(cpu_table, "addcdiv")
+    with pytest.raises(RuntimeError, match="No implementation for function: addcdiv"):
+        torch.addcdiv(torch.ones(2), torch.ones(2), torch.ones(2))
+
+
+@pytest.mark.parametrize("ord_", [1, 2, 3, 1.5, math.inf, -math.inf, 0])
+@pytest.mark.parametrize("keepdim", [False, True])
+def test_vector_norm_over_all_dims_matches_numpy(ord_, keepdim):
+    x = np.random.default_rng(1).normal(size=(3, 5)).astype(np.float32)
+    x[0, 0] = 0.0
+    got = torch.linalg.vector_norm(torch.tensor(x), ord=ord_, dim=None, keepdim=keepdim).numpy()
+    flat = np.abs(x.ravel())
+    if ord_ == math.inf:
+        want = flat.max()
+    elif ord_ == -math.inf:
+        want = flat.min()
+    elif ord_ == 0:
+        want = np.count_nonzero(flat)
+    else:
+        want = (flat ** ord_).sum() ** (1 / ord_)
+    assert got.shape == ((1, 1) if keepdim else ())
+    np.testing.assert_allclose(got.reshape(()), want, rtol=1e-5)
+
+
+def test_vector_norm_with_dim_none_fails_without_the_shim(monkeypatch):
+    monkeypatch.setattr(cpu_table, "linalg_vector_norm", compat.ORIGINALS["cpu.linalg_vector_norm"])
+    with pytest.raises(TypeError, match="axis"):
+        torch.norm(torch.ones(3, 3), 2.0)
+
+
+def _numpy_adamw(p, grads, lr, betas, eps, wd):
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    for t, g in enumerate(grads, start=1):
+        p = p * (1 - lr * wd)
+        m = betas[0] * m + (1 - betas[0]) * g
+        v = betas[1] * v + (1 - betas[1]) * g * g
+        m_hat = m / (1 - betas[0] ** t)
+        v_hat = v / (1 - betas[1] ** t)
+        p = p - lr * m_hat / (np.sqrt(v_hat) + eps)
+    return p
+
+
+def test_adamw_steps_match_numpy_reference():
+    rng = np.random.default_rng(2)
+    p0 = rng.normal(size=(4, 3)).astype(np.float32)
+    grads = [rng.normal(size=(4, 3)).astype(np.float32) for _ in range(3)]
+    param = torch.nn.Parameter(torch.tensor(p0.copy()))
+    opt = torch.optim.AdamW([param], lr=0.01, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
+    for g in grads:
+        param.grad = torch.tensor(g)
+        opt.step()
+    want = _numpy_adamw(p0.astype(np.float64), grads, 0.01, (0.9, 0.999), 1e-8, 0.1)
+    np.testing.assert_allclose(param.detach().numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, math.inf])
+def test_clip_grad_norm_matches_numpy(norm_type):
+    rng = np.random.default_rng(3)
+    grads = [rng.normal(size=s).astype(np.float32) * 3 for s in [(4, 3), (5,), (2, 2, 2)]]
+    params = []
+    for g in grads:
+        p = torch.nn.Parameter(torch.zeros(g.shape))
+        p.grad = torch.tensor(g)
+        params.append(p)
+    total = torch.nn.utils.clip_grad_norm_(params, max_norm=1.0, norm_type=norm_type)
+    flat = np.concatenate([g.ravel() for g in grads]).astype(np.float64)
+    want_total = np.abs(flat).max() if norm_type == math.inf else (np.abs(flat) ** norm_type).sum() ** (1 / norm_type)
+    np.testing.assert_allclose(float(total), want_total, rtol=1e-5)
+    coef = min(1.0, 1.0 / (want_total + 1e-6))
+    for p, g in zip(params, grads):
+        np.testing.assert_allclose(p.grad.numpy(), g * coef, rtol=1e-5, atol=1e-6)
+
+
+def _draws():
+    return [torch.rand(4).numpy(), torch.randn(3).numpy(), torch.randint(0, 1000, (4,)).numpy(),
+            torch.multinomial(torch.tensor([0.2, 0.3, 0.5]), 6, replacement=True).numpy(),
+            torch.nn.functional.dropout(torch.ones(8), 0.5, training=True).numpy()]
+
+
+def test_manual_seed_makes_cpu_random_ops_repeat():
+    torch.manual_seed(7)
+    first = _draws()
+    torch.manual_seed(7)
+    for a, b in zip(first, _draws()):
+        np.testing.assert_array_equal(a, b)
+    torch.manual_seed(8)
+    assert not np.array_equal(first[0], _draws()[0])
+    assert set(np.unique(first[4])) <= {0.0, 2.0}  # inverted dropout keeps E[x]
+
+
+def test_explicit_generator_is_honoured():
+    a = torch.randn(5, generator=torch.Generator().manual_seed(3)).numpy()
+    b = torch.randn(5, generator=torch.Generator().manual_seed(3)).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert abs(float(a.mean())) < 3  # standard normal, not garbage
+
+
+def test_cpu_rand_ignores_the_seed_without_the_shim(monkeypatch):
+    monkeypatch.setattr(cpu_table, "rand", compat.ORIGINALS["cpu.rand"])
+    torch.manual_seed(7)
+    a = torch.rand(6).numpy()
+    torch.manual_seed(7)
+    assert not np.array_equal(a, torch.rand(6).numpy())
+
+
+def test_gradient_flows_through_seeded_dropout():
+    from mindtorch import autograd
+
+    layer = torch.nn.Linear(4, 4)
+    x = torch.ones(2, 4)
+
+    def loss_fn():
+        y = torch.nn.functional.dropout(layer(x), 0.5, training=True)
+        return y.sum(), y
+
+    torch.manual_seed(3)
+    _, aux = autograd.value_and_grad(loss_fn, [layer.weight], has_aux=True)()
+    y = (aux[0] if isinstance(aux, tuple) else aux).detach().numpy()
+    kept = (y != 0).astype(np.float32)  # bias-only outputs are non-zero almost surely when kept
+    # d(sum y)/dW[j, k] = sum_b mask[b, j] * x[b, k] / (1 - p)
+    np.testing.assert_allclose(layer.weight.grad.numpy(), np.repeat(kept.sum(0)[:, None] * 2, 4, 1), rtol=1e-6)
