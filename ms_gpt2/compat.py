@@ -164,6 +164,45 @@ def _install_cpu_seeded_random() -> None:
         _replace(cpu, name, fn)
 
 
+def _install_cpu_arg_extrema_over_all_dims() -> None:
+    """``argmax()``/``argmin()`` with no dim: torch means the index into the flattened tensor."""
+    cpu = _cpu_table()
+
+    def over_all(original):
+        def arg_extremum(input, axis, keep_dims):
+            if axis is not None:
+                return original(input, axis, keep_dims)
+            flat = original(cpu.reshape(input, (-1,)), 0, False)
+            return cpu.reshape(flat, (1,) * input.ndim) if keep_dims else flat
+        return arg_extremum
+
+    _replace(cpu, "argmax", over_all(cpu.argmax))
+    _replace(cpu, "argmin", over_all(cpu.argmin))
+
+
+def _install_serialization_safe_globals() -> None:
+    """``torch.serialization.safe_globals`` for transformers' resume path.
+
+    mindtorch reports torch 2.7, so transformers 4.56 wraps the ``torch.load`` of a checkpoint's
+    ``rng_state.pth`` in ``safe_globals(allowlist)``, which mindtorch 0.5.1 lacks: resuming
+    crashes. mindtorch's ``load`` has no weights-only unpickler for an allowlist to widen, so the
+    faithful equivalent is a context manager that records the allowlist and changes nothing.
+    """
+    import contextlib
+
+    from mindtorch import serialization
+
+    allowed: list = []
+
+    @contextlib.contextmanager
+    def safe_globals(safe_globals_list):
+        allowed.extend(safe_globals_list)
+        yield
+
+    ORIGINALS.setdefault("serialization.safe_globals", getattr(serialization, "safe_globals", None))
+    serialization.safe_globals = safe_globals
+
+
 SHIMS: tuple[Shim, ...] = (
     Shim("cpu.addcdiv", "AdamW's update calls torch.addcdiv; the CPU table has no entry",
          _install_cpu_addcdiv),
@@ -171,6 +210,10 @@ SHIMS: tuple[Shim, ...] = (
          _install_cpu_linalg_vector_norm),
     Shim("cpu.seeded_random", "CPU rand/randn/randint/normal/dropout ignore the Generator and seed",
          _install_cpu_seeded_random),
+    Shim("cpu.arg_extrema", "argmax()/argmin() without dim fail on CPU (axis=None)",
+         _install_cpu_arg_extrema_over_all_dims),
+    Shim("serialization.safe_globals", "Trainer's resume wraps torch.load in it; mindtorch lacks it",
+         _install_serialization_safe_globals),
 )
 
 _applied: list[str] = []

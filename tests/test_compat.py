@@ -154,3 +154,21 @@ def test_gradient_flows_through_seeded_dropout():
     kept = (y != 0).astype(np.float32)  # bias-only outputs are non-zero almost surely when kept
     # d(sum y)/dW[j, k] = sum_b mask[b, j] * x[b, k] / (1 - p)
     np.testing.assert_allclose(layer.weight.grad.numpy(), np.repeat(kept.sum(0)[:, None] * 2, 4, 1), rtol=1e-6)
+
+
+def test_argmax_and_argmin_without_dim_index_the_flattened_tensor():
+    x = np.array([[3.0, 9.0, 1.0], [7.0, -2.0, 5.0]], dtype=np.float32)
+    assert int(torch.tensor(x).argmax()) == 1 and int(torch.tensor(x).argmin()) == 4
+    assert torch.tensor(x).argmax(dim=1).numpy().tolist() == [1, 0]  # dims still go to the original
+
+
+def test_argmax_without_dim_fails_without_the_shim(monkeypatch):
+    monkeypatch.setattr(cpu_table, "argmax", compat.ORIGINALS["cpu.argmax"])
+    with pytest.raises(TypeError, match="ArgMaxWithValue"):
+        torch.tensor([1.0, 3.0]).argmax()
+
+
+def test_resume_helper_safe_globals_is_a_context_manager():
+    assert compat.ORIGINALS["serialization.safe_globals"] is None
+    with torch.serialization.safe_globals([np.ndarray]):
+        pass
