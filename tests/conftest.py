@@ -32,3 +32,42 @@ socket.socket.connect = _loopback_only
 @pytest.fixture
 def seeded():
     runtime.seed_everything(0)
+
+
+DEMO_DATA = os.path.join(os.path.dirname(__file__), os.pardir, "data", "demo", "nlpcc_demo.jsonl")
+
+
+def write_jsonl(path, rows):
+    """rows: dicts (serialised) or raw str/bytes lines (written as-is, for malformed input)."""
+    import json
+
+    with open(path, "wb") as out:
+        for row in rows:
+            if isinstance(row, dict):
+                row = json.dumps(row, ensure_ascii=False)
+            out.write((row.encode("utf-8") if isinstance(row, str) else row) + b"\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def char_vocab_dir(tmp_path_factory):
+    """A bert-base-chinese-layout vocab over the demo corpus' characters (no training, instant)."""
+    import json
+
+    chars = set()
+    with open(DEMO_DATA, encoding="utf-8") as handle:
+        for line in handle:
+            record = json.loads(line)
+            chars.update(record["article"] + record["summarization"])
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    directory = tmp_path_factory.mktemp("vocab")
+    tokens = specials + sorted(c for c in chars if not c.isspace()) + [f"##{d}" for d in "0123456789"]
+    (directory / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tokenizer(char_vocab_dir):
+    from ms_gpt2.tokenization import load_tokenizer
+
+    return load_tokenizer(char_vocab_dir)
