@@ -1,0 +1,99 @@
+"""YAML run configs with command-line overrides, Hugging Face style: the file is the experiment.
+
+A config has five sections: ``model``, ``tokenizer``, ``data``, ``training`` (passed to
+``TrainingArguments`` as-is, so any of its fields can be set) and ``generation``. Any key can be
+overridden from the command line as ``--set section.key=value``, the value read as YAML
+(``--set training.learning_rate=3e-4``, ``--set tokenizer.path=null``).
+"""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from ms_gpt2.errors import UserError
+
+SECTIONS = ("model", "tokenizer", "data", "training", "generation")
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "model": {"init_from": None, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12, "dropout": 0.1},
+    "tokenizer": {"path": None, "vocab_size": 21128, "min_frequency": 1},
+    "data": {"fraction": 1.0, "train_ratio": 0.9, "max_seq_len": 1024, "max_summary_len": 100,
+             "summary_only_loss": False, "skip_bad_lines": False, "shuffle": True},
+    "training": {"per_device_train_batch_size": 1, "num_train_epochs": 1, "learning_rate": 1.5e-4,
+                 "warmup_steps": 100, "max_grad_norm": 1.0, "save_steps": "epoch", "save_total_limit": 3,
+                 "logging_steps": 1},
+    "generation": {"num_beams": 5, "no_repeat_ngram_size": 2, "max_new_tokens": 50,
+                   "no_repeat_ngram_scope": "summary"},
+}
+
+
+class ConfigError(UserError, ValueError):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-4`` as a float, as YAML 1.2 does (PyYAML's 1.1 says string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def _merge(base: dict, update: dict, where: str) -> dict:
+    for key, value in update.items():
+        if where == "" and key not in SECTIONS:
+            raise ConfigError(f"unknown config section {key!r}; sections are {', '.join(SECTIONS)}")
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value, f"{where}{key}.")
+        else:
+            if where and where.rstrip(".") != "training" and key not in base:
+                raise ConfigError(f"unknown key {where}{key} (known: {', '.join(base)})")
+            base[key] = value
+    return base
+
+
+def parse_override(text: str) -> dict:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    dotted, raw = text.split("=", 1)
+    parts = dotted.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override {text!r}: the key must be section.key, e.g. training.learning_rate")
+    return {parts[0]: {parts[1]: _yaml(raw)}}
+
+
+def load_config(path=None, overrides: Iterable[str] = ()) -> dict:
+    config = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file")
+        try:
+            loaded = _yaml(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML: {err}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections")
+        _merge(config, loaded, "")
+    for text in overrides:
+        _merge(config, parse_override(text), "")
+    return config
+
+
+def dump_config(config: dict, path) -> None:
+    Path(path).write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")

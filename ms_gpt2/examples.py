@@ -1,0 +1,93 @@
+"""Training and test examples in the tutorial's layout, and the MindSpore pipelines that make them.
+
+Training example: ``[CLS] article [SEP] summary [SEP] [PAD]...`` of exactly ``max_seq_len``
+tokens, built by the tokenizer's sentence-pair call with ``truncation="only_first"``: only the
+article is cut. (The tutorial passes the summary as ``text_pari=``, a typo the tokenizer
+swallows, so its examples contain no summary at all; here it is ``text_pair``, and a test checks
+the summary is in every example.) ``labels`` are the ``input_ids`` (the model shifts them), with
+the article part blanked to ``[PAD]`` when the loss should cover the summary only.
+
+Test example: ``[CLS] article [SEP]`` with the article cut to ``max_seq_len - max_summary_len``,
+leaving room for the generated summary.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ms_gpt2.data import DataError, RecordCheck, read_map
+
+SPECIAL_TOKENS_IN_PAIR = 3  # [CLS] a [SEP] b [SEP]
+
+
+def summary_fits(tokenizer, max_seq_len: int) -> RecordCheck:
+    """A record check: the summary plus special tokens must leave room for some article."""
+    def check(article: str, summary: str):
+        n = len(tokenizer.tokenize(summary))
+        if n + SPECIAL_TOKENS_IN_PAIR + 1 > max_seq_len:
+            return (f"summary is {n} tokens; with [CLS]/[SEP] it leaves no room for the article in "
+                    f"max_seq_len={max_seq_len} (only the article is truncated)")
+        return None
+    return check
+
+
+def encode_example(tokenizer, article: str, summary: str, max_seq_len: int,
+                   summary_only_loss: bool = False) -> dict[str, np.ndarray]:
+    enc = tokenizer(text=article, text_pair=summary, padding="max_length", truncation="only_first",
+                    max_length=max_seq_len, return_token_type_ids=False)
+    ids = np.asarray(enc["input_ids"], dtype=np.int32)
+    if len(ids) > max_seq_len:  # only_first could not make room: the tokenizer just logs and returns it
+        raise DataError("<example>", None, summary_fits(tokenizer, max_seq_len)(article, summary) or
+                        f"example is {len(ids)} tokens, over max_seq_len={max_seq_len}")
+    labels = ids.copy()
+    if summary_only_loss:
+        first_sep = int(np.argmax(ids == tokenizer.sep_token_id))
+        labels[: first_sep + 1] = tokenizer.pad_token_id  # ignored by the loss, like padding
+    return {"input_ids": ids, "attention_mask": np.asarray(enc["attention_mask"], dtype=np.int32),
+            "labels": labels}
+
+
+def encode_prompt(tokenizer, article: str, max_prompt_len: int) -> np.ndarray:
+    """[CLS] article [SEP], article truncated so the whole prompt is at most max_prompt_len."""
+    enc = tokenizer(text=article, truncation=True, max_length=max_prompt_len, return_token_type_ids=False)
+    return np.asarray(enc["input_ids"], dtype=np.int32)
+
+
+def _strings(*arrays):
+    return [str(a.item() if isinstance(a, np.ndarray) else a) for a in arrays]
+
+
+def train_pipeline(lines, tokenizer, max_seq_len: int, batch_size: int, shuffle: bool = False,
+                   summary_only_loss: bool = False, buffer_size: int = 10_000):
+    """TextFileDataset -> map(read) -> map(tokenize) -> [shuffle] -> batch, the tutorial's shape.
+
+    Examples are shuffled before batching (the tutorial shuffles whole batches afterwards, which
+    keeps the same examples together every epoch). The shuffle follows
+    ``mindspore.dataset.config``'s seed, set by the caller.
+    """
+    def tokenize(article, summary):
+        a, s = _strings(article, summary)
+        ex = encode_example(tokenizer, a, s, max_seq_len, summary_only_loss)
+        return ex["input_ids"], ex["attention_mask"], ex["labels"]
+
+    ds = lines.map(read_map, input_columns=["text"], output_columns=["article", "summary"])
+    ds = ds.map(tokenize, input_columns=["article", "summary"],
+                output_columns=["input_ids", "attention_mask", "labels"])
+    ds = ds.project(["input_ids", "attention_mask", "labels"])
+    if shuffle:
+        ds = ds.shuffle(buffer_size)
+    return ds.batch(batch_size)
+
+
+def prompt_pipeline(lines, tokenizer, max_prompt_len: int):
+    """TextFileDataset -> map(read) -> map(prompt) -> batch(1): the tutorial's test pipeline."""
+    def prompt(article):  # keeps the article column: map replaces its input columns
+        return encode_prompt(tokenizer, _strings(article)[0], max_prompt_len), article
+
+    ds = lines.map(read_map, input_columns=["text"], output_columns=["article", "summary"])
+    ds = ds.map(prompt, input_columns=["article"], output_columns=["input_ids", "article"])
+    return ds.project(["input_ids", "article", "summary"]).batch(1)
+
+
+PipelineFactory = Callable[[int], object]  # epoch -> batched MindSpore dataset

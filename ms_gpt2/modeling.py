@@ -1,0 +1,97 @@
+"""The tutorial's model: GPT-2 with a shifted cross-entropy that ignores padding.
+
+``GPT2ForSummarization`` is a ``GPT2LMHeadModel`` (Hugging Face's, running on MindSpore through
+mindnlp), so checkpoints are ordinary GPT-2 checkpoints (config.json + model.safetensors) that any
+GPT-2 loader reads, and ``generate`` (beam search, KV cache) comes with it.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ms_gpt2 import runtime
+from ms_gpt2.errors import UserError
+
+runtime.ensure()
+
+import torch  # noqa: E402  (mindtorch)
+import torch.nn.functional as F  # noqa: E402
+from mindnlp.transformers import GPT2Config, GPT2LMHeadModel, GenerationConfig  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(UserError, ValueError):
+    """A model directory that cannot be loaded as asked; the message names the path."""
+
+
+class GPT2ForSummarization(GPT2LMHeadModel):
+    """GPT-2 LM whose loss is next-token cross-entropy over every non-[PAD] label.
+
+    Labels are the input ids themselves; logits at position t are scored against the token at
+    t + 1 (the shift), and positions whose label is ``config.pad_token_id`` do not count, which
+    is how both padding and (optionally) the article are left out of the loss.
+    """
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+        kwargs.pop("num_items_in_batch", None)  # the Trainer's; our loss is a mean over tokens
+        kwargs["return_dict"] = True
+        outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if labels is not None:
+            logits = outputs.logits[..., :-1, :]                 # (B, T-1, V) predictions for t+1
+            targets = labels[..., 1:].to(torch.long)             # (B, T-1)
+            # item assignment: a ModelOutput ignores setattr on a field that was None
+            outputs["loss"] = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                ignore_index=self.config.pad_token_id,
+            )
+        return outputs
+
+
+def build_config(tokenizer, n_positions=1024, n_embd=768, n_layer=12, n_head=12, dropout=0.1) -> GPT2Config:
+    """GPT-2 geometry around a BERT vocabulary; [CLS] starts, [SEP] ends, [PAD] pads.
+
+    (The tutorial sets ``eos_token_id = config.sep_token_id``, an attribute GPT2Config does not
+    have, so generation never stopped at [SEP]; the ids are taken from the tokenizer here.)
+    """
+    return GPT2Config(
+        vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
+        n_head=n_head, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def generation_config_for(tokenizer, num_beams=5, no_repeat_ngram_size=2, max_new_tokens=50) -> GenerationConfig:
+    return GenerationConfig(
+        num_beams=num_beams, no_repeat_ngram_size=no_repeat_ngram_size, max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id, do_sample=False,
+    )
+
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def check_checkpoint_dir(path) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such model directory")
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path}: no config.json (expected a Hugging Face GPT-2 checkpoint directory)")
+    if not any((path / f).is_file() for f in WEIGHT_FILES):
+        raise CheckpointError(f"{path}: no weights ({' or '.join(WEIGHT_FILES[:2])})")
+    return path
+
+
+def load_model(path, cls=GPT2ForSummarization, vocab_size: int | None = None):
+    """A GPT-2 from a local checkpoint directory (never a hub), checked against the vocabulary."""
+    path = check_checkpoint_dir(path)
+    try:
+        model = cls.from_pretrained(str(path), local_files_only=True)
+    except Exception as err:  # corrupt weights / config: say which directory
+        raise CheckpointError(f"{path}: cannot load GPT-2 checkpoint: {err}") from err
+    if vocab_size is not None and model.config.vocab_size != vocab_size:
+        raise CheckpointError(f"{path}: model vocab_size={model.config.vocab_size} but the tokenizer has "
+                              f"{vocab_size} tokens; use the vocabulary the model was trained with")
+    return model

@@ -1,0 +1,101 @@
+"""The tutorial's tokenizer: a BERT WordPiece vocabulary (bert-base-chinese layout) for GPT-2.
+
+Chinese GPT-2s reuse bert-base-chinese's vocabulary: ``[PAD]`` is id 0 and an example reads
+``[CLS] article [SEP] summary [SEP]``. Users bring that vocabulary as a directory
+(``vocab.txt`` + optional ``tokenizer_config.json``) or a bare ``vocab.txt``. Without one, a
+WordPiece vocabulary with the same special tokens is trained on the corpus with the
+``tokenizers`` library and saved beside the model, so a checkpoint never travels without the
+vocabulary its ids mean.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Iterable
+
+from ms_gpt2 import runtime
+from ms_gpt2.errors import UserError
+
+runtime.ensure()
+
+from mindnlp.transformers import BertTokenizer  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+class TokenizerError(UserError, ValueError):
+    """The vocabulary cannot serve this model (missing file, wrong layout, wrong size)."""
+
+
+def check_special_tokens(tokenizer, source) -> None:
+    # The file's own entries: BertTokenizer quietly appends any special token the file lacks as an
+    # "added token", which would give a model ids that no bert-base-chinese checkpoint shares.
+    vocab = tokenizer.vocab
+    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    if missing:
+        raise TokenizerError(f"{source}: vocabulary lacks {', '.join(missing)}; expected a BERT "
+                             f"(bert-base-chinese layout) vocab.txt with {', '.join(SPECIAL_TOKENS)}")
+    if vocab["[PAD]"] != 0:
+        raise TokenizerError(f"{source}: [PAD] has id {vocab['[PAD]']}, expected 0 (bert-base-chinese layout)")
+
+
+def _as_gpt2_vocabulary(tokenizer):
+    """[CLS] begins and [SEP] ends a GPT-2 sequence here; say so on the tokenizer.
+
+    BertTokenizer has no bos/eos tokens, and the Trainer copies the tokenizer's special ids onto
+    the model's config and generation config before training, so without this it would erase
+    ``eos_token_id`` ([SEP]) and generation would never stop.
+    """
+    tokenizer.bos_token = tokenizer.cls_token
+    tokenizer.eos_token = tokenizer.sep_token
+    return tokenizer
+
+
+def load_tokenizer(path) -> BertTokenizer:
+    """A BertTokenizer from a directory holding vocab.txt, or from a vocab.txt file itself."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "vocab.txt").is_file():
+            raise TokenizerError(f"{path}: no vocab.txt in this directory (a BERT-style vocabulary is needed)")
+        tokenizer = BertTokenizer.from_pretrained(str(path), local_files_only=True)
+    elif path.is_file():
+        tokenizer = BertTokenizer(vocab_file=str(path))
+    else:
+        raise TokenizerError(f"{path}: no such tokenizer directory or vocab file")
+    check_special_tokens(tokenizer, path)
+    return _as_gpt2_vocabulary(tokenizer)
+
+
+def build_tokenizer(texts: Iterable[str], out_dir, vocab_size: int = 8000,
+                    min_frequency: int = 1) -> BertTokenizer:
+    """Train a WordPiece vocabulary on ``texts`` and save it (vocab.txt + config) in ``out_dir``."""
+    from tokenizers import BertWordPieceTokenizer
+
+    trainer = BertWordPieceTokenizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
+                                     lowercase=True)
+    trainer.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=min_frequency,
+                                special_tokens=list(SPECIAL_TOKENS), show_progress=False)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer.save_model(str(out_dir))  # writes vocab.txt, [PAD] first
+    tokenizer = _as_gpt2_vocabulary(BertTokenizer(vocab_file=str(out_dir / "vocab.txt")))
+    tokenizer.save_pretrained(str(out_dir))
+    check_special_tokens(tokenizer, out_dir / "vocab.txt")
+    log.info("built a %d-token WordPiece vocabulary in %s", len(tokenizer), out_dir)
+    return tokenizer
+
+
+_SPACE_NEXT_TO_NON_ASCII = re.compile(r"\s+(?=[^\x00-\x7f])|(?<=[^\x00-\x7f])\s+")
+
+
+def decode(tokenizer, ids) -> str:
+    """Token ids -> text, without the spaces WordPiece decoding puts between Chinese characters.
+
+    Spaces between ASCII words ("GPT 2 model") are kept; only those touching a non-ASCII
+    character go.
+    """
+    text = tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=True)
+    return _SPACE_NEXT_TO_NON_ASCII.sub("", text).strip()

@@ -1,0 +1,43 @@
+"""YAML configs and command-line overrides."""
+import pytest
+
+from ms_gpt2.config import ConfigError, load_config
+
+
+def test_tutorial_config_carries_the_tutorials_values():
+    c = load_config("configs/tutorial.yaml")
+    assert (c["model"]["n_layer"], c["model"]["n_embd"], c["data"]["max_seq_len"]) == (12, 768, 1024)
+    assert c["training"] == {"per_device_train_batch_size": 1, "num_train_epochs": 1, "learning_rate": 1.5e-4,
+                             "warmup_steps": 100, "max_grad_norm": 1.0, "save_steps": "epoch",
+                             "save_total_limit": 3, "logging_steps": 100}
+    assert (c["data"]["fraction"], c["data"]["train_ratio"]) == (0.001, 0.9)
+    assert c["generation"] == {"num_beams": 5, "no_repeat_ngram_size": 2, "max_new_tokens": 50,
+                               "no_repeat_ngram_scope": "summary"}
+
+
+def test_overrides_are_typed_like_yaml_including_exponent_floats():
+    c = load_config("configs/smoke.yaml", ["training.learning_rate=2e-3", "tokenizer.path=null",
+                                           "training.gradient_accumulation_steps=2", "data.shuffle=false"])
+    assert c["training"]["learning_rate"] == 0.002
+    assert c["tokenizer"]["path"] is None and c["data"]["shuffle"] is False
+    assert c["training"]["gradient_accumulation_steps"] == 2  # any TrainingArguments field
+
+
+@pytest.mark.parametrize("override,reason", [
+    ("model.n_layers=3", "unknown key model.n_layers"),
+    ("optimizer.lr=1", "unknown config section 'optimizer'"),
+    ("learning_rate=1", "must be section.key"),
+    ("training.lr", "must look like section.key=value"),
+])
+def test_bad_overrides_are_clear(override, reason):
+    with pytest.raises(ConfigError, match=reason):
+        load_config(None, [override])
+
+
+def test_bad_config_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed", encoding="utf-8")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(bad)
