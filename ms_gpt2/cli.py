@@ -6,10 +6,12 @@ every command's implementation is imported inside its handler, after :func:`runt
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
 from ms_gpt2 import runtime
+from ms_gpt2.errors import UserError
 
 
 def _common() -> argparse.ArgumentParser:
@@ -19,6 +21,68 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument("--seed", type=int, default=42, help="seed for every RNG (default 42)")
     common.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return common
+
+
+def _overrides(args) -> list[str]:
+    sets = list(args.set or [])
+    if getattr(args, "tokenizer", None):
+        sets.append(f"tokenizer.path={args.tokenizer}")
+    if getattr(args, "skip_bad_lines", False):
+        sets.append("data.skip_bad_lines=true")
+    return sets
+
+
+def _train(args) -> int:
+    from ms_gpt2.config import load_config
+    from ms_gpt2.training import train
+
+    config = load_config(args.config, _overrides(args))
+    result = train(config, args.data, args.output_dir, resume=args.resume, overwrite=args.overwrite)
+    print(json.dumps({"model": str(result.model_dir), "global_step": result.global_step,
+                      "train_loss": result.train_loss, "loss_curve": str(result.loss_curve),
+                      "train_examples": result.n_train, "test_examples": result.n_test}, ensure_ascii=False))
+    return 0
+
+
+def _summarize(args) -> int:
+    from ms_gpt2 import tasks
+
+    config = tasks.run_config(args.model, args.config, _overrides(args))
+    if args.text is not None:
+        print(tasks.summarize(args.model, text=args.text, config=config)[0])
+        return 0
+    out = args.out
+    results = tasks.summarize(args.model, data=args.data, split=args.split, config=config, limit=args.limit, out=out)
+    if not out:
+        for item in results:
+            print(json.dumps({"article": item.article, "reference": item.reference, "summary": item.summary},
+                             ensure_ascii=False))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from ms_gpt2 import tasks
+
+    config = tasks.run_config(args.model, args.config, _overrides(args))
+    scores = tasks.evaluate(args.model, args.data, split=args.split, config=config, limit=args.limit,
+                            summaries_out=args.summaries_out)
+    print(json.dumps(scores, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _demo(args) -> int:
+    from ms_gpt2 import tasks
+
+    tasks.demo(args.output_dir, args.data or tasks.DEMO_DATA, args.config or tasks.SMOKE_CONFIG, args.set or [])
+    return 0
+
+
+def _download_data(args) -> int:
+    from ms_gpt2 import download
+
+    path = download.download(args.url or download.NLPCC2017_URL, args.cache_dir, sha256=args.sha256)
+    print(path)
+    return 0
 
 
 def _attention_demo(args) -> int:
@@ -40,6 +104,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-embd", type=int, default=768)
     p.add_argument("--n-head", type=int, default=12)
     p.set_defaults(handler=_attention_demo)
+
+    def config_args(p, data_required=False):
+        p.add_argument("--config", help="YAML run config (configs/tutorial.yaml, configs/smoke.yaml)")
+        p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                       help="override any config key, e.g. --set training.learning_rate=3e-4 (repeatable)")
+        p.add_argument("--skip-bad-lines", action="store_true",
+                       help="skip and count malformed lines instead of stopping at the first")
+
+    p = sub.add_parser("train", parents=[common], help="fine-tune GPT-2 for summarization (MindNLP Trainer)")
+    config_args(p)
+    p.add_argument("--data", required=True, help="NLPCC2017-format JSON lines file")
+    p.add_argument("--tokenizer", help="bert-base-chinese style directory or vocab.txt (default: build one)")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                   help="continue from the latest checkpoint in --output-dir, or from CHECKPOINT")
+    p.add_argument("--overwrite", action="store_true", help="start over in an --output-dir that has checkpoints")
+    p.set_defaults(handler=_train)
+
+    for name, handler, text in [("summarize", _summarize, "beam-search summaries from a trained model"),
+                                ("evaluate", _evaluate, "ROUGE-1/2/L and loss/perplexity as JSON")]:
+        p = sub.add_parser(name, parents=[common], help=text)
+        config_args(p)
+        p.add_argument("--model", required=True, help="model directory (e.g. OUTPUT_DIR/model or a checkpoint)")
+        p.add_argument("--split", default="all", choices=["all", "train", "test"],
+                       help="which part of --data, split as in the config (default all)")
+        p.add_argument("--limit", type=int, help="only the first N examples of the split")
+        if name == "summarize":
+            source = p.add_mutually_exclusive_group(required=True)
+            source.add_argument("--data", help="NLPCC JSON lines file")
+            source.add_argument("--text", help="one article to summarize")
+            p.add_argument("--out", help="write JSON lines here instead of stdout")
+        else:
+            p.add_argument("--data", required=True, help="NLPCC JSON lines file")
+            p.add_argument("--summaries-out", help="also write the generated summaries (JSON lines)")
+        p.set_defaults(handler=handler)
+
+    p = sub.add_parser("demo", parents=[common], help="train -> summarize -> evaluate on the bundled corpus")
+    p.add_argument("--output-dir", default="runs/demo")
+    p.add_argument("--data", help="default: the bundled data/demo/nlpcc_demo.jsonl")
+    p.add_argument("--config", help="default: configs/smoke.yaml")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    p.set_defaults(handler=_demo)
+
+    p = sub.add_parser("download-data", parents=[common],
+                       help="download the tutorial's NLPCC2017 file (resumable, checksummed)")
+    p.add_argument("--url", default=None, help="default: the tutorial's NLPCC2017 URL")
+    p.add_argument("--cache-dir", default="data/nlpcc2017")
+    p.add_argument("--sha256", help="expected SHA-256 of the file")
+    p.set_defaults(handler=_download_data)
     return parser
 
 
@@ -50,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         runtime.setup(args.device, args.seed)
-    except (runtime.DeviceUnavailableError, ValueError) as err:
+        return args.handler(args)
+    except UserError as err:  # bad input: one clear line, exit 2; anything else is a bug
         parser.exit(2, f"ms-gpt2: error: {err}\n")
-    return args.handler(args)
 
 
 if __name__ == "__main__":

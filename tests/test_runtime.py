@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from ms_gpt2 import runtime
+from ms_gpt2.errors import UserError
 
 ALL = {"ascend": True, "gpu": True, "cpu": True}
 CPU_ONLY = {"ascend": False, "gpu": False, "cpu": True}
@@ -31,7 +32,7 @@ def test_env_var_applies_and_argument_wins(monkeypatch):
 def test_missing_device_is_a_clear_error():
     with pytest.raises(runtime.DeviceUnavailableError, match=r"'ascend' was requested.*available: cpu"):
         runtime.resolve_device("ascend", CPU_ONLY)
-    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+    with pytest.raises(UserError, match="unknown device 'tpu'"):
         runtime.resolve_device("tpu", ALL)
 
 

@@ -1,0 +1,113 @@
+"""Summaries with beam search, the tutorial's test loop with its bugs fixed.
+
+The tutorial decodes the whole output (article included) and never stops at [SEP] (its
+``eos_token_id = config.sep_token_id`` reads an attribute GPT2Config does not have). Here
+generation stops at [SEP], pads with [PAD], only the new tokens are decoded, and decoding drops
+the spaces WordPiece puts between Chinese characters.
+
+``no_repeat_ngram_size=2`` needs care with a decoder-only model: Hugging Face applies it to the
+whole sequence, *prompt included*, so every bigram of the article is banned from the summary and
+a summary can never quote its article ("梅岭马拉松" becomes "梅马马松"). By default the ban covers the
+generated tokens only (``no_repeat_ngram_scope: summary``); ``sequence`` is the tutorial's.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from ms_gpt2 import runtime
+
+runtime.ensure()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402  (mindtorch)
+from mindnlp.transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor  # noqa: E402
+
+from ms_gpt2 import tokenization  # noqa: E402
+from ms_gpt2.errors import UserError  # noqa: E402
+from ms_gpt2.examples import encode_prompt, prompt_pipeline  # noqa: E402
+from ms_gpt2.modeling import GPT2ForSummarization, load_model  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Summary:
+    article: str
+    reference: str | None
+    summary: str
+
+
+def load_summarizer(model_dir):
+    """(model, tokenizer) from a directory written by ``ms-gpt2 train`` (or any GPT-2 + vocab.txt)."""
+    tokenizer = tokenization.load_tokenizer(model_dir)
+    model = load_model(model_dir, GPT2ForSummarization, vocab_size=len(tokenizer))
+    model = model.to(runtime.ensure().torch_device).eval()
+    return model, tokenizer
+
+
+NGRAM_SCOPES = ("summary", "sequence")
+
+
+class NoRepeatNGramInContinuation(NoRepeatNGramLogitsProcessor):
+    """Hugging Face's no-repeat-n-gram ban, applied to the tokens after the prompt only."""
+
+    def __init__(self, ngram_size: int, prompt_length: int):
+        super().__init__(ngram_size)
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids, scores):
+        return super().__call__(input_ids[:, self.prompt_length:], scores)
+
+
+def summarize_ids(model, tokenizer, prompt_ids: np.ndarray, num_beams=5, no_repeat_ngram_size=2,
+                  max_new_tokens=50, no_repeat_ngram_scope="summary") -> np.ndarray:
+    """Beam-search continuation of ``[CLS] article [SEP]``; returns only the new token ids."""
+    input_ids = torch.tensor(np.asarray(prompt_ids, dtype=np.int64).reshape(1, -1)).to(model.device)
+    if input_ids.shape[1] + max_new_tokens > model.config.n_positions:
+        raise UserError(f"prompt of {input_ids.shape[1]} tokens + max_new_tokens={max_new_tokens} exceeds "
+                        f"the model's n_positions={model.config.n_positions}")
+    if no_repeat_ngram_scope not in NGRAM_SCOPES:
+        raise UserError(f"generation.no_repeat_ngram_scope must be one of {NGRAM_SCOPES}, got {no_repeat_ngram_scope!r}")
+    processors = LogitsProcessorList()
+    if no_repeat_ngram_size and no_repeat_ngram_scope == "summary":
+        processors.append(NoRepeatNGramInContinuation(no_repeat_ngram_size, input_ids.shape[1]))
+        no_repeat_ngram_size = 0  # the library's own (whole-sequence) ban stays off
+    with torch.no_grad():
+        output = model.generate(
+            input_ids, attention_mask=torch.ones_like(input_ids), num_beams=num_beams,
+            no_repeat_ngram_size=no_repeat_ngram_size, max_new_tokens=max_new_tokens,
+            eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False,
+            early_stopping=True, logits_processor=processors,
+        )
+    return output[0, input_ids.shape[1]:].cpu().numpy()
+
+
+def summarize_text(model, tokenizer, article: str, max_prompt_len: int, **generation) -> str:
+    ids = encode_prompt(tokenizer, article, max_prompt_len)
+    return tokenization.decode(tokenizer, summarize_ids(model, tokenizer, ids, **generation))
+
+
+def summarize_lines(model, tokenizer, lines, max_prompt_len: int, **generation) -> Iterator[Summary]:
+    """Summaries for a TextFileDataset of NLPCC lines, through the tutorial's test pipeline."""
+    pipeline = prompt_pipeline(lines, tokenizer, max_prompt_len)
+    for row in pipeline.create_dict_iterator(num_epochs=1, output_numpy=True):
+        new_ids = summarize_ids(model, tokenizer, row["input_ids"][0], **generation)
+        yield Summary(str(row["article"][0]), str(row["summary"][0]), tokenization.decode(tokenizer, new_ids))
+
+
+def write_jsonl(summaries: Iterable[Summary], path) -> list[Summary]:
+    """Write as we go to a temp file, then rename: an interrupted run leaves no half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    done = []
+    with open(tmp, "w", encoding="utf-8") as out:
+        for item in summaries:
+            out.write(json.dumps(asdict(item), ensure_ascii=False) + "\n")
+            done.append(item)
+    tmp.replace(path)
+    return done

@@ -1,0 +1,108 @@
+"""The jobs a user runs, each composed from the library modules: summarize, evaluate, demo."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from ms_gpt2 import runtime
+
+runtime.ensure()
+
+from ms_gpt2.config import load_config  # noqa: E402
+from ms_gpt2.data import NLPCCSource  # noqa: E402
+from ms_gpt2.errors import UserError  # noqa: E402
+from ms_gpt2.evaluation import language_model_loss, rouge  # noqa: E402
+from ms_gpt2.examples import train_pipeline  # noqa: E402
+from ms_gpt2.generation import load_summarizer, summarize_lines, summarize_text, write_jsonl  # noqa: E402
+from ms_gpt2.training import RUN_CONFIG, train  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_DATA = REPO_ROOT / "data" / "demo" / "nlpcc_demo.jsonl"
+SMOKE_CONFIG = REPO_ROOT / "configs" / "smoke.yaml"
+
+
+def run_config(model_dir, config_path=None, overrides=()) -> dict:
+    """The settings to summarize/evaluate with: --config, else the one saved with the model."""
+    saved = Path(model_dir) / RUN_CONFIG
+    path = config_path or (saved if saved.is_file() else None)
+    return load_config(path, overrides)
+
+
+def _generation(config: dict) -> dict:
+    g = config["generation"]
+    return {"num_beams": g["num_beams"], "no_repeat_ngram_size": g["no_repeat_ngram_size"],
+            "max_new_tokens": g["max_new_tokens"], "no_repeat_ngram_scope": g["no_repeat_ngram_scope"]}
+
+
+def _prompt_len(config: dict) -> int:
+    d = config["data"]
+    if d["max_summary_len"] >= d["max_seq_len"]:
+        raise UserError(f"data.max_summary_len={d['max_summary_len']} leaves no room in max_seq_len={d['max_seq_len']}")
+    return d["max_seq_len"] - d["max_summary_len"]
+
+
+def _source(config: dict, data, workdir) -> NLPCCSource:
+    d = config["data"]
+    return NLPCCSource.open(data, workdir, d["fraction"], d["train_ratio"], d["skip_bad_lines"])
+
+
+def summarize(model_dir, data=None, text=None, split="all", config=None, limit=None, out=None, workdir=None):
+    """Summaries of --text, or of a split of an NLPCC file (written as JSON lines to ``out``)."""
+    model, tokenizer = load_summarizer(model_dir)
+    config = config or run_config(model_dir)
+    if text is not None:
+        return [summarize_text(model, tokenizer, text, _prompt_len(config), **_generation(config))]
+    source = _source(config, data, workdir or Path(model_dir) / "work")
+    lines = source.lines(split)
+    if limit:
+        lines = lines.take(limit)
+    results = summarize_lines(model, tokenizer, lines, _prompt_len(config), **_generation(config))
+    return write_jsonl(results, out) if out else list(results)
+
+
+def evaluate(model_dir, data, split="all", config=None, limit=None, summaries_out=None, workdir=None) -> dict:
+    """ROUGE of beam-search summaries against references, plus LM loss/perplexity, on one split."""
+    model, tokenizer = load_summarizer(model_dir)
+    config = config or run_config(model_dir)
+    source = _source(config, data, workdir or Path(model_dir) / "work")
+    lines = lambda: source.lines(split).take(limit) if limit else source.lines(split)  # noqa: E731
+    summaries = summarize_lines(model, tokenizer, lines(), _prompt_len(config), **_generation(config))
+    if summaries_out:
+        summaries = write_jsonl(summaries, summaries_out)
+    scores = rouge((s.reference, s.summary) for s in summaries)
+    d = config["data"]
+    batches = train_pipeline(lines(), tokenizer, d["max_seq_len"], batch_size=8,
+                             summary_only_loss=d["summary_only_loss"])
+    scores.update(language_model_loss(model, batches.create_dict_iterator(num_epochs=1, output_numpy=True)))
+    scores.update({"split": split, "examples": min(limit or source.size(split), source.size(split))})
+    return scores
+
+
+def demo(output_dir="runs/demo", data=DEMO_DATA, config_path=SMOKE_CONFIG, overrides=(), print_fn=print) -> dict:
+    """Train the smoke config on the bundled corpus, then summarize and score the held-out split."""
+    output_dir = Path(output_dir)
+    config = load_config(config_path, overrides)
+    print_fn(f"== training {config_path} on {data} -> {output_dir}")
+    result = train(config, data, output_dir, overwrite=True)
+    print_fn(f"   {result.global_step} steps, final training loss {result.train_loss:.3f}; "
+             f"model in {result.model_dir}, loss curve {result.loss_curve}")
+    print_fn(f"== summaries of the {result.n_test} held-out test articles (beam search)")
+    scores = {}
+    for split in ("test", "train"):
+        scores[split] = evaluate(result.model_dir, data, split=split, config=config,
+                                 summaries_out=output_dir / f"summaries_{split}.jsonl")
+        if split == "test":
+            for line in (output_dir / "summaries_test.jsonl").read_text(encoding="utf-8").splitlines():
+                item = json.loads(line)
+                print_fn(f"-- article:   {item['article'][:60]}...\n   reference: {item['reference']}\n"
+                         f"   generated: {item['summary']}")
+    print_fn("== scores (character-level ROUGE F1; loss/perplexity of the training objective)")
+    for split, s in scores.items():
+        print_fn(f"   {split:5s} n={s['examples']:3d}  ROUGE-1 {s['rouge-1']['f1']:.3f}  ROUGE-2 {s['rouge-2']['f1']:.3f}  "
+                 f"ROUGE-L {s['rouge-l']['f1']:.3f}  loss {s['loss']:.3f}  ppl {s['perplexity']:.1f}")
+    (output_dir / "scores.json").write_text(json.dumps(scores, indent=2, ensure_ascii=False), encoding="utf-8")
+    print_fn(f"== wrote {output_dir / 'scores.json'}")
+    return scores

@@ -1,0 +1,70 @@
+"""The command line: bad input gets one clear line naming file and line, exit 2, and nothing saved is lost."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import write_jsonl
+
+GOOD = {"article": "青禾市轨道交通5号线一期工程于本月18日正式开通运营。", "summarization": "青禾市地铁5号线开通。"}
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "ms_gpt2", *args, "--device", "cpu"], capture_output=True,
+                          text=True, timeout=600, cwd=cwd)
+
+
+def assert_user_error(result, *fragments):
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ms-gpt2: error: "), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in last, last
+
+
+def test_train_on_a_malformed_line_names_file_and_line(tmp_path, char_vocab_dir):
+    data = write_jsonl(tmp_path / "news.jsonl", [GOOD, GOOD, b'{"article": "x"}', GOOD])
+    result = cli("train", "--config", "configs/smoke.yaml", "--data", str(data), "--tokenizer", str(char_vocab_dir),
+                 "--output-dir", str(tmp_path / "run"))
+    assert_user_error(result, f"{data}:3:", "missing key 'summarization'")
+
+
+def test_train_with_a_wrong_vocabulary(tmp_path):
+    data = write_jsonl(tmp_path / "news.jsonl", [GOOD])
+    vocab = tmp_path / "vocab.json"
+    vocab.write_text('{"<|endoftext|>": 0}\n', encoding="utf-8")
+    result = cli("train", "--config", "configs/smoke.yaml", "--data", str(data), "--tokenizer", str(vocab),
+                 "--output-dir", str(tmp_path / "run"))
+    assert_user_error(result, str(vocab), "lacks [PAD]")
+
+
+def test_too_long_summary_is_reported_before_training(tmp_path, char_vocab_dir):
+    data = write_jsonl(tmp_path / "news.jsonl", [GOOD, {"article": "正文。", "summarization": "长" * 200}])
+    result = cli("train", "--config", "configs/smoke.yaml", "--data", str(data), "--tokenizer", str(char_vocab_dir),
+                 "--output-dir", str(tmp_path / "run"))
+    assert_user_error(result, f"{data}:2:", "no room for the article")
+    assert not (tmp_path / "run" / "model").exists()
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["summarize", "--model", "nowhere", "--text", "正文"], ["nowhere: no such tokenizer directory"]),
+    (["evaluate", "--model", "configs", "--data", "x.jsonl"], ["configs: no vocab.txt"]),
+    (["train", "--config", "configs/none.yaml", "--data", "x", "--output-dir", "y"], ["configs/none.yaml: no such config file"]),
+    (["train", "--config", "configs/smoke.yaml", "--data", "missing.jsonl", "--output-dir", "y"], ["missing.jsonl: no such file"]),
+    (["train", "--config", "configs/smoke.yaml", "--set", "model.n_layers=2", "--data", "x", "--output-dir", "y"],
+     ["unknown key model.n_layers"]),
+])
+def test_wrong_paths_and_settings(args, fragments, tmp_path):
+    assert_user_error(cli(*args), *fragments)
+
+
+def test_model_directory_without_weights(tmp_path, char_vocab_dir):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "vocab.txt").write_bytes((char_vocab_dir / "vocab.txt").read_bytes())
+    (model / "config.json").write_text(json.dumps({"model_type": "gpt2"}), encoding="utf-8")
+    assert_user_error(cli("summarize", "--model", str(model), "--text", "正文"), f"{model}: no weights")
+    (model / "model.safetensors").write_bytes(b"\x00" * 16)  # corrupt
+    assert_user_error(cli("summarize", "--model", str(model), "--text", "正文"), f"{model}: cannot load")
