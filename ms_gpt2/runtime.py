@@ -16,6 +16,8 @@ import random
 import sys
 from dataclasses import dataclass
 
+from ms_gpt2.errors import UserError
+
 # MindSpore logs every missing accelerator plugin at WARNING on a CPU machine; keep errors only
 # unless the user asked for more. Must be set before mindspore is imported to take effect.
 os.environ.setdefault("GLOG_v", "3")
@@ -30,7 +32,7 @@ MINDSPORE_TARGET = {"ascend": "Ascend", "gpu": "GPU", "cpu": "CPU"}
 TORCH_DEVICE = {"ascend": "npu", "gpu": "cuda", "cpu": "cpu"}
 
 
-class DeviceUnavailableError(RuntimeError):
+class DeviceUnavailableError(UserError, RuntimeError):
     """The user asked for a backend this machine does not have."""
 
 
@@ -64,7 +66,7 @@ def resolve_device(requested: str | None, available: dict[str, bool]) -> tuple[s
     """Return ``(requested, chosen)``; pure so the policy is testable without hardware."""
     requested = (requested or os.environ.get(ENV_VAR) or "auto").strip().lower()
     if requested not in CHOICES:
-        raise ValueError(f"unknown device {requested!r}; choose one of {', '.join(CHOICES)}")
+        raise UserError(f"unknown device {requested!r}; choose one of {', '.join(CHOICES)}")
     if requested == "auto":
         return requested, next(d for d in PREFERENCE if available.get(d))
     if not available.get(requested):
