@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test demo bench attention-demo clean
+.PHONY: venv test demo attention-demo clean
 
 venv: $(STAMP)
 
@@ -27,13 +27,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
-	$(BIN)/ms-gpt2 attention-demo
+	$(BIN)/ms-gpt2 demo
 
 attention-demo: $(STAMP)
 	$(BIN)/ms-gpt2 attention-demo
-
-bench: $(STAMP)
-	$(BIN)/ms-gpt2 bench --json runs/bench/bench.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
