@@ -164,6 +164,23 @@ def _install_cpu_seeded_random() -> None:
         _replace(cpu, name, fn)
 
 
+def _install_cpu_accurate_tanh() -> None:
+    """tanh to float32 accuracy: MindSpore's CPU kernel is off by up to 1e-4.
+
+    GPT-2's ``gelu_new`` is built on tanh, so that error reached the logits (2e-4 on a tiny
+    GPT-2, against PyTorch's). tanh(x) = expm1(2x) / (expm1(2x) + 2) is exact to ~1.5e-7 with
+    MindSpore's expm1 and keeps precision near 0; x is clamped to +-20, where float32 tanh is
+    already +-1, so expm1 cannot overflow. Gradients follow through the composed ops.
+    """
+    cpu = _cpu_table()
+
+    def tanh(input):
+        e = cpu.expm1(cpu.mul(cpu.clamp_scalar(input, -20.0, 20.0), 2.0))
+        return cpu.div(e, cpu.add(e, 2.0))
+
+    _replace(cpu, "tanh", tanh)
+
+
 def _install_cpu_arg_extrema_over_all_dims() -> None:
     """``argmax()``/``argmin()`` with no dim: torch means the index into the flattened tensor."""
     cpu = _cpu_table()
@@ -210,6 +227,8 @@ SHIMS: tuple[Shim, ...] = (
          _install_cpu_linalg_vector_norm),
     Shim("cpu.seeded_random", "CPU rand/randn/randint/normal/dropout ignore the Generator and seed",
          _install_cpu_seeded_random),
+    Shim("cpu.tanh", "MindSpore's CPU tanh kernel errs by 1e-4, which reached GPT-2's logits via gelu_new",
+         _install_cpu_accurate_tanh),
     Shim("cpu.arg_extrema", "argmax()/argmin() without dim fail on CPU (axis=None)",
          _install_cpu_arg_extrema_over_all_dims),
     Shim("serialization.safe_globals", "Trainer's resume wraps torch.load in it; mindtorch lacks it",

@@ -172,3 +172,21 @@ def test_resume_helper_safe_globals_is_a_context_manager():
     assert compat.ORIGINALS["serialization.safe_globals"] is None
     with torch.serialization.safe_globals([np.ndarray]):
         pass
+
+
+def test_tanh_is_float32_accurate_with_a_correct_gradient():
+    from mindtorch import autograd
+
+    x = np.linspace(-30, 30, 4001).astype(np.float32)
+    got = torch.tanh(torch.tensor(x)).numpy()
+    np.testing.assert_allclose(got, np.tanh(x.astype(np.float64)), atol=3e-7, rtol=0)
+    assert np.isfinite(got).all()
+    t = torch.nn.Parameter(torch.tensor(x[1900:2100].copy()))
+    autograd.value_and_grad(lambda: torch.tanh(t).sum(), [t])()
+    np.testing.assert_allclose(t.grad.numpy(), 1 - np.tanh(x[1900:2100].astype(np.float64)) ** 2, atol=1e-6)
+
+
+def test_cpu_tanh_kernel_is_inaccurate_without_the_shim(monkeypatch):
+    monkeypatch.setattr(cpu_table, "tanh", compat.ORIGINALS["cpu.tanh"])
+    x = np.linspace(-6, 6, 2001).astype(np.float32)
+    assert np.abs(torch.tanh(torch.tensor(x)).numpy() - np.tanh(x.astype(np.float64))).max() > 1e-5
