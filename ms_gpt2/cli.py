@@ -85,6 +85,32 @@ def _download_data(args) -> int:
     return 0
 
 
+def _next_word(args) -> int:
+    from ms_gpt2.checkpoints import load_pretrained
+    from ms_gpt2.generation import next_word
+
+    model, tokenizer = load_pretrained(args.model)
+    result = next_word(model, tokenizer, args.text, args.top_k)
+    print(result.text)
+    for token, prob in result.candidates:
+        print(f"  {prob:8.4f}  {token!r}")
+    return 0
+
+
+def _generate(args) -> int:
+    from ms_gpt2.checkpoints import load_pretrained
+    from ms_gpt2.generation import generate
+
+    model, tokenizer = load_pretrained(args.model)
+    result = generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, num_beams=args.num_beams,
+                      repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
+                      seed=args.seed, stream=None if args.no_stream else sys.stdout, echo_prompt=True)
+    if args.no_stream:
+        print(args.prompt + result.text)
+    return 0
+
+
 def _attention_demo(args) -> int:
     from ms_gpt2 import walkthrough
 
@@ -146,6 +172,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="default: configs/smoke.yaml")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
     p.set_defaults(handler=_demo)
+
+    p = sub.add_parser("next-word", parents=[common], help="the most likely next token and the top-k candidates")
+    p.add_argument("--model", required=True, help="local GPT-2 checkpoint directory (Hugging Face layout)")
+    p.add_argument("--text", required=True)
+    p.add_argument("--top-k", type=int, default=10, help="how many candidates to list (default 10)")
+    p.set_defaults(handler=_next_word)
+
+    p = sub.add_parser("generate", parents=[common], help="continue a prompt: greedy, beam search or sampling")
+    p.add_argument("--model", required=True, help="local GPT-2 checkpoint directory (Hugging Face layout)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy/beam (uses --seed)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search width (1: greedy)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--no-repeat-ngram-size", type=int, default=0)
+    p.add_argument("--no-stream", action="store_true", help="print once at the end instead of as tokens arrive")
+    p.set_defaults(handler=_generate)
 
     p = sub.add_parser("download-data", parents=[common],
                        help="download the tutorial's NLPCC2017 file (resumable, checksummed)")

@@ -91,7 +91,7 @@ def load_model(path, cls=GPT2ForSummarization, vocab_size: int | None = None):
         model = cls.from_pretrained(str(path), local_files_only=True)
     except Exception as err:  # corrupt weights / config: say which directory
         raise CheckpointError(f"{path}: cannot load GPT-2 checkpoint: {err}") from err
-    if vocab_size is not None and model.config.vocab_size != vocab_size:
-        raise CheckpointError(f"{path}: model vocab_size={model.config.vocab_size} but the tokenizer has "
-                              f"{vocab_size} tokens; use the vocabulary the model was trained with")
+    if vocab_size is not None and vocab_size > model.config.vocab_size:
+        raise CheckpointError(f"{path}: the tokenizer has {vocab_size} tokens but the model's vocab_size is "
+                              f"{model.config.vocab_size}; use the vocabulary the model was trained with")
     return model

@@ -24,11 +24,12 @@ runtime.ensure()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402  (mindtorch)
-from mindnlp.transformers import LogitsProcessorList, NoRepeatNGramLogitsProcessor  # noqa: E402
+from mindnlp.transformers import LogitsProcessorList  # noqa: E402
 
 from ms_gpt2 import tokenization  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.examples import encode_prompt, prompt_pipeline  # noqa: E402
+from ms_gpt2.generation import NGRAM_SCOPES, NoRepeatNGramInContinuation  # noqa: E402
 from ms_gpt2.modeling import GPT2ForSummarization, load_model  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -47,20 +48,6 @@ def load_summarizer(model_dir):
     model = load_model(model_dir, GPT2ForSummarization, vocab_size=len(tokenizer))
     model = model.to(runtime.ensure().torch_device).eval()
     return model, tokenizer
-
-
-NGRAM_SCOPES = ("summary", "sequence")
-
-
-class NoRepeatNGramInContinuation(NoRepeatNGramLogitsProcessor):
-    """Hugging Face's no-repeat-n-gram ban, applied to the tokens after the prompt only."""
-
-    def __init__(self, ngram_size: int, prompt_length: int):
-        super().__init__(ngram_size)
-        self.prompt_length = prompt_length
-
-    def __call__(self, input_ids, scores):
-        return super().__call__(input_ids[:, self.prompt_length:], scores)
 
 
 def summarize_ids(model, tokenizer, prompt_ids: np.ndarray, num_beams=5, no_repeat_ngram_size=2,

@@ -14,8 +14,9 @@ from ms_gpt2.data import NLPCCSource  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.evaluation import language_model_loss, rouge  # noqa: E402
 from ms_gpt2.examples import train_pipeline  # noqa: E402
-from ms_gpt2.generation import load_summarizer, summarize_lines, summarize_text, write_jsonl  # noqa: E402
-from ms_gpt2.training import RUN_CONFIG, train  # noqa: E402
+from ms_gpt2.summarization import load_summarizer, summarize_lines, summarize_text, write_jsonl  # noqa: E402
+from ms_gpt2.checkpoints import RUN_CONFIG  # noqa: E402
+from ms_gpt2.training import train  # noqa: E402
 
 log = logging.getLogger(__name__)
 

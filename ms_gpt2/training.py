@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from mindnlp.transformers import Trainer, TrainerCallback, TrainingArguments  # 
 from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 
 from ms_gpt2 import tokenization  # noqa: E402
+from ms_gpt2.checkpoints import save_pretrained  # noqa: E402
 from ms_gpt2.config import dump_config  # noqa: E402
 from ms_gpt2.data import NLPCCSource, records  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
@@ -121,31 +121,6 @@ def plot_loss_curve(log_path: Path, png_path: Path) -> Path | None:
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
     return png_path
-
-
-RUN_CONFIG = "ms_gpt2_config.yaml"
-
-
-def save_atomically(model, tokenizer, generation_config, target: Path, config: dict | None = None) -> Path:
-    """Write model + tokenizer (+ the run config) to a sibling temp dir, then swap it in.
-
-    A crash at any point leaves either the previous complete model or the new one, never half.
-    The run config travels with the model so ``summarize``/``evaluate`` reuse its lengths.
-    """
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.generation_config = generation_config
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
-    if config is not None:
-        dump_config(config, tmp / RUN_CONFIG)
-    old = target.with_name(target.name + ".old")
-    if target.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-    return target
 
 
 @dataclass
@@ -241,7 +216,7 @@ def train(config: dict, data_path, output_dir, resume=None, overwrite: bool = Fa
     trainer = PipelineTrainer(model=model, args=args, train_dataset=batches, processing_class=tokenizer,
                               callbacks=[LossLog(output_dir / LOSS_LOG)])
     result = trainer.train(resume_from_checkpoint=resume_from)
-    model_dir = save_atomically(trainer.model, tokenizer, generation_config, output_dir / FINAL_MODEL, config)
+    model_dir = save_pretrained(trainer.model, tokenizer, output_dir / FINAL_MODEL, generation_config, config)
     curve = plot_loss_curve(output_dir / LOSS_LOG, output_dir / LOSS_CURVE)
     log.info("trained %d steps, final model in %s", result.global_step, model_dir)
     return TrainResult(output_dir, model_dir, result.global_step, result.training_loss, curve,

@@ -68,3 +68,23 @@ def test_model_directory_without_weights(tmp_path, char_vocab_dir):
     assert_user_error(cli("summarize", "--model", str(model), "--text", "正文"), f"{model}: no weights")
     (model / "model.safetensors").write_bytes(b"\x00" * 16)  # corrupt
     assert_user_error(cli("summarize", "--model", str(model), "--text", "正文"), f"{model}: cannot load")
+
+
+def test_next_word_and_generate_commands_on_a_local_checkpoint():
+    result = cli("next-word", "--model", "tests/fixtures/gpt2-bpe-tiny", "--text", "What is the fastest car in the",
+                 "--top-k", "3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("What is the fastest car in the") and len(lines) == 4
+    probs = [float(line.split()[0]) for line in lines[1:]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1
+
+    args = ["generate", "--model", "tests/fixtures/gpt2-bert-tiny", "--prompt", "青禾市", "--sample", "--top-k", "20",
+            "--seed", "3", "--max-new-tokens", "8"]
+    first, second = cli(*args), cli(*args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout == second.stdout and first.stdout.startswith("青禾市") and len(first.stdout.strip()) > 3
+
+    too_long = cli("generate", "--model", "tests/fixtures/gpt2-bpe-tiny", "--prompt", "The car", "--max-new-tokens", "100")
+    assert_user_error(too_long, "exceeds the model's n_positions=64")
+    assert too_long.stdout == ""

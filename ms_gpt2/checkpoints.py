@@ -1,0 +1,76 @@
+"""GPT-2 checkpoints in Hugging Face layout, in and out, from local directories only.
+
+A checkpoint directory is ``config.json`` + weights (``model.safetensors`` or the older
+``pytorch_model.bin``) + the tokenizer that gives its ids meaning: GPT-2 byte-level BPE
+(``vocab.json`` + ``merges.txt``, the English ``gpt2`` family) or a BERT WordPiece ``vocab.txt``
+(Chinese GPT-2s built on bert-base-chinese). Users download these however they like (a browser,
+``git lfs``, ``huggingface-cli download`` on a connected machine); ms_gpt2 never reaches a hub.
+
+Saving writes ``model.safetensors`` + config + tokenizer into a temporary sibling directory and
+swaps it in, so a crash never leaves a half-written checkpoint where a good one was.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from ms_gpt2 import runtime
+
+runtime.ensure()
+
+from mindnlp.transformers import GPT2LMHeadModel, GPT2Tokenizer  # noqa: E402
+
+from ms_gpt2 import tokenization  # noqa: E402
+from ms_gpt2.modeling import CheckpointError, load_model  # noqa: E402
+
+RUN_CONFIG = "ms_gpt2_config.yaml"
+
+
+def is_bert_vocabulary(tokenizer) -> bool:
+    return tokenizer.__class__.__name__.startswith("BertTokenizer")
+
+
+def load_tokenizer(path):
+    """The tokenizer saved in a checkpoint directory: GPT-2 BPE or BERT WordPiece."""
+    path = Path(path)
+    if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+        try:
+            return GPT2Tokenizer.from_pretrained(str(path), local_files_only=True)
+        except Exception as err:
+            raise CheckpointError(f"{path}: cannot read the GPT-2 BPE tokenizer (vocab.json/merges.txt): {err}") from err
+    if (path / "vocab.txt").is_file():
+        return tokenization.load_tokenizer(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such model directory")
+    raise CheckpointError(f"{path}: no tokenizer files; expected vocab.json + merges.txt (GPT-2 BPE) "
+                          f"or vocab.txt (BERT WordPiece)")
+
+
+def load_pretrained(path, cls=GPT2LMHeadModel):
+    """(model, tokenizer) from a local Hugging Face GPT-2 directory, on the current device, eval mode."""
+    tokenizer = load_tokenizer(path)
+    model = load_model(path, cls, vocab_size=len(tokenizer))
+    return model.to(runtime.ensure().torch_device).eval(), tokenizer
+
+
+def save_pretrained(model, tokenizer, target, generation_config=None, run_config: dict | None = None) -> Path:
+    """Write model + tokenizer (+ optional run config) to ``target`` atomically; returns it."""
+    target = Path(target)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if generation_config is not None:
+        model.generation_config = generation_config
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    if run_config is not None:
+        from ms_gpt2.config import dump_config
+
+        dump_config(run_config, tmp / RUN_CONFIG)
+    old = target.with_name(target.name + ".old")
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
