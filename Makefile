@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test demo attention-demo clean
+.PHONY: venv test demo attention-demo bench reference-venv clean
 
 venv: $(STAMP)
 
@@ -32,5 +32,18 @@ demo: $(STAMP)
 attention-demo: $(STAMP)
 	$(BIN)/ms-gpt2 attention-demo
 
+# The PyTorch reference for `make bench` lives in its own interpreter, never in .venv.
+# `make reference-venv` builds one (real torch is large, except where a local wheel is cached);
+# or point REFERENCE_PYTHON at any python with torch + transformers==4.56.2.
+REF_VENV ?= .venv-ref
+REFERENCE_PYTHON ?= $(if $(wildcard $(REF_VENV)/bin/python),$(REF_VENV)/bin/python,)
+
+bench: $(STAMP)
+	$(BIN)/ms-gpt2 bench --json runs/bench/bench.json $(if $(REFERENCE_PYTHON),--reference-python $(REFERENCE_PYTHON),)
+
+reference-venv:
+	test -x $(REF_VENV)/bin/python || $(PYTHON) -m venv $(REF_VENV)
+	$(REF_VENV)/bin/python -m pip install torch==2.13.0 transformers==4.56.2 "tokenizers<0.23" "safetensors<0.8" "numpy<2"
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(REF_VENV) runs .pytest_cache

@@ -111,6 +111,13 @@ def _generate(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from ms_gpt2 import bench
+
+    bench.bench(args.quick, args.reference_python, args.json, args.png)
+    return 0
+
+
 def _attention_demo(args) -> int:
     from ms_gpt2 import walkthrough
 
@@ -192,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-repeat-ngram-size", type=int, default=0)
     p.add_argument("--no-stream", action="store_true", help="print once at the end instead of as tokens arrive")
     p.set_defaults(handler=_generate)
+
+    p = sub.add_parser("bench", parents=[common], help="training/decoding speed vs the PyTorch reference and the machine")
+    p.add_argument("--quick", action="store_true", help="toy sizes, about a minute: checks the report, not speed")
+    p.add_argument("--reference-python", metavar="PYTHON",
+                   help="an interpreter with real torch + transformers to run the same workloads")
+    p.add_argument("--json", help="write the report here (a PNG chart goes beside it)")
+    p.add_argument("--png", help="write the bar chart here")
+    p.set_defaults(handler=_bench)
 
     p = sub.add_parser("download-data", parents=[common],
                        help="download the tutorial's NLPCC2017 file (resumable, checksummed)")

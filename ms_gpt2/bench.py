@@ -1,0 +1,174 @@
+"""``ms-gpt2 bench``: training and decoding speed, beside the PyTorch reference and the machine's limits.
+
+One invocation measures, on the current device:
+
+* the machine's ceilings: fp32 matmul GFLOP/s and memory read GB/s (NumPy, best of several);
+* ms_gpt2 (mindtorch on MindSpore) on the workloads in :mod:`ms_gpt2.bench_workloads`: training
+  tokens/s (AdamW + gradient clipping, median of several steps after warm-up, peak memory),
+  greedy decoding tokens/s with the KV cache, and the wall time of one tutorial-style
+  beam-search summary;
+* the same workloads under real PyTorch + transformers, when ``--reference-python`` names an
+  interpreter that has them (never a project dependency), in the same run.
+
+Ratios are oriented so that > 1 means ms_gpt2 is faster. Fractions of ceiling: training FLOP/s
+(6·params + attention per token) over matmul GFLOP/s; decoding bytes/s (all weights read once
+per token) over read bandwidth.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ms_gpt2 import runtime
+from ms_gpt2.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# GPT-2 small with the bert-base-chinese vocabulary, as the tutorial trains it.
+FULL = dict(seed=0, vocab_size=21128, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+            train_batch=4, train_len=256, warmup_steps=1, train_steps=3,
+            decode_prompt=64, decode_new=64, article_len=900, summary_new=50, beams=5)
+# A one-minute smoke version: same code, toy sizes (checks the report, not the speed).
+QUICK = dict(FULL, vocab_size=1000, n_positions=160, n_embd=64, n_layer=2, n_head=4, train_batch=2,
+             train_len=32, train_steps=2, decode_prompt=16, decode_new=8, article_len=100, summary_new=8)
+WORKLOADS = Path(__file__).with_name("bench_workloads.py")
+
+
+def ceilings(seconds: float = 3.0) -> dict:
+    """fp32 matmul GFLOP/s and memory read GB/s of this machine, best of repeated runs."""
+    rng = np.random.default_rng(0)
+    n = 2048
+    a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
+    best_mm, deadline = 0.0, time.perf_counter() + seconds / 2
+    while time.perf_counter() < deadline or best_mm == 0:
+        start = time.perf_counter()
+        a @ b
+        best_mm = max(best_mm, 2 * n ** 3 / (time.perf_counter() - start) / 1e9)
+    big = np.ones(64 * 2 ** 20, dtype=np.float32)  # 256 MiB, far beyond the caches
+    best_read, deadline = 0.0, time.perf_counter() + seconds / 2
+    while time.perf_counter() < deadline or best_read == 0:
+        start = time.perf_counter()
+        big.sum()
+        best_read = max(best_read, big.nbytes / (time.perf_counter() - start) / 1e9)
+    return {"matmul_gflops": best_mm, "read_gbps": best_read}
+
+
+def train_flops_per_token(spec: dict, params: int) -> float:
+    """6N for the weights (forward + backward) plus 12·L·T·d for attention scores and values."""
+    return 6 * params + 12 * spec["n_layer"] * spec["train_len"] * spec["n_embd"]
+
+
+def run_reference(python: str, spec: dict, timeout: float = 3600) -> dict:
+    try:
+        done = subprocess.run([python, str(WORKLOADS), json.dumps(spec)], capture_output=True, text=True,
+                              timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise UserError(f"--reference-python {python}: could not run the reference: {err}") from err
+    if done.returncode != 0:
+        tail = (done.stderr or "").strip().splitlines()[-1:] or ["no output"]
+        raise UserError(f"--reference-python {python}: the reference failed (needs torch + transformers): {tail[0]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _ratio(numerator, denominator):
+    return None if numerator is None or denominator in (None, 0) else numerator / denominator
+
+
+def report(device: str, spec: dict, ours: dict, reference: dict | None, ceil: dict) -> dict:
+    """The report's JSON shape (see the issue / docs/performance.md); pure, so it is unit-tested."""
+    ref = reference or {}
+    train_ref = ref.get("train", {}).get("tokens_per_s")
+    decode_ref = ref.get("decode", {}).get("tokens_per_s")
+    summ_ref = ref.get("summarize", {}).get("seconds")
+    params = ours["train"]["params"]
+    train_flops = ours["train"]["tokens_per_s"] * train_flops_per_token(spec, params)
+    decode_bytes = ours["decode"]["tokens_per_s"] * params * 4
+    return {
+        "device": device,
+        "workload": spec,
+        "train": {"ms_gpt2": ours["train"]["tokens_per_s"], "reference": train_ref,
+                  "ratio": _ratio(ours["train"]["tokens_per_s"], train_ref),
+                  "fraction_of_ceiling": train_flops / (ceil["matmul_gflops"] * 1e9),
+                  "peak_memory_mb": ours["train"]["peak_rss_mb"],
+                  "reference_peak_memory_mb": ref.get("train", {}).get("peak_rss_mb")},
+        "decode": {"ms_gpt2": ours["decode"]["tokens_per_s"], "reference": decode_ref,
+                   "ratio": _ratio(ours["decode"]["tokens_per_s"], decode_ref),
+                   "fraction_of_ceiling": decode_bytes / (ceil["read_gbps"] * 1e9)},
+        "summarize": {"ms_gpt2": ours["summarize"]["seconds"], "reference": summ_ref,
+                      "ratio": _ratio(summ_ref, ours["summarize"]["seconds"]), "fraction_of_ceiling": None},
+        "ceilings": ceil,
+        "frameworks": {"ms_gpt2": ours.get("framework"), "reference": ref.get("framework")},
+    }
+
+
+def _fmt(value, unit=""):
+    return "-" if value is None else f"{value:,.3g}{unit}"
+
+
+def table(result: dict) -> str:
+    rows = [("train (tokens/s)", "train"), ("decode (tokens/s)", "decode"), ("summarize (s)", "summarize")]
+    lines = [f"device: {result['device']}   ceilings: matmul {result['ceilings']['matmul_gflops']:.1f} GFLOP/s, "
+             f"read {result['ceilings']['read_gbps']:.1f} GB/s",
+             f"{'figure':<20}{'ms_gpt2':>12}{'reference':>12}{'ratio':>10}{'of ceiling':>12}"]
+    for label, key in rows:
+        r = result[key]
+        ceiling = "-" if r["fraction_of_ceiling"] is None else f"{100 * r['fraction_of_ceiling']:.2f}%"
+        lines.append(f"{label:<20}{_fmt(r['ms_gpt2']):>12}{_fmt(r['reference']):>12}{_fmt(r['ratio'], 'x'):>10}{ceiling:>12}")
+    lines.append("ratio > 1: ms_gpt2 faster (summarize: reference seconds / ms_gpt2 seconds)")
+    lines.append(f"peak memory while training: ms_gpt2 {_fmt(result['train']['peak_memory_mb'], ' MB')}, "
+                 f"reference {_fmt(result['train']['reference_peak_memory_mb'], ' MB')}")
+    return "\n".join(lines)
+
+
+def chart(result: dict, path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [("train", "training tokens/s"), ("decode", "greedy decode tokens/s"), ("summarize", "beam summary seconds")]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
+    for ax, (key, title) in zip(axes, keys):
+        values = [result[key]["ms_gpt2"], result[key]["reference"] or 0.0]
+        ax.bar(["ms_gpt2", "PyTorch ref."], values, color=["#c0392b", "#2c3e50"])
+        ax.set_title(title, fontsize=10)
+        for i, v in enumerate(values):
+            ax.annotate(_fmt(v) if v else "n/a", (i, v), ha="center", va="bottom", fontsize=9)
+    fig.suptitle(f"ms_gpt2 bench on {result['device']}", fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def bench(quick: bool = False, reference_python: str | None = None, json_path=None, png_path=None,
+          print_fn=print) -> dict:
+    rt = runtime.ensure()
+    from ms_gpt2 import bench_workloads
+
+    spec = QUICK if quick else FULL
+    print_fn(f"== ceilings ({rt.device})")
+    ceil = ceilings(1.0 if quick else 4.0)
+    print_fn(f"== ms_gpt2 workloads ({'quick' if quick else 'GPT-2 small'})")
+    ours = bench_workloads.run(spec, rt.torch_device)
+    reference = None
+    if reference_python:
+        print_fn(f"== PyTorch reference ({reference_python})")
+        reference = run_reference(reference_python, spec)
+    result = report(rt.device, spec, ours, reference, ceil)
+    print_fn(table(result))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=2), encoding="utf-8")
+        print_fn(f"wrote {json_path}")
+    if png_path or json_path:
+        png = chart(result, png_path or Path(json_path).with_suffix(".png"))
+        print_fn(f"wrote {png}")
+    return result

@@ -1,0 +1,131 @@
+"""The benchmark workloads, written once against the torch API and run on both sides.
+
+ms_gpt2 runs them in-process, where ``torch`` is mindtorch (MindSpore); the PyTorch reference runs
+this very file in another interpreter (``python bench_workloads.py '<json spec>'``, printing JSON),
+where ``torch`` is real PyTorch. Same models, same inputs, same timing code: the only difference
+is the framework underneath. The file therefore imports nothing from ms_gpt2.
+
+The one API difference is the backward pass: mindtorch computes gradients functionally
+(``mindtorch.autograd.value_and_grad``, as mindnlp's Trainer does) and ``loss.backward()`` is a
+no-op there, so :func:`make_train_step` picks the right form.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+IS_MINDTORCH = "mindtorch" in getattr(torch, "__file__", "") or hasattr(torch, "_apis")
+
+
+def build_model(spec: dict, device: str):
+    torch.manual_seed(spec["seed"])
+    config = GPT2Config(vocab_size=spec["vocab_size"], n_positions=spec["n_positions"], n_embd=spec["n_embd"],
+                        n_layer=spec["n_layer"], n_head=spec["n_head"])
+    config._attn_implementation = "eager"  # the same attention code path on both frameworks
+    return GPT2LMHeadModel(config).to(device)
+
+
+def tokens(spec: dict, shape) -> "torch.Tensor":
+    rng = np.random.default_rng(spec["seed"])
+    return torch.tensor(rng.integers(5, spec["vocab_size"], size=shape).astype(np.int64))
+
+
+def make_train_step(model, optimizer, max_grad_norm: float):
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_of(batch):
+        return model(input_ids=batch, labels=batch).loss
+
+    if IS_MINDTORCH:
+        from mindtorch import autograd
+
+        grad_fn = autograd.value_and_grad(loss_of, params)
+
+        def step(batch):
+            loss = grad_fn(batch)
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            optimizer.step()
+            for p in params:
+                p.grad = None
+            return loss
+    else:
+        def step(batch):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_of(batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            optimizer.step()
+            return loss
+    return step
+
+
+def _sync(value):
+    """Force the (possibly asynchronous) computation to finish before the clock stops."""
+    if hasattr(value, "sequences"):
+        value = value.sequences
+    if isinstance(value, tuple):
+        value = value[0]
+    return float(value.float().sum().item()) if hasattr(value, "float") else value
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    _sync(fn(*args))
+    return time.perf_counter() - start
+
+
+def train(spec: dict, device: str) -> dict:
+    model = build_model(spec, device)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    step = make_train_step(model, optimizer, 1.0)
+    batch = tokens(spec, (spec["train_batch"], spec["train_len"])).to(device)
+    for _ in range(spec["warmup_steps"]):
+        timed(step, batch)
+    times = [timed(step, batch) for _ in range(spec["train_steps"])]
+    median = statistics.median(times)
+    return {"tokens_per_s": spec["train_batch"] * spec["train_len"] / median, "step_s": median, "steps": times,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def _generate(model, prompt, **kwargs):
+    with torch.no_grad():
+        return model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                              pad_token_id=0, eos_token_id=None, use_cache=True, **kwargs)
+
+
+def decode(spec: dict, device: str) -> dict:
+    model = build_model(spec, device).eval()
+    prompt = tokens(spec, (1, spec["decode_prompt"])).to(device)
+    n = spec["decode_new"]
+    _generate(model, prompt, max_new_tokens=4, min_new_tokens=4)  # warm-up
+    seconds = timed(lambda: _generate(model, prompt, max_new_tokens=n, min_new_tokens=n))
+    return {"tokens_per_s": n / seconds, "seconds": seconds, "new_tokens": n}
+
+
+def summarize(spec: dict, device: str) -> dict:
+    model = build_model(spec, device).eval()
+    article = tokens(spec, (1, spec["article_len"])).to(device)
+    n = spec["summary_new"]
+    _generate(model, article[:, :16], max_new_tokens=2, num_beams=spec["beams"])  # warm-up
+    seconds = timed(lambda: _generate(model, article, max_new_tokens=n, min_new_tokens=n,
+                                      num_beams=spec["beams"], no_repeat_ngram_size=2))
+    return {"seconds": seconds}
+
+
+def run(spec: dict, device: str = "cpu") -> dict:
+    torch.set_num_threads(spec.get("threads") or torch.get_num_threads()) if not IS_MINDTORCH else None
+    return {"train": train(spec, device), "decode": decode(spec, device), "summarize": summarize(spec, device),
+            "framework": f"{'mindtorch' if IS_MINDTORCH else 'torch'} {torch.__version__}"}
+
+
+if __name__ == "__main__":  # the reference side: python bench_workloads.py '<spec json>'
+    print(json.dumps(run(json.loads(sys.argv[1]))))
