@@ -60,6 +60,37 @@ def causal_mask_buffer(n_positions: int) -> Tensor:
     return Tensor(tril.reshape(1, 1, n_positions, n_positions))
 
 
+def min_value(dtype) -> float:
+    """The most negative finite value of ``dtype``: the fill for masked scores (not -inf, so a
+    fully masked row softmaxes to a uniform row instead of NaN, as the library's does)."""
+    return float(np.finfo(mindspore.dtype_to_nptype(dtype)).min)
+
+
+def scaled_masked_attention(q: Tensor, k: Tensor, v: Tensor, keep: Tensor, trace: Trace = None,
+                            fill_value: float | None = None):
+    """softmax(q @ k^T / sqrt(hd), masked to ``keep``) @ v.
+
+    q: (B, nh, Tq, hd); k, v: (B, nh, Tk, hd); keep: bool, broadcastable to (B, nh, Tq, Tk).
+    ``fill_value`` defaults to :func:`min_value` of the scores' dtype; a compiled caller passes it
+    precomputed (plain Python scalars keep this function usable inside ``mindspore.jit``).
+    Returns the attention output (B, nh, Tq, hd) and the weights (B, nh, Tq, Tk).
+    """
+    hd = q.shape[-1]
+    scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))           # (B, nh, Tq, Tk)
+    _note(trace, "scores = q @ k^T", scores)
+    scores = ops.div(scores, hd ** 0.5)
+    _note(trace, "scores / sqrt(head_dim)", scores)
+    if fill_value is None:
+        fill_value = min_value(scores.dtype)
+    scores = ops.masked_fill(scores, ops.logical_not(keep), fill_value)
+    _note(trace, "masked_fill(min float)", scores)
+    weights = ops.softmax(scores, axis=-1)                           # rows sum to 1
+    _note(trace, "softmax", weights)
+    out = ops.matmul(weights, v)                                     # (B, nh, Tq, hd)
+    _note(trace, "weights @ value", out)
+    return out, weights
+
+
 def masked_self_attention(
     x: Tensor,
     c_attn_weight: Tensor,
@@ -101,15 +132,7 @@ def masked_self_attention(
     k = _note(trace, "split_heads(key)", split_heads(k, n_head))    # (B, nh, T, hd)
     v = _note(trace, "split_heads(value)", split_heads(v, n_head))  # (B, nh, T, hd)
 
-    scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))          # (B, nh, T, T)
-    _note(trace, "scores = q @ k^T", scores)
-    scores = ops.div(scores, mindspore.tensor(float(np.sqrt(hd)), scores.dtype))
-    _note(trace, "scores / sqrt(head_dim)", scores)
-
-    # Which (query, key) pairs may interact: the causal triangle, intersected with the padding
-    # mask. Filling the rest with the dtype's most negative finite value (not -inf) keeps a row
-    # that is entirely masked finite: softmax then spreads it uniformly instead of making NaNs,
-    # which is also what the library does.
+    # Which (query, key) pairs may interact: the causal triangle, intersected with the padding mask.
     if causal_buffer is None:
         causal_buffer = causal_mask_buffer(T)
     if causal_buffer.shape[-1] < T:
@@ -120,14 +143,7 @@ def masked_self_attention(
         padding = ops.reshape(ops.cast(attention_mask, mindspore.bool_), (B, 1, 1, T))  # (B, 1, 1, T)
         keep = ops.logical_and(keep, padding)                       # (B, 1, T, T)
         _note(trace, "causal & padding mask", keep)
-    min_value = float(np.finfo(mindspore.dtype_to_nptype(scores.dtype)).min)
-    scores = ops.masked_fill(scores, ops.logical_not(keep), mindspore.tensor(min_value, scores.dtype))
-    _note(trace, "masked_fill(min float)", scores)
-
-    weights = ops.softmax(scores, axis=-1)                          # (B, nh, T, T), rows sum to 1
-    _note(trace, "softmax", weights)
-    out = ops.matmul(weights, v)                                    # (B, nh, T, hd)
-    _note(trace, "weights @ value", out)
+    out, weights = scaled_masked_attention(q, k, v, keep, trace)    # (B, nh, T, hd), (B, nh, T, T)
     out = _note(trace, "merge_heads", merge_heads(out))            # (B, T, C)
     out = _note(trace, "c_proj (Conv1D)", conv1d(out, c_proj_weight, c_proj_bias))  # (B, T, C)
     return (out, weights) if return_weights else out
