@@ -13,11 +13,11 @@ export TOKENIZERS_PARALLELISM := false
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install -r requirements.txt
-	$(BIN)/python -m pip install --no-deps -r requirements-nodeps.txt
+	$(BIN)/python -m pip install -r requirements.txt -c constraints.txt
+	$(BIN)/python -m pip install --no-deps -r requirements-nodeps.txt -c constraints.txt
 	$(BIN)/python -m pip install --no-deps --no-build-isolation -e .
 	@! $(BIN)/python -c "import importlib.util as u, sys; sys.exit(0 if u.find_spec('torch') and 'mindtorch' not in str(u.find_spec('torch').origin) else 1)" \
 		|| (echo "real PyTorch got installed into $(VENV); it must not be (see requirements.txt)"; exit 1)

@@ -6,7 +6,9 @@ One invocation measures, on the current device:
 * ms_gpt2 (mindtorch on MindSpore) on the workloads in :mod:`ms_gpt2.bench_workloads`: training
   tokens/s (AdamW + gradient clipping, median of several steps after warm-up, peak memory),
   greedy decoding tokens/s with the KV cache, and the wall time of one tutorial-style
-  beam-search summary;
+  beam-search summary. Greedy decoding is measured on ms_gpt2's own greedy path, the compiled
+  static-cache decoder (:mod:`ms_gpt2.fast_decode`), with Hugging Face ``generate`` on mindtorch
+  reported beside it and the two checked for identical tokens;
 * the same workloads under real PyTorch + transformers, when ``--reference-python`` names an
   interpreter that has them (never a project dependency), in the same run.
 
@@ -75,6 +77,28 @@ def run_reference(python: str, spec: dict, timeout: float = 3600) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def compiled_decode(spec: dict, device: str) -> dict:
+    """ms_gpt2's own greedy path (the compiled static-cache decoder) on the decode workload."""
+    import torch
+
+    from ms_gpt2 import bench_workloads
+    from ms_gpt2.fast_decode import decoder_for
+
+    model = bench_workloads.build_model(spec, device).eval()
+    prompt = bench_workloads.tokens(spec, (1, spec["decode_prompt"]))
+    n = spec["decode_new"]
+    decoder = decoder_for(model, prompt.shape[1] + n)
+    decoder.greedy(prompt[0].numpy(), 2)  # compile both graphs
+    start = time.perf_counter()
+    ids = decoder.greedy(prompt[0].numpy(), n)
+    seconds = time.perf_counter() - start
+    with torch.no_grad():  # the library's greedy tokens for the same model and prompt
+        library = model.generate(prompt.to(device), attention_mask=torch.ones_like(prompt).to(device), do_sample=False,
+                                 max_new_tokens=n, min_new_tokens=n, pad_token_id=0, eos_token_id=None)
+    return {"tokens_per_s": n / seconds, "seconds": seconds,
+            "identical_to_library": ids == [int(t) for t in library[0, prompt.shape[1]:].cpu().numpy()]}
+
+
 def _ratio(numerator, denominator):
     return None if numerator is None or denominator in (None, 0) else numerator / denominator
 
@@ -98,7 +122,10 @@ def report(device: str, spec: dict, ours: dict, reference: dict | None, ceil: di
                   "reference_peak_memory_mb": ref.get("train", {}).get("peak_rss_mb")},
         "decode": {"ms_gpt2": ours["decode"]["tokens_per_s"], "reference": decode_ref,
                    "ratio": _ratio(ours["decode"]["tokens_per_s"], decode_ref),
-                   "fraction_of_ceiling": decode_bytes / (ceil["read_gbps"] * 1e9)},
+                   "fraction_of_ceiling": decode_bytes / (ceil["read_gbps"] * 1e9),
+                   "path": ours["decode"].get("path", "hf-generate"),
+                   "hf_generate_on_mindtorch": ours["decode"].get("hf_generate_tokens_per_s"),
+                   "identical_to_library": ours["decode"].get("identical_to_library")},
         "summarize": {"ms_gpt2": ours["summarize"]["seconds"], "reference": summ_ref,
                       "ratio": _ratio(summ_ref, ours["summarize"]["seconds"]), "fraction_of_ceiling": None},
         "ceilings": ceil,
@@ -119,6 +146,10 @@ def table(result: dict) -> str:
         r = result[key]
         ceiling = "-" if r["fraction_of_ceiling"] is None else f"{100 * r['fraction_of_ceiling']:.2f}%"
         lines.append(f"{label:<20}{_fmt(r['ms_gpt2']):>12}{_fmt(r['reference']):>12}{_fmt(r['ratio'], 'x'):>10}{ceiling:>12}")
+    d = result["decode"]
+    if d.get("hf_generate_on_mindtorch"):
+        lines.append(f"decode uses the {d['path']} (same tokens as the library: {d['identical_to_library']}); "
+                     f"Hugging Face generate on mindtorch: {_fmt(d['hf_generate_on_mindtorch'])} tokens/s")
     lines.append("ratio > 1: ms_gpt2 faster (summarize: reference seconds / ms_gpt2 seconds)")
     lines.append(f"peak memory while training: ms_gpt2 {_fmt(result['train']['peak_memory_mb'], ' MB')}, "
                  f"reference {_fmt(result['train']['reference_peak_memory_mb'], ' MB')}")
@@ -158,6 +189,10 @@ def bench(quick: bool = False, reference_python: str | None = None, json_path=No
     ceil = ceilings(1.0 if quick else 4.0)
     print_fn(f"== ms_gpt2 workloads ({'quick' if quick else 'GPT-2 small'})")
     ours = bench_workloads.run(spec, rt.torch_device)
+    fast = compiled_decode(spec, rt.torch_device)
+    ours["decode"] = {"tokens_per_s": fast["tokens_per_s"], "path": "compiled static-cache decoder",
+                      "hf_generate_tokens_per_s": ours["decode"]["tokens_per_s"],
+                      "identical_to_library": fast["identical_to_library"]}
     reference = None
     if reference_python:
         print_fn(f"== PyTorch reference ({reference_python})")

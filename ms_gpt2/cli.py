@@ -105,7 +105,8 @@ def _generate(args) -> int:
     result = generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, num_beams=args.num_beams,
                       repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
-                      seed=args.seed, stream=None if args.no_stream else sys.stdout, echo_prompt=True)
+                      seed=args.seed, stream=None if args.no_stream else sys.stdout, echo_prompt=True,
+                      compiled=not args.library_decode)
     if args.no_stream:
         print(args.prompt + result.text)
     return 0
@@ -198,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--no-repeat-ngram-size", type=int, default=0)
     p.add_argument("--no-stream", action="store_true", help="print once at the end instead of as tokens arrive")
+    p.add_argument("--library-decode", action="store_true",
+                   help="greedy through Hugging Face generate instead of the compiled decoder (same tokens, slower)")
     p.set_defaults(handler=_generate)
 
     p = sub.add_parser("bench", parents=[common], help="training/decoding speed vs the PyTorch reference and the machine")

@@ -44,6 +44,8 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     assert 0 < saved["train"]["fraction_of_ceiling"] < 1 and 0 < saved["decode"]["fraction_of_ceiling"] < 1
     assert saved["ceilings"]["matmul_gflops"] > 0 and saved["ceilings"]["read_gbps"] > 0
     assert saved["train"]["peak_memory_mb"] > 0
+    assert saved["decode"]["path"] == "compiled static-cache decoder"
+    assert saved["decode"]["hf_generate_on_mindtorch"] > 0 and saved["decode"]["identical_to_library"] is True
     assert out.with_suffix(".png").stat().st_size > 1000
     text = bench.table(result)
     assert "train (tokens/s)" in text and "ratio > 1: ms_gpt2 faster" in text

@@ -109,16 +109,33 @@ def test_next_word_appends_the_most_likely_token():
     assert [p for _, p in result.candidates] == sorted((p for _, p in result.candidates), reverse=True)
 
 
-def test_generation_uses_the_kv_cache():
+def test_library_generation_uses_the_kv_cache():
     model, tokenizer = loaded("gpt2-bpe-tiny")
     lengths = []
     handle = model.transformer.wte.register_forward_hook(lambda m, args, out: lengths.append(args[0].shape[1]))
     try:
-        generate(model, tokenizer, PROMPTS["gpt2-bpe-tiny"][0], max_new_tokens=6)
+        generate(model, tokenizer, PROMPTS["gpt2-bpe-tiny"][0], max_new_tokens=6, compiled=False)
     finally:
         handle.remove()
     prompt = len(ref("gpt2-bpe-tiny", 0, "prompt_ids"))
     assert lengths[0] == prompt and set(lengths[1:]) == {1}, lengths  # one new position per step
+
+
+def test_compiled_greedy_prefills_once_then_steps_one_position(monkeypatch):
+    from ms_gpt2 import fast_decode
+
+    model, tokenizer = loaded("gpt2-bpe-tiny")
+    calls = []
+    real_run, real_prefill = fast_decode.CompiledGreedyDecoder.run, fast_decode.CompiledGreedyDecoder.run_prefill
+    monkeypatch.setattr(fast_decode.CompiledGreedyDecoder, "run",
+                        lambda self, token, position, *caches: calls.append(("step", position)) or real_run(self, token, position, *caches))
+    monkeypatch.setattr(fast_decode.CompiledGreedyDecoder, "run_prefill",
+                        lambda self, prompt: calls.append(("prefill", len(prompt))) or real_prefill(self, prompt))
+    result = generate(model, tokenizer, PROMPTS["gpt2-bpe-tiny"][0], max_new_tokens=6)
+    prompt = len(ref("gpt2-bpe-tiny", 0, "prompt_ids"))
+    assert calls == [("prefill", prompt)] + [("step", prompt + i) for i in range(5)]
+    assert result.token_ids == generate(model, tokenizer, PROMPTS["gpt2-bpe-tiny"][0], max_new_tokens=6,
+                                        compiled=False).token_ids
 
 
 def test_sampling_repeats_with_a_seed_and_varies_without_one():
