@@ -83,3 +83,26 @@ def test_resume_continues_exactly_where_the_run_stopped(handful, char_vocab_dir,
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_init_from_a_local_gpt2_checkpoint(handful, tmp_path):
+    """model.init_from starts from a checkpoint's weights (lr 0: the saved model must equal them)."""
+    import torch  # mindtorch
+
+    from ms_gpt2.checkpoints import load_pretrained
+
+    path, _ = handful
+    fixture = "tests/fixtures/gpt2-bert-tiny"  # a BERT-vocab GPT-2 saved by PyTorch as pytorch_model.bin
+    config = load_config("configs/smoke.yaml", [
+        f"model.init_from={fixture}", f"tokenizer.path={fixture}", "data.max_seq_len=64", "data.max_summary_len=20",
+        "data.train_ratio=1.0", "training.per_device_train_batch_size=4", "training.num_train_epochs=1",
+        "training.learning_rate=0.0", "training.warmup_steps=0"])
+    result = train(config, path, tmp_path / "run")
+    original, _ = load_pretrained(fixture)
+    trained, _ = load_pretrained(result.model_dir)
+    want = {k: v.detach().numpy() for k, v in original.state_dict().items()}
+    got = {k: v.detach().numpy() for k, v in trained.state_dict().items()}
+    assert want.keys() == got.keys()
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert isinstance(trained, torch.nn.Module)
