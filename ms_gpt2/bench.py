@@ -196,7 +196,8 @@ def bench(quick: bool = False, reference_python: str | None = None, json_path=No
     reference = None
     if reference_python:
         print_fn(f"== PyTorch reference ({reference_python})")
-        reference = run_reference(reference_python, spec)
+        # like for like: on Ascend the reference must be PyTorch on the NPU too (torch_npu)
+        reference = run_reference(reference_python, dict(spec, reference_device=rt.torch_device))
     result = report(rt.device, spec, ours, reference, ceil)
     print_fn(table(result))
     if json_path:

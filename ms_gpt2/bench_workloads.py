@@ -128,4 +128,8 @@ def run(spec: dict, device: str = "cpu") -> dict:
 
 
 if __name__ == "__main__":  # the reference side: python bench_workloads.py '<spec json>'
-    print(json.dumps(run(json.loads(sys.argv[1]))))
+    spec = json.loads(sys.argv[1])
+    device = spec.get("reference_device", "cpu")
+    if device == "npu":
+        import torch_npu  # noqa: F401  (PyTorch's Ascend backend, for a like-for-like reference)
+    print(json.dumps(run(spec, device)))
