@@ -130,6 +130,7 @@ def report(device: str, spec: dict, ours: dict, reference: dict | None, ceil: di
                       "ratio": _ratio(summ_ref, ours["summarize"]["seconds"]), "fraction_of_ceiling": None},
         "ceilings": ceil,
         "frameworks": {"ms_gpt2": ours.get("framework"), "reference": ref.get("framework")},
+        "attention": {"ms_gpt2": ours["train"].get("attention"), "reference": ref.get("train", {}).get("attention")},
     }
 
 
