@@ -99,8 +99,8 @@ class Block(nn.Cell):
         M = self.k_cache.shape[2]
         k_all = ops.concat((k, ops.slice(self.k_cache, (0, 0, T, 0), (B, nh, M - T, hd))), 2)  # (B, nh, M, hd)
         v_all = ops.concat((v, ops.slice(self.v_cache, (0, 0, T, 0), (B, nh, M - T, hd))), 2)
-        ops.assign(self.k_cache, k_all)
-        ops.assign(self.v_cache, v_all)
+        ops.assign(self.k_cache, ops.broadcast_to(k_all, self.k_cache.shape))  # one prompt -> every beam's row
+        ops.assign(self.v_cache, ops.broadcast_to(v_all, self.v_cache.shape))
         a, _ = scaled_masked_attention(q, k_all, v_all, keep, fill_value=FLOAT32_MIN)
         return self.finish(x, a)
 
@@ -173,36 +173,58 @@ class Prefill(nn.Cell):
         return ops.cast(ops.argmax(logits, -1), mindspore.int32), logits
 
 
+class ReorderCache(nn.Cell):
+    """Beam search: row b of every layer's cache becomes row ``index[b]`` (the beam it extends)."""
+
+    def __init__(self, step: DecodeStep):
+        super().__init__()
+        self.step = step
+
+    def construct(self, index):
+        for block in self.step.blocks:
+            ops.assign(block.k_cache, ops.gather(block.k_cache, index, 0))
+            ops.assign(block.v_cache, ops.gather(block.v_cache, index, 0))
+        return index
+
+
 PREFILL_BUCKET = 32
 
 
 @dataclass
-class CompiledGreedyDecoder:
-    """Greedy decoding with a compiled step; same tokens as ``model.generate(num_beams=1)``."""
+class CompiledDecoder:
+    """Compiled GPT-2 decoding for ``batch`` rows sharing one prompt: greedy (batch 1, same
+    tokens as ``model.generate(num_beams=1)``) and beam search (batch = beams, same tokens as
+    ``model.generate(num_beams=...)``, see :func:`beam_search`)."""
 
     step: DecodeStep
     prefill: Prefill
+    reorder: ReorderCache
     max_len: int
+    batch: int = 1
 
     @classmethod
-    def from_model(cls, model, max_len: int | None = None) -> "CompiledGreedyDecoder":
+    def from_model(cls, model, max_len: int | None = None, batch: int = 1) -> "CompiledDecoder":
         max_len = max_len or model.config.n_positions
         if max_len > model.config.n_positions:
             raise ValueError(f"max_len={max_len} exceeds the model's n_positions={model.config.n_positions}")
-        step = DecodeStep(model, max_len)
-        prefill = Prefill(step)
-        step.construct = mindspore.jit(step.construct)
-        prefill.construct = mindspore.jit(prefill.construct)
-        return cls(step, prefill, max_len)
+        step = DecodeStep(model, max_len, batch)
+        prefill, reorder = Prefill(step), ReorderCache(step)
+        for cell in (step, prefill, reorder):
+            cell.construct = mindspore.jit(cell.construct)
+        return cls(step, prefill, reorder, max_len, batch)
 
-    def run(self, token: int, position: int):
-        """One compiled step: ``token`` at ``position`` (cache slots below it must hold this
-        sequence's earlier tokens) -> (next token, logits), both (1, ...) MindSpore tensors."""
-        return self.step(Tensor(np.array([token], np.int32)), Tensor(np.int32(position)))
+    @property
+    def vocab_size(self) -> int:
+        return self.step.wte.shape[0]
 
-    def greedy(self, prompt_ids, max_new_tokens: int, eos_token_id: int | None = None, on_token=None) -> list[int]:
-        """New token ids after ``prompt_ids`` (1-D), stopping after ``eos_token_id`` if given.
-        ``on_token(id)`` is called as each token is decided (for streaming)."""
+    def run(self, token, position: int):
+        """One compiled step: ``token`` (an int, or one per row) at ``position`` (cache slots below
+        it must hold this sequence's earlier tokens) -> (next tokens (B,), logits (B, V)), as
+        MindSpore tensors."""
+        tokens = np.broadcast_to(np.asarray(token, np.int32), (self.batch,))
+        return self.step(Tensor(np.ascontiguousarray(tokens)), Tensor(np.int32(position)))
+
+    def check(self, prompt_ids, max_new_tokens: int) -> list[int]:
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
             raise ValueError("empty prompt")
@@ -210,6 +232,14 @@ class CompiledGreedyDecoder:
             raise ValueError("max_new_tokens must be at least 1")
         if len(prompt) + max_new_tokens > self.max_len:
             raise ValueError(f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) exceeds max_len={self.max_len}")
+        return prompt
+
+    def greedy(self, prompt_ids, max_new_tokens: int, eos_token_id: int | None = None, on_token=None) -> list[int]:
+        """New token ids after ``prompt_ids`` (1-D), stopping after ``eos_token_id`` if given.
+        ``on_token(id)`` is called as each token is decided (for streaming)."""
+        if self.batch != 1:
+            raise ValueError(f"greedy decoding needs a batch-1 decoder, this one has {self.batch} rows")
+        prompt = self.check(prompt_ids, max_new_tokens)
         token, _ = self.run_prefill(prompt)
         out = [int(token.asnumpy()[0])]
         if on_token:
@@ -224,22 +254,120 @@ class CompiledGreedyDecoder:
         return out
 
     def run_prefill(self, prompt: list[int]):
-        """The prompt through the compiled prefill graph, padded to a multiple of PREFILL_BUCKET."""
+        """The prompt through the compiled prefill graph, padded to a multiple of PREFILL_BUCKET;
+        its keys and values go to every row of the cache. -> (next token (1,), logits (1, V))."""
         padded = min(-(-len(prompt) // PREFILL_BUCKET) * PREFILL_BUCKET, self.max_len - 1)
         tokens = np.zeros((1, padded), np.int32)
         tokens[0, :len(prompt)] = prompt
         return self.prefill(Tensor(tokens), Tensor(np.int32(len(prompt) - 1)))
 
+    def reorder_cache(self, rows: np.ndarray) -> None:
+        if not np.array_equal(rows, np.arange(self.batch)):
+            self.reorder(Tensor(rows.astype(np.int32)))
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def banned_ngram_tokens(sequence: np.ndarray, n: int) -> list[int]:
+    """Tokens that would repeat an n-gram already in ``sequence`` (Hugging Face's
+    ``NoRepeatNGramLogitsProcessor`` rule, for one row)."""
+    if n <= 0 or len(sequence) + 1 < n:
+        return []
+    tail = tuple(sequence[len(sequence) - n + 1:]) if n > 1 else ()
+    return [int(sequence[i + n - 1]) for i in range(len(sequence) - n + 1)
+            if tuple(sequence[i:i + n - 1]) == tail]
+
+
+def beam_search(decoder: CompiledDecoder, prompt_ids, max_new_tokens: int, eos_token_id: int | None = None,
+                no_repeat_ngram_size: int = 0, no_repeat_from: int = 0, min_new_tokens: int = 0,
+                length_penalty: float = 1.0, early_stopping: bool | str = False) -> list[int]:
+    """Beam search with ``decoder.batch`` beams on the compiled step; returns the best sequence's
+    new tokens (ending with ``eos_token_id`` if it finished on it).
+
+    Why not Hugging Face's loop: it drives the model one mindtorch op at a time and keeps its own
+    cache, which a static compiled graph cannot share. This is its algorithm (transformers 4.56
+    ``GenerationMixin._beam_search``, one prompt): keep the top 2·beams continuations, finished
+    ones (eos, or the length limit) scored by sum of log-probs / generated length^length_penalty,
+    the same early-stop heuristic and ``early_stopping`` modes, so the tokens are the library's
+    (tests compare them). The n-gram ban covers the tokens from ``no_repeat_from`` on (0: the
+    whole sequence as in the library; the prompt length: the summary only). The prompt runs
+    once and its keys/values are shared by every beam; only row reorders copy the cache.
+    """
+    prompt = decoder.check(prompt_ids, max_new_tokens)
+    beams, vocab, T = decoder.batch, decoder.vocab_size, len(prompt)
+    keep = max(2, 1 + (eos_token_id is not None)) * beams
+    max_length = T + max_new_tokens
+    running = np.zeros((beams, max_length), np.int64)
+    running[:, :T] = prompt
+    running_scores = np.full(beams, -1e9, np.float32)
+    running_scores[0] = 0.0                          # identical beams at first: let only one expand
+    finished = running.copy()
+    finished_scores = np.full(beams, -1e9, np.float32)
+    finished_lengths = np.zeros(beams, np.int64)
+    is_finished = np.zeros(beams, bool)
+    improvable = True
+
+    _, logits = decoder.run_prefill(prompt)
+    logits = np.broadcast_to(logits.asnumpy().astype(np.float32), (beams, vocab))
+    cur_len = T
+    while True:
+        log_probs = _log_softmax(logits).astype(np.float32)
+        if eos_token_id is not None and cur_len - T < min_new_tokens:
+            log_probs[:, eos_token_id] = -np.inf
+        if no_repeat_ngram_size:
+            for b in range(beams):
+                log_probs[b, banned_ngram_tokens(running[b, no_repeat_from:cur_len], no_repeat_ngram_size)] = -np.inf
+        flat = (log_probs + running_scores[:, None]).reshape(-1)
+        top = np.argsort(-flat, kind="stable")[:keep]
+        top_scores, source, tokens = flat[top], top // vocab, top % vocab
+        candidates = running[source].copy()
+        candidates[:, cur_len] = tokens
+        stops = np.full(keep, cur_len + 1 >= max_length)
+        if eos_token_id is not None:
+            stops |= tokens == eos_token_id
+
+        alive = top_scores + stops.astype(np.float32) * np.float32(-1e9)
+        chosen = np.argsort(-alive, kind="stable")[:beams]
+        running, running_scores, rows = candidates[chosen], alive[chosen], source[chosen]
+
+        just_finished = stops & (np.arange(keep) < beams)
+        scores = top_scores / np.float32((cur_len + 1 - T) ** length_penalty)
+        if (early_stopping is True and is_finished.all()) or not improvable:
+            scores = scores + np.float32(-1e9)
+        scores = scores + (~just_finished).astype(np.float32) * np.float32(-1e9)
+        merged = np.concatenate([finished_scores, scores])
+        best = np.argsort(-merged, kind="stable")[:beams]
+        finished = np.concatenate([finished, candidates])[best]
+        finished_lengths = np.concatenate([finished_lengths, np.full(keep, cur_len + 1 - T)])[best]
+        is_finished = np.concatenate([is_finished, just_finished])[best]
+        finished_scores = merged[best]
+
+        cur_len += 1
+        length = (max_length if early_stopping == "never" and length_penalty > 0 else cur_len) - T
+        best_possible = running_scores[0] / np.float32(length ** length_penalty)
+        worst_finished = np.where(is_finished, finished_scores.min(), np.float32(-1e9))
+        improvable = improvable and bool(np.any(best_possible > worst_finished))
+        if not improvable or (early_stopping is True and is_finished.all()) or stops.all():
+            break
+        decoder.reorder_cache(rows)
+        _, logits = decoder.run(running[:, cur_len - 1], cur_len - 1)
+        logits = logits.asnumpy().astype(np.float32)
+    return [int(t) for t in finished[0, T:T + finished_lengths[0]]]
+
 
 CACHE_BUCKET = 64
 
 
-def decoder_for(model, needed_length: int) -> CompiledGreedyDecoder:
-    """The model's compiled decoder for sequences up to ``needed_length`` (rounded up to a bucket,
-    so a handful of graphs serve every length); built once per model and bucket."""
+def decoder_for(model, needed_length: int, batch: int = 1) -> CompiledDecoder:
+    """The model's compiled decoder for ``batch`` rows and sequences up to ``needed_length``
+    (rounded up to a bucket, so a handful of graphs serve every length); built once per model,
+    bucket and batch."""
     limit = model.config.n_positions
     max_len = min(-(-needed_length // CACHE_BUCKET) * CACHE_BUCKET, limit)
     cache = model.__dict__.setdefault("_ms_gpt2_compiled_decoders", {})
-    if max_len not in cache:
-        cache[max_len] = CompiledGreedyDecoder.from_model(model, max_len)
-    return cache[max_len]
+    if (max_len, batch) not in cache:
+        cache[max_len, batch] = CompiledDecoder.from_model(model, max_len, batch)
+    return cache[max_len, batch]

@@ -126,10 +126,10 @@ def test_compiled_greedy_prefills_once_then_steps_one_position(monkeypatch):
 
     model, tokenizer = loaded("gpt2-bpe-tiny")
     calls = []
-    real_run, real_prefill = fast_decode.CompiledGreedyDecoder.run, fast_decode.CompiledGreedyDecoder.run_prefill
-    monkeypatch.setattr(fast_decode.CompiledGreedyDecoder, "run",
+    real_run, real_prefill = fast_decode.CompiledDecoder.run, fast_decode.CompiledDecoder.run_prefill
+    monkeypatch.setattr(fast_decode.CompiledDecoder, "run",
                         lambda self, token, position, *caches: calls.append(("step", position)) or real_run(self, token, position, *caches))
-    monkeypatch.setattr(fast_decode.CompiledGreedyDecoder, "run_prefill",
+    monkeypatch.setattr(fast_decode.CompiledDecoder, "run_prefill",
                         lambda self, prompt: calls.append(("prefill", len(prompt))) or real_prefill(self, prompt))
     result = generate(model, tokenizer, PROMPTS["gpt2-bpe-tiny"][0], max_new_tokens=6)
     prompt = len(ref("gpt2-bpe-tiny", 0, "prompt_ids"))

@@ -12,7 +12,8 @@ import torch  # noqa: E402
 from mindnlp.transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from ms_gpt2.checkpoints import load_pretrained  # noqa: E402
-from ms_gpt2.fast_decode import CompiledGreedyDecoder  # noqa: E402
+from ms_gpt2.fast_decode import CompiledDecoder, banned_ngram_tokens, beam_search  # noqa: E402
+from ms_gpt2.generation import NoRepeatNGramInContinuation  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REFERENCE = np.load(FIXTURES / "reference_outputs.npz")
@@ -21,7 +22,7 @@ REFERENCE = np.load(FIXTURES / "reference_outputs.npz")
 @pytest.mark.parametrize("name", ["gpt2-bpe-tiny", "gpt2-bert-tiny"])
 def test_matches_the_pytorch_reference_greedy_ids(name):
     model, _ = load_pretrained(FIXTURES / name)
-    decoder = CompiledGreedyDecoder.from_model(model)
+    decoder = CompiledDecoder.from_model(model)
     for i in range(2):
         prompt = REFERENCE[f"{name}/{i}/prompt_ids"]
         want = REFERENCE[f"{name}/{i}/greedy"][len(prompt):]
@@ -38,7 +39,7 @@ def test_matches_library_generate_and_logits_on_a_deeper_random_model():
         library = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False,
                                  num_beams=1, pad_token_id=0, eos_token_id=None)[0, len(prompt):].numpy()
         library_logits = model(input_ids=ids).logits[0, -1].numpy()
-    decoder = CompiledGreedyDecoder.from_model(model, max_len=32)
+    decoder = CompiledDecoder.from_model(model, max_len=32)
     assert decoder.greedy(prompt, 20) == [int(t) for t in library]
 
     decoder.greedy(prompt[::-1], 5)  # leave another sequence's keys and values in the cache
@@ -49,11 +50,95 @@ def test_matches_library_generate_and_logits_on_a_deeper_random_model():
 
 def test_stops_at_eos_and_checks_lengths():
     model, _ = load_pretrained(FIXTURES / "gpt2-bpe-tiny")
-    decoder = CompiledGreedyDecoder.from_model(model)
+    decoder = CompiledDecoder.from_model(model)
     prompt = REFERENCE["gpt2-bpe-tiny/0/prompt_ids"]
     full = decoder.greedy(prompt, 10)
     assert decoder.greedy(prompt, 10, eos_token_id=full[3]) == full[: full.index(full[3]) + 1]
     with pytest.raises(ValueError, match="exceeds max_len"):
         decoder.greedy(prompt, 64)
     with pytest.raises(ValueError, match="exceeds the model's n_positions"):
-        CompiledGreedyDecoder.from_model(model, max_len=65)
+        CompiledDecoder.from_model(model, max_len=65)
+
+
+@pytest.mark.parametrize("name", ["gpt2-bpe-tiny", "gpt2-bert-tiny"])
+def test_beam_search_matches_the_pytorch_reference_beam_ids(name):
+    model, _ = load_pretrained(FIXTURES / name)
+    decoder = CompiledDecoder.from_model(model, batch=4)  # the reference script's 4 beams, 10 tokens
+    for i in range(2):
+        prompt = REFERENCE[f"{name}/{i}/prompt_ids"]
+        want = REFERENCE[f"{name}/{i}/beam"][len(prompt):]
+        assert beam_search(decoder, prompt, len(want)) == [int(t) for t in want]
+
+
+def _library_beams(model, prompt, beams, new, eos, ngram, scope_from, early_stopping, min_new, length_penalty):
+    ids = torch.tensor(prompt[None].astype(np.int64))
+    processors = [NoRepeatNGramInContinuation(ngram, scope_from)] if ngram and scope_from else []
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, num_beams=beams,
+                             do_sample=False, pad_token_id=0, eos_token_id=eos, early_stopping=early_stopping,
+                             no_repeat_ngram_size=0 if scope_from else ngram, min_new_tokens=min_new,
+                             length_penalty=length_penalty, logits_processor=processors)
+    return [int(t) for t in out[0, len(prompt):].numpy()]
+
+
+@pytest.mark.parametrize("beams,eos,ngram,scope,early_stopping,min_new,length_penalty", [
+    (5, "likely", 2, "summary", True, 0, 1.0),     # the tutorial's summarize call
+    (5, "likely", 2, "sequence", False, 0, 1.0),   # the library's own whole-sequence ban, default stopping
+    (3, "likely", 0, None, "never", 4, 1.0),       # a minimum length; never stop early
+    (4, "likely", 0, None, False, 0, 0.5),
+    (2, None, 3, "sequence", False, 0, 1.0),
+])
+def test_beam_search_matches_library_generate(beams, eos, ngram, scope, early_stopping, min_new, length_penalty):
+    """Peaked random models, with eos set to a token the model is about to produce, so that eos,
+    n-gram bans, min length and early stops all happen (the assertions below check they did)."""
+    runtime.seed_everything(5)
+    config = GPT2Config(vocab_size=40, n_positions=64, n_embd=32, n_layer=2, n_head=4, initializer_range=0.6)
+    model = GPT2LMHeadModel(config).eval()
+    rng = np.random.default_rng(1)
+    decoder = CompiledDecoder.from_model(model, max_len=64, batch=beams)
+    finished_early = 0
+    for _ in range(4):
+        prompt = rng.integers(0, 40, size=int(rng.integers(3, 12)))
+        scope_from = len(prompt) if scope == "summary" else 0
+        end = _library_beams(model, prompt, 1, 6, None, 0, 0, False, 0, 1.0)[2] if eos == "likely" else eos
+        want = _library_beams(model, prompt, beams, 16, end, ngram, scope_from, early_stopping, min_new,
+                              length_penalty)
+        got = beam_search(decoder, prompt, 16, eos_token_id=end, no_repeat_ngram_size=ngram,
+                          no_repeat_from=scope_from, early_stopping=early_stopping, min_new_tokens=min_new,
+                          length_penalty=length_penalty)
+        if end is not None and end in want:  # the library pads a finished beam with pad/eos after its eos
+            want = want[: want.index(end) + 1]
+        assert got == want, (prompt, got, want)
+        finished_early += len(got) < 16
+    assert eos is None or finished_early >= 2  # else this test would not exercise eos handling
+
+
+def test_banned_ngram_tokens_follow_the_library_rule():
+    from mindnlp.transformers import NoRepeatNGramLogitsProcessor
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3):
+        for _ in range(20):
+            seq = rng.integers(0, 6, size=int(rng.integers(0, 12)))
+            scores = NoRepeatNGramLogitsProcessor(n)(torch.tensor(seq[None].astype(np.int64)), torch.zeros(1, 6))
+            library = sorted(int(t) for t in np.flatnonzero(scores.numpy()[0] < -1e30))
+            assert sorted(set(banned_ngram_tokens(seq, n))) == library, (n, seq)
+
+
+def test_greedy_refuses_a_beam_decoder():
+    model, _ = load_pretrained(FIXTURES / "gpt2-bpe-tiny")
+    with pytest.raises(ValueError, match="batch-1"):
+        CompiledDecoder.from_model(model, batch=3).greedy(REFERENCE["gpt2-bpe-tiny/0/prompt_ids"], 3)
+
+
+@pytest.mark.parametrize("scope", ["summary", "sequence"])
+def test_summarize_ids_compiled_equals_the_library_path(scope):
+    from ms_gpt2.summarization import summarize_ids
+
+    model, tokenizer = load_pretrained(FIXTURES / "gpt2-bert-tiny")
+    for i in range(2):
+        prompt = REFERENCE[f"gpt2-bert-tiny/{i}/prompt_ids"]
+        options = dict(num_beams=5, no_repeat_ngram_size=2, max_new_tokens=12, no_repeat_ngram_scope=scope)
+        fast = summarize_ids(model, tokenizer, prompt, **options)
+        np.testing.assert_array_equal(fast, summarize_ids(model, tokenizer, prompt, compiled=False, **options))
+        assert len(fast) > 0
