@@ -1,4 +1,5 @@
-"""Greedy GPT-2 decoding as one compiled MindSpore graph per token, with a static-shape KV cache.
+"""GPT-2 decoding (greedy and beam search) as one compiled MindSpore graph per token, with a
+static-shape KV cache.
 
 Why: Hugging Face ``generate`` on mindtorch dispatches every op of every layer from Python, one
 MindSpore kernel launch at a time, plus generate's own per-token bookkeeping. On CPU that costs
@@ -45,6 +46,22 @@ def _param(tensor, name: str) -> Parameter:
     return Parameter(Tensor(np.ascontiguousarray(array)), name=name, requires_grad=False)
 
 
+def compiled_weights(model) -> dict[str, Parameter]:
+    """Every weight the compiled graphs read, copied once from ``model`` into MindSpore
+    Parameters. A model's decoders (one per length bucket and batch size) all share this one
+    copy rather than each holding its own (~470 MB for GPT-2 small)."""
+    base = model.transformer
+    weights = {"wte": base.wte.weight, "wpe": base.wpe.weight, "ln_f_w": base.ln_f.weight, "ln_f_b": base.ln_f.bias,
+               # The (tied) LM head as its own (C, V) copy: a plain MatMul reads it at 1.6x the speed of
+               # MatMul(transpose_b) over wte on CPU, worth the extra V*C*4 bytes (65 MB for GPT-2 small).
+               "lm_head_w": base.wte.weight.T}
+    for i, block in enumerate(base.h):
+        for name, module in (("ln1", block.ln_1), ("attn", block.attn.c_attn), ("proj", block.attn.c_proj),
+                             ("ln2", block.ln_2), ("fc", block.mlp.c_fc), ("mlp", block.mlp.c_proj)):
+            weights[f"h{i}.{name}_w"], weights[f"h{i}.{name}_b"] = module.weight, module.bias
+    return {name: _param(tensor, name) for name, tensor in weights.items()}
+
+
 class Block(nn.Cell):
     """One GPT-2 layer, with its KV cache held in place as two Parameters.
 
@@ -54,18 +71,18 @@ class Block(nn.Cell):
     cache per layer per token, 10% of a step at 128 positions and growing with the context.
     """
 
-    def __init__(self, block, index: int, n_head: int, eps: float, batch: int, max_len: int):
+    def __init__(self, weights: dict, index: int, n_head: int, eps: float, batch: int, max_len: int):
         super().__init__()
-        self.n_head, self.eps = n_head, eps
+        self.n_head = n_head
         p = f"h{index}."
-        self.ln1_w, self.ln1_b = _param(block.ln_1.weight, p + "ln1_w"), _param(block.ln_1.bias, p + "ln1_b")
-        self.attn_w, self.attn_b = _param(block.attn.c_attn.weight, p + "attn_w"), _param(block.attn.c_attn.bias, p + "attn_b")
-        self.proj_w, self.proj_b = _param(block.attn.c_proj.weight, p + "proj_w"), _param(block.attn.c_proj.bias, p + "proj_b")
-        self.ln2_w, self.ln2_b = _param(block.ln_2.weight, p + "ln2_w"), _param(block.ln_2.bias, p + "ln2_b")
-        self.fc_w, self.fc_b = _param(block.mlp.c_fc.weight, p + "fc_w"), _param(block.mlp.c_fc.bias, p + "fc_b")
-        self.mlp_w, self.mlp_b = _param(block.mlp.c_proj.weight, p + "mlp_w"), _param(block.mlp.c_proj.bias, p + "mlp_b")
+        self.ln1_w, self.ln1_b = weights[p + "ln1_w"], weights[p + "ln1_b"]
+        self.attn_w, self.attn_b = weights[p + "attn_w"], weights[p + "attn_b"]
+        self.proj_w, self.proj_b = weights[p + "proj_w"], weights[p + "proj_b"]
+        self.ln2_w, self.ln2_b = weights[p + "ln2_w"], weights[p + "ln2_b"]
+        self.fc_w, self.fc_b = weights[p + "fc_w"], weights[p + "fc_b"]
+        self.mlp_w, self.mlp_b = weights[p + "mlp_w"], weights[p + "mlp_b"]
         self.layer_norm, self.gelu = layer_norm(eps), gelu_new()
-        n_embd = block.ln_1.weight.shape[0]
+        n_embd = self.ln1_w.shape[0]
         shape = (batch, n_head, max_len, n_embd // n_head)
         self.k_cache = Parameter(Tensor(np.zeros(shape, np.float32)), name=p + "k_cache", requires_grad=False)
         self.v_cache = Parameter(Tensor(np.zeros(shape, np.float32)), name=p + "v_cache", requires_grad=False)
@@ -112,21 +129,17 @@ class DecodeStep(nn.Cell):
     one batch of ``batch`` rows) at a time.
     """
 
-    def __init__(self, model, max_len: int, batch: int = 1):
+    def __init__(self, model, max_len: int, batch: int = 1, weights: dict | None = None):
         super().__init__()
         cfg = model.config
-        self.n_layer, self.n_head, self.n_embd, self.max_len = cfg.n_layer, cfg.n_head, cfg.n_embd, max_len
-        base = model.transformer
-        self.wte = _param(base.wte.weight, "wte")              # (V, C): the token embedding
-        self.wpe = _param(base.wpe.weight, "wpe")              # (P, C)
-        # The (tied) LM head as its own (C, V) copy: a plain MatMul reads it at 1.6x the speed of
-        # MatMul(transpose_b) over wte on CPU, worth the extra V*C*4 bytes (65 MB for GPT-2 small).
-        self.lm_head_w = _param(base.wte.weight.T, "lm_head_w")
-        self.lm_head = ops.MatMul()
-        self.ln_f_w, self.ln_f_b = _param(base.ln_f.weight, "ln_f_w"), _param(base.ln_f.bias, "ln_f_b")
-        self.eps = float(cfg.layer_norm_epsilon)
-        self.ln_f = layer_norm(self.eps)
-        self.blocks = nn.CellList([Block(b, i, cfg.n_head, self.eps, batch, max_len) for i, b in enumerate(base.h)])
+        weights = weights if weights is not None else compiled_weights(model)
+        self.n_head, self.n_embd, self.max_len = cfg.n_head, cfg.n_embd, max_len
+        self.wte, self.wpe = weights["wte"], weights["wpe"]                  # (V, C), (P, C)
+        self.lm_head_w, self.lm_head = weights["lm_head_w"], ops.MatMul()    # (C, V), see compiled_weights
+        self.ln_f_w, self.ln_f_b = weights["ln_f_w"], weights["ln_f_b"]
+        self.ln_f = layer_norm(float(cfg.layer_norm_epsilon))
+        self.blocks = nn.CellList([Block(weights, i, cfg.n_head, float(cfg.layer_norm_epsilon), batch, max_len)
+                                   for i in range(cfg.n_layer)])
         self.positions = Tensor(np.arange(max_len, dtype=np.int32))
         rows = np.stack(np.meshgrid(np.arange(batch), np.arange(cfg.n_head), indexing="ij"), -1)  # (B, nh, 2)
         self.slot_base = Tensor(np.concatenate([rows, np.zeros_like(rows[..., :1])], -1).astype(np.int32))  # [b, h, 0]
@@ -190,6 +203,10 @@ class ReorderCache(nn.Cell):
 PREFILL_BUCKET = 32
 
 
+def _round_up(n: int, bucket: int) -> int:
+    return -(-n // bucket) * bucket
+
+
 @dataclass
 class CompiledDecoder:
     """Compiled GPT-2 decoding for ``batch`` rows sharing one prompt: greedy (batch 1, same
@@ -203,11 +220,13 @@ class CompiledDecoder:
     batch: int = 1
 
     @classmethod
-    def from_model(cls, model, max_len: int | None = None, batch: int = 1) -> "CompiledDecoder":
+    def from_model(cls, model, max_len: int | None = None, batch: int = 1,
+                   weights: dict | None = None) -> "CompiledDecoder":
+        """``weights``: :func:`compiled_weights` of ``model``, to share with its other decoders."""
         max_len = max_len or model.config.n_positions
         if max_len > model.config.n_positions:
             raise ValueError(f"max_len={max_len} exceeds the model's n_positions={model.config.n_positions}")
-        step = DecodeStep(model, max_len, batch)
+        step = DecodeStep(model, max_len, batch, weights)
         prefill, reorder = Prefill(step), ReorderCache(step)
         for cell in (step, prefill, reorder):
             cell.construct = mindspore.jit(cell.construct)
@@ -256,7 +275,7 @@ class CompiledDecoder:
     def run_prefill(self, prompt: list[int]):
         """The prompt through the compiled prefill graph, padded to a multiple of PREFILL_BUCKET;
         its keys and values go to every row of the cache. -> (next token (1,), logits (1, V))."""
-        padded = min(-(-len(prompt) // PREFILL_BUCKET) * PREFILL_BUCKET, self.max_len - 1)
+        padded = min(_round_up(len(prompt), PREFILL_BUCKET), self.max_len - 1)
         tokens = np.zeros((1, padded), np.int32)
         tokens[0, :len(prompt)] = prompt
         return self.prefill(Tensor(tokens), Tensor(np.int32(len(prompt) - 1)))
@@ -364,10 +383,11 @@ CACHE_BUCKET = 64
 def decoder_for(model, needed_length: int, batch: int = 1) -> CompiledDecoder:
     """The model's compiled decoder for ``batch`` rows and sequences up to ``needed_length``
     (rounded up to a bucket, so a handful of graphs serve every length); built once per model,
-    bucket and batch."""
-    limit = model.config.n_positions
-    max_len = min(-(-needed_length // CACHE_BUCKET) * CACHE_BUCKET, limit)
+    bucket and batch, all of them on one shared copy of the weights."""
+    max_len = min(_round_up(needed_length, CACHE_BUCKET), model.config.n_positions)
     cache = model.__dict__.setdefault("_ms_gpt2_compiled_decoders", {})
     if (max_len, batch) not in cache:
-        cache[max_len, batch] = CompiledDecoder.from_model(model, max_len, batch)
+        if "weights" not in cache:
+            cache["weights"] = compiled_weights(model)
+        cache[max_len, batch] = CompiledDecoder.from_model(model, max_len, batch, cache["weights"])
     return cache[max_len, batch]

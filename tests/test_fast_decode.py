@@ -142,3 +142,21 @@ def test_summarize_ids_compiled_equals_the_library_path(scope):
         fast = summarize_ids(model, tokenizer, prompt, **options)
         np.testing.assert_array_equal(fast, summarize_ids(model, tokenizer, prompt, compiled=False, **options))
         assert len(fast) > 0
+
+
+def test_a_models_decoders_share_one_copy_of_the_weights():
+    from ms_gpt2.fast_decode import decoder_for
+
+    runtime.seed_everything(4)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=160, n_embd=32, n_layer=2, n_head=4,
+                                       initializer_range=0.3)).eval()
+    prompt = np.random.default_rng(2).integers(0, 300, size=9)
+    ids = torch.tensor(prompt[None].astype(np.int64))
+    with torch.no_grad():
+        want = [int(t) for t in model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12,
+                                               do_sample=False, pad_token_id=0, eos_token_id=None)[0, 9:].numpy()]
+    short, long, beams = decoder_for(model, 20), decoder_for(model, 100), decoder_for(model, 20, batch=4)
+    assert (short.max_len, long.max_len) == (64, 128) and decoder_for(model, 30) is short
+    for a, b in [(short, long), (short, beams)]:
+        assert a.step.wte is b.step.wte and a.step.blocks[0].fc_w is b.step.blocks[0].fc_w
+    assert short.greedy(prompt, 12) == want and long.greedy(prompt, 12) == want
