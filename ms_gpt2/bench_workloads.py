@@ -81,9 +81,11 @@ def _sync(value):
 
 
 def timed(fn, *args):
+    """(seconds, result) of ``fn(*args)``, the clock stopped only once the result is computed."""
     start = time.perf_counter()
-    _sync(fn(*args))
-    return time.perf_counter() - start
+    result = fn(*args)
+    _sync(result)
+    return time.perf_counter() - start, result
 
 
 def train(spec: dict, device: str) -> dict:
@@ -94,7 +96,7 @@ def train(spec: dict, device: str) -> dict:
     batch = tokens(spec, (spec["train_batch"], spec["train_len"])).to(device)
     for _ in range(spec["warmup_steps"]):
         timed(step, batch)
-    times = [timed(step, batch) for _ in range(spec["train_steps"])]
+    times = [timed(step, batch)[0] for _ in range(spec["train_steps"])]
     median = statistics.median(times)
     return {"tokens_per_s": spec["train_batch"] * spec["train_len"] / median, "step_s": median, "steps": times,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -112,7 +114,7 @@ def decode(spec: dict, device: str) -> dict:
     prompt = tokens(spec, (1, spec["decode_prompt"])).to(device)
     n = spec["decode_new"]
     _generate(model, prompt, max_new_tokens=4, min_new_tokens=4)  # warm-up
-    seconds = timed(lambda: _generate(model, prompt, max_new_tokens=n, min_new_tokens=n))
+    seconds, _ = timed(lambda: _generate(model, prompt, max_new_tokens=n, min_new_tokens=n))
     return {"tokens_per_s": n / seconds, "seconds": seconds, "new_tokens": n}
 
 
@@ -121,10 +123,9 @@ def summarize(spec: dict, device: str) -> dict:
     article = tokens(spec, (1, spec["article_len"])).to(device)
     n = spec["summary_new"]
     _generate(model, article[:, :16], max_new_tokens=2, num_beams=spec["beams"])  # warm-up
-    out = []
-    seconds = timed(lambda: out.append(_generate(model, article, max_new_tokens=n, min_new_tokens=n,
-                                                 num_beams=spec["beams"], no_repeat_ngram_size=2)) or out[0])
-    return {"seconds": seconds, "new_tokens": [int(t) for t in out[0][0, article.shape[1]:].cpu().numpy()]}
+    seconds, out = timed(lambda: _generate(model, article, max_new_tokens=n, min_new_tokens=n,
+                                           num_beams=spec["beams"], no_repeat_ngram_size=2))
+    return {"seconds": seconds, "new_tokens": [int(t) for t in out[0, article.shape[1]:].cpu().numpy()]}
 
 
 def run(spec: dict, device: str = "cpu") -> dict:
