@@ -6,25 +6,36 @@ A checkpoint directory is ``config.json`` + weights (``model.safetensors`` or th
 (Chinese GPT-2s built on bert-base-chinese). Users download these however they like (a browser,
 ``git lfs``, ``huggingface-cli download`` on a connected machine); ms_gpt2 never reaches a hub.
 
-Saving writes ``model.safetensors`` + config + tokenizer into a temporary sibling directory and
-swaps it in, so a crash never leaves a half-written checkpoint where a good one was.
+Saving writes ``model.safetensors`` + config + tokenizer into a hidden staging sibling, flushes it
+to disk and swaps it in (:func:`ms_gpt2.rundir.replace_dir`), so a crash never leaves a
+half-written checkpoint where a good one was, nor no directory at all.
 """
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 from ms_gpt2 import runtime
+from ms_gpt2.rundir import recover_dir, replace_dir, staging_name
 
 runtime.ensure()
 
 from mindnlp.transformers import GPT2LMHeadModel, GPT2Tokenizer  # noqa: E402
 
 from ms_gpt2 import tokenization  # noqa: E402
-from ms_gpt2.modeling import CheckpointError, load_model  # noqa: E402
+from ms_gpt2.modeling import WEIGHT_FILES, CheckpointError, load_model  # noqa: E402
 
 RUN_CONFIG = "ms_gpt2_config.yaml"
+TRAINER_STATE = "trainer_state.json"
+
+
+def incomplete_reason(path) -> str | None:
+    """What a Trainer checkpoint directory lacks to be resumed from (None when it is complete)."""
+    path = Path(path)
+    missing = [name for name in ("config.json", TRAINER_STATE) if not (path / name).is_file()]
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        missing.append(f"weights ({WEIGHT_FILES[0]})")
+    return f"no {', '.join(missing)}" if missing else None
 
 
 def is_bert_vocabulary(tokenizer) -> bool:
@@ -33,7 +44,7 @@ def is_bert_vocabulary(tokenizer) -> bool:
 
 def load_tokenizer(path):
     """The tokenizer saved in a checkpoint directory: GPT-2 BPE or BERT WordPiece."""
-    path = Path(path)
+    path = recover_dir(path)
     if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
         try:
             return GPT2Tokenizer.from_pretrained(str(path), local_files_only=True)
@@ -49,15 +60,15 @@ def load_tokenizer(path):
 
 def load_pretrained(path, cls=GPT2LMHeadModel):
     """(model, tokenizer) from a local Hugging Face GPT-2 directory, on the current device, eval mode."""
-    tokenizer = load_tokenizer(path)
+    tokenizer = load_tokenizer(path)  # (restores a directory an interrupted save left aside)
     model = load_model(path, cls, vocab_size=len(tokenizer))
     return model.to(runtime.ensure().torch_device).eval(), tokenizer
 
 
 def save_pretrained(model, tokenizer, target, generation_config=None, run_config: dict | None = None) -> Path:
     """Write model + tokenizer (+ optional run config) to ``target`` atomically; returns it."""
-    target = Path(target)
-    tmp = target.with_name(target.name + ".tmp")
+    target = recover_dir(target)
+    tmp = staging_name(target)
     shutil.rmtree(tmp, ignore_errors=True)
     if generation_config is not None:
         model.generation_config = generation_config
@@ -67,10 +78,4 @@ def save_pretrained(model, tokenizer, target, generation_config=None, run_config
         from ms_gpt2.config import dump_config
 
         dump_config(run_config, tmp / RUN_CONFIG)
-    old = target.with_name(target.name + ".old")
-    if target.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-    return target
+    return replace_dir(tmp, target)

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 import yaml
 
 from ms_gpt2.errors import UserError
+from ms_gpt2.rundir import atomic_write_text
 
 SECTIONS = ("model", "tokenizer", "data", "training", "generation")
 
@@ -96,4 +97,5 @@ def load_config(path=None, overrides: Iterable[str] = ()) -> dict:
 
 
 def dump_config(config: dict, path) -> None:
-    Path(path).write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    """Write ``config`` as YAML; a crash leaves the old file or the new one, never a truncated one."""
+    atomic_write_text(path, yaml.safe_dump(config, allow_unicode=True, sort_keys=False))

@@ -44,7 +44,9 @@ class Summary:
 
 def load_summarizer(model_dir):
     """(model, tokenizer) from a directory written by ``ms-gpt2 train`` (or any GPT-2 + vocab.txt)."""
-    tokenizer = tokenization.load_tokenizer(model_dir)
+    from ms_gpt2.rundir import recover_dir
+
+    tokenizer = tokenization.load_tokenizer(recover_dir(model_dir))  # after a save cut off mid-swap
     model = load_model(model_dir, GPT2ForSummarization, vocab_size=len(tokenizer))
     model = model.to(runtime.ensure().torch_device).eval()
     return model, tokenizer

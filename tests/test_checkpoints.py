@@ -189,3 +189,46 @@ def test_clear_errors(tmp_path):
     (bigger / "vocab.txt").write_text(vocab + "".join(f"extra{i}\n" for i in range(50)), encoding="utf-8")
     with pytest.raises(CheckpointError, match="tokenizer has .* tokens but the model's vocab_size is"):
         load_pretrained(bigger)
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["rename-exchange", "two-renames"])
+def test_a_save_cut_off_mid_swap_leaves_a_loadable_model(tmp_path, monkeypatch, exchange):
+    """Crash between the steps of replacing model/ (os.replace fails at its 2nd call): the previous
+    model is still there to load, by load_pretrained and by the summarize/evaluate loader."""
+    import os
+
+    from ms_gpt2 import rundir
+    from ms_gpt2.summarization import load_summarizer
+
+    model, tokenizer = loaded("gpt2-bert-tiny")
+    target = save_pretrained(model, tokenizer, tmp_path / "model")
+    first = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    changed, _ = load_pretrained(FIXTURES / "gpt2-bert-tiny")
+    with torch.no_grad():
+        changed.transformer.wte.weight.add_(1.0)
+
+    if not exchange:  # a platform without renameat2(RENAME_EXCHANGE)
+        monkeypatch.setattr(rundir, "_exchange", lambda a, b: False)
+    real, calls = os.replace, []
+
+    def crash_at_second_call(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("simulated crash")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_at_second_call)
+    try:
+        save_pretrained(changed, tokenizer, target)
+    except OSError:
+        assert not exchange
+    monkeypatch.undo()
+
+    want = first if not exchange else {k: v.detach().numpy() for k, v in changed.state_dict().items()}
+    for load in (load_summarizer, load_pretrained):
+        again, _ = load(target)
+        got = {k: v.detach().numpy() for k, v in again.state_dict().items()}
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    if exchange:  # one atomic swap: nothing left beside model/
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
