@@ -8,18 +8,24 @@ run resumed from a checkpoint sees exactly the batches the uninterrupted run wou
 
 Output directory::
 
-    checkpoint-N/      Trainer checkpoints (HF format + tokenizer), the newest save_total_limit kept
+    checkpoint-N/      Trainer checkpoints (HF format + tokenizer + ms_gpt2_config.yaml), the newest
+                       save_total_limit kept; each is written as .checkpoint-N.partial and renamed
+                       only when complete, so a crash never leaves a half-written checkpoint-N
     model/             the final model + tokenizer + generation config, written atomically
     tokenizer/         the vocabulary built from the data (when none was given)
     train_config.yaml  the resolved config;  loss_log.jsonl, loss_curve.png  the loss history
     work/              clean copies of input files that had skipped bad lines
+    .ms_gpt2.lock      held (flock) while a run writes here: a second run into the directory refuses
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
+import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,22 +37,24 @@ import mindspore.dataset as msds  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402  (mindtorch)
 from mindnlp.transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
-from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint  # noqa: E402
 
 from ms_gpt2 import tokenization  # noqa: E402
-from ms_gpt2.checkpoints import save_pretrained  # noqa: E402
+from ms_gpt2.checkpoints import RUN_CONFIG, incomplete_reason, save_pretrained  # noqa: E402
 from ms_gpt2.config import dump_config  # noqa: E402
 from ms_gpt2.data import NLPCCSource, records  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.examples import summary_fits, train_pipeline  # noqa: E402
 from ms_gpt2.modeling import (GPT2ForSummarization, build_config, generation_config_for,  # noqa: E402
                               load_model)
+from ms_gpt2.rundir import RunLock, recover_dir, replace_dir, staging_name  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 LOSS_LOG = "loss_log.jsonl"
 LOSS_CURVE = "loss_curve.png"
 FINAL_MODEL = "model"
+PAUSE_IN_SAVE_ENV = "MS_GPT2_TEST_PAUSE_IN_SAVE"
 
 
 class OutputDirError(UserError, RuntimeError):
@@ -72,7 +80,63 @@ class PipelineBatches(torch.utils.data.IterableDataset):
             yield {key: torch.tensor(value.astype(np.int64)) for key, value in row.items()}
 
 
-class PipelineTrainer(Trainer):
+class CrashSafeCheckpoints:
+    """Trainer mixin: ``checkpoint-N`` appears only once every file of it is written, with the run config.
+
+    The Trainer's own ``_save_checkpoint`` writes into ``.checkpoint-N.partial/checkpoint-N`` (by
+    pointing ``_get_output_dir`` there while it runs), then the finished directory is flushed and
+    renamed to ``checkpoint-N`` and only then are old checkpoints rotated away. Hidden staging names
+    match neither ``get_last_checkpoint`` nor the rotation's ``checkpoint-*`` glob.
+    """
+
+    run_config: dict | None = None  # saved as ms_gpt2_config.yaml in every checkpoint
+    _staging_root: Path | None = None
+
+    def _get_output_dir(self, trial):
+        return str(self._staging_root) if self._staging_root is not None else super()._get_output_dir(trial)
+
+    def _rotate_checkpoints(self, use_mtime=False, output_dir=None) -> None:
+        if self._staging_root is None:  # during a save: deferred until the new checkpoint is in place
+            super()._rotate_checkpoints(use_mtime=use_mtime, output_dir=output_dir)
+
+    def _sorted_checkpoints(self, *args, **kwargs) -> list[str]:
+        # oldest first = deleted first; incomplete ones (a crash under an older version) go before
+        # every complete one, so rotation never deletes a resumable checkpoint to keep a broken one
+        ordered = super()._sorted_checkpoints(*args, **kwargs)
+        return [p for p in ordered if incomplete_reason(p)] + [p for p in ordered if not incomplete_reason(p)]
+
+    def _save_checkpoint(self, model, trial):
+        run_dir = Path(self._get_output_dir(trial=trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        root = staging_name(run_dir / name)
+        shutil.rmtree(root, ignore_errors=True)
+        self._staging_root = root
+        try:
+            super()._save_checkpoint(model, trial)
+            if self.run_config is not None:
+                dump_config(self.run_config, root / name / RUN_CONFIG)
+        finally:
+            self._staging_root = None
+        replace_dir(root / name, run_dir / name)
+        shutil.rmtree(root, ignore_errors=True)
+        if self.args.should_save:
+            self._rotate_checkpoints(use_mtime=True, output_dir=str(run_dir))
+
+    def _save_rng_state(self, output_dir):
+        _pause_in_save_for_tests(Path(self.args.output_dir), self.state.global_step)
+        super()._save_rng_state(output_dir)
+
+
+def _pause_in_save_for_tests(run_dir: Path, step: int) -> None:
+    """Test hook: with MS_GPT2_TEST_PAUSE_IN_SAVE=<step>, stop half-way through writing checkpoint-<step>
+    (weights and optimizer written, RNG and trainer state not), touch ``<run_dir>/.paused-in-save-<step>``
+    and sleep, so a test can SIGKILL the run exactly there."""
+    if os.environ.get(PAUSE_IN_SAVE_ENV) == str(step):
+        (run_dir / f".paused-in-save-{step}").touch()
+        time.sleep(600)
+
+
+class PipelineTrainer(CrashSafeCheckpoints, Trainer):
     """The MindNLP Trainer, reading batches the MindSpore pipeline already made."""
 
     def get_train_dataloader(self):
@@ -159,15 +223,40 @@ def _resume_checkpoint(output_dir: Path, resume, overwrite: bool) -> str | None:
     if resume is True or resume == "latest":
         if not existing:
             raise OutputDirError(f"--resume: no checkpoint-N directory in {output_dir}")
-        return existing
+        for path in _checkpoints_newest_first(output_dir):
+            problem = incomplete_reason(path)
+            if problem is None:
+                return str(path)
+            log.warning("--resume: skipping %s: incomplete (%s), cut off by a crash; not loading it", path, problem)
+        raise OutputDirError(f"--resume: no complete checkpoint-N directory in {output_dir} (all lack files)")
     if not Path(resume).is_dir():
         raise OutputDirError(f"--resume {resume}: no such checkpoint directory")
+    problem = incomplete_reason(resume)
+    if problem:
+        raise OutputDirError(f"--resume {resume}: incomplete checkpoint ({problem}); resume from an earlier one")
     return str(resume)
 
 
+def _checkpoints_newest_first(output_dir: Path) -> list[Path]:
+    found = [(int(m.group(1)), p) for p in output_dir.iterdir()
+             if (m := re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
 def train(config: dict, data_path, output_dir, resume=None, overwrite: bool = False) -> TrainResult:
-    """Run the tutorial's fine-tuning as configured; returns where everything was written."""
+    """Run the tutorial's fine-tuning as configured; returns where everything was written.
+
+    Holds the output directory's lock throughout: a second run into it refuses (RunDirInUseError)."""
     output_dir = Path(output_dir)
+    with RunLock(output_dir):
+        for partial in output_dir.glob(f".{PREFIX_CHECKPOINT_DIR}-*.partial"):  # a crashed run's, unfinished
+            log.warning("removing %s, a checkpoint a crashed run did not finish writing", partial)
+            shutil.rmtree(partial, ignore_errors=True)
+        recover_dir(output_dir / FINAL_MODEL)
+        return _train_locked(config, data_path, output_dir, resume, overwrite)
+
+
+def _train_locked(config: dict, data_path, output_dir: Path, resume, overwrite: bool) -> TrainResult:
     resume_from = _resume_checkpoint(output_dir, resume, overwrite)
     if overwrite and not resume_from:
         for stale in [*output_dir.glob("checkpoint-*"), output_dir / LOSS_LOG]:
@@ -215,6 +304,7 @@ def train(config: dict, data_path, output_dir, resume=None, overwrite: bool = Fa
     dump_config(config, output_dir / "train_config.yaml")
     trainer = PipelineTrainer(model=model, args=args, train_dataset=batches, processing_class=tokenizer,
                               callbacks=[LossLog(output_dir / LOSS_LOG)])
+    trainer.run_config = config  # each checkpoint-N carries it, for summarize/evaluate --model checkpoint-N
     result = trainer.train(resume_from_checkpoint=resume_from)
     model_dir = save_pretrained(trainer.model, tokenizer, output_dir / FINAL_MODEL, generation_config, config)
     curve = plot_loss_curve(output_dir / LOSS_LOG, output_dir / LOSS_CURVE)

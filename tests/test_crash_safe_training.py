@@ -1,0 +1,166 @@
+"""Training survives being killed mid-checkpoint, refuses to share an output directory, and every
+checkpoint carries the settings summarize/evaluate need.
+
+A real ``python -m ms_gpt2 train`` process is SIGKILLed while it writes checkpoint-4 (the test hook
+MS_GPT2_TEST_PAUSE_IN_SAVE stops it after the weights and optimizer, before the trainer state);
+``--resume`` then continues from checkpoint-2 and logs the same per-step losses as a run that was
+never interrupted."""
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from conftest import DEMO_DATA, write_jsonl
+from ms_gpt2 import runtime, tasks
+from ms_gpt2.config import load_config
+from ms_gpt2.rundir import LOCK_FILE
+from ms_gpt2.training import PAUSE_IN_SAVE_ENV, OutputDirError, PipelineTrainer, train
+
+ROOT = Path(__file__).resolve().parents[1]
+# 4 records, batch 2: 2 batches an epoch, 3 epochs = 6 steps, a checkpoint every 2, every loss logged
+SETTINGS = ["model.n_positions=160", "model.n_embd=64", "model.n_layer=1", "model.n_head=2", "model.dropout=0.0",
+            "data.max_seq_len=128", "data.max_summary_len=30", "data.train_ratio=1.0",
+            "data.summary_only_loss=true", "training.per_device_train_batch_size=2",
+            "training.learning_rate=5.0e-3", "training.warmup_steps=0", "training.logging_steps=1",
+            "training.num_train_epochs=3", "training.save_steps=2", "training.save_total_limit=2"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, char_vocab_dir):
+    rows = [json.loads(line) for line in open(DEMO_DATA, encoding="utf-8")]
+    rows = sorted(rows, key=lambda r: len(r["article"]))[:4]
+    data = write_jsonl(tmp_path_factory.mktemp("data") / "handful.jsonl", rows)
+    overrides = SETTINGS + [f"tokenizer.path={char_vocab_dir}"]
+    return SimpleNamespace(data=data, overrides=overrides, config=load_config("configs/smoke.yaml", overrides))
+
+
+@pytest.fixture(scope="module")
+def straight(setup, tmp_path_factory):
+    """The uninterrupted run everything is compared with (seed 0, as the CLI runs below)."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    runtime.seed_everything(0)
+    result = train(setup.config, setup.data, out)
+    assert result.global_step == 6
+    return out
+
+
+def losses(run_dir) -> dict:
+    """Per-step losses from loss_log.jsonl; a step logged again after a resume keeps the latest entry."""
+    by_step = {}
+    for line in (Path(run_dir) / "loss_log.jsonl").read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        by_step[entry["step"]] = entry["loss"]
+    return by_step
+
+
+def assert_same_losses(run_dir, reference):
+    got, want = losses(run_dir), losses(reference)
+    assert sorted(got) == sorted(want) == list(range(1, 7))
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-5)
+
+
+def cli_train(setup, output_dir, *extra, env=None, **popen):
+    args = [sys.executable, "-m", "ms_gpt2", "train", "--config", "configs/smoke.yaml", "--data", str(setup.data),
+            "--output-dir", str(output_dir), "--device", "cpu", "--seed", "0", *extra]
+    for item in setup.overrides:
+        args += ["--set", item]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.Popen(args, cwd=ROOT, env=env, text=True, **popen)
+
+
+def test_killed_while_writing_a_checkpoint_then_resumed_matches_an_uninterrupted_run(setup, straight, tmp_path,
+                                                                                       caplog):
+    run = tmp_path / "run"
+    log_path = tmp_path / "first.log"
+    with open(log_path, "w") as log_file:
+        first = cli_train(setup, run, env={PAUSE_IN_SAVE_ENV: "4"}, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        marker, deadline = run / ".paused-in-save-4", time.monotonic() + 300
+        while not marker.exists():
+            assert first.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the run never reached checkpoint-4"
+            time.sleep(0.2)
+
+        # a second train into the same directory while the first is alive: refused, naming it
+        second = cli_train(setup, run, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = second.communicate(timeout=300)
+        assert second.returncode == 2, err[-3000:]
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("ms-gpt2: error: ") and "Traceback" not in err
+        assert f"{run} is in use by another run (pid {first.pid} on host " in last
+        assert "ms_gpt2 train" in last  # the other run's command line
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+
+    # what the kill left: checkpoint-2 complete, checkpoint-4 only as a hidden staging directory
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2"]
+    partial = run / ".checkpoint-4.partial" / "checkpoint-4"
+    assert (partial / "model.safetensors").is_file() and not (partial / "trainer_state.json").exists()
+    assert (run / LOCK_FILE).is_file()
+    assert max(losses(run)) == 4
+
+    runtime.seed_everything(123)  # resuming restores the RNG state from the checkpoint
+    with caplog.at_level(logging.WARNING):
+        resumed = train(setup.config, setup.data, run, resume="latest")
+    assert resumed.global_step == 6
+    assert f"taking over the lock left by a run that is no longer alive (pid {first.pid} " in caplog.text
+    assert ".checkpoint-4.partial, a checkpoint a crashed run did not finish writing" in caplog.text
+    assert_same_losses(run, straight)
+    # rotation (save_total_limit=2) ran on complete checkpoints only; no staging or lock left behind
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+    assert not list(run.glob(".checkpoint-*")) and not (run / LOCK_FILE).exists()
+
+
+def test_resume_skips_an_incomplete_checkpoint_with_a_warning(setup, straight, tmp_path, caplog):
+    """An older version's crash left checkpoint-6 without trainer_state.json: --resume names it, never
+    loads it, continues from checkpoint-4, and ends with the uninterrupted run's losses."""
+    run = tmp_path / "run"
+    for name in ("checkpoint-4", "checkpoint-6"):
+        shutil.copytree(straight / name, run / name)
+    (run / "checkpoint-6" / "trainer_state.json").unlink()
+    lines = (straight / "loss_log.jsonl").read_text().splitlines()
+    (run / "loss_log.jsonl").write_text("".join(f"{line}\n" for line in lines if json.loads(line)["step"] <= 4))
+
+    runtime.seed_everything(123)
+    with caplog.at_level(logging.WARNING):
+        resumed = train(setup.config, setup.data, run, resume="latest")
+    assert f"--resume: skipping {run / 'checkpoint-6'}: incomplete (no trainer_state.json)" in caplog.text
+    assert resumed.global_step == 6
+    assert_same_losses(run, straight)
+    assert (run / "checkpoint-6" / "trainer_state.json").is_file()  # the re-saved checkpoint-6 replaced it
+
+    # naming an incomplete checkpoint explicitly is a clear error, not a traceback
+    (run / "checkpoint-6" / "model.safetensors").unlink()
+    with pytest.raises(OutputDirError, match=r"checkpoint-6: incomplete checkpoint \(no weights"):
+        train(setup.config, setup.data, run, resume=str(run / "checkpoint-6"))
+
+
+def test_every_checkpoint_carries_the_run_config(setup, straight):
+    """summarize/evaluate --model checkpoint-N use the run's settings, not the defaults."""
+    for checkpoint in sorted(straight.glob("checkpoint-*")):
+        assert tasks.run_config(checkpoint) == setup.config, checkpoint.name
+    assert tasks.run_config(straight / "model") == setup.config
+
+
+def test_rotation_never_deletes_the_only_complete_checkpoint(straight, tmp_path):
+    """save_total_limit=1 with a newer-numbered incomplete checkpoint-9 (an older version's crash):
+    the incomplete one is rotated away, the complete one kept (HF sorts by step when mtimes are close)."""
+    run = tmp_path / "run"
+    shutil.copytree(straight / "checkpoint-4", run / "checkpoint-4")
+    (run / "checkpoint-9").mkdir()
+    (run / "checkpoint-9" / "config.json").write_text("{}")
+    trainer = PipelineTrainer.__new__(PipelineTrainer)
+    trainer.args = SimpleNamespace(save_total_limit=1)
+    trainer.state = SimpleNamespace(best_model_checkpoint=None)
+    trainer._rotate_checkpoints(use_mtime=True, output_dir=str(run))
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-4"]
