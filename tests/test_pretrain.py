@@ -133,3 +133,30 @@ def test_a_corpus_shorter_than_one_block_is_a_clear_error(tmp_path, capsys, char
                   "--output-dir", str(tmp_path / "o"), *_sets(TINY_PT)])
     assert info.value.code == 2
     assert "fewer than one block of data.max_seq_len=32" in capsys.readouterr().err
+
+
+def test_resumed_pretraining_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, char_vocab_dir):
+    import shutil
+
+    from safetensors.numpy import load_file
+
+    from ms_gpt2.config import load_config
+    from ms_gpt2.pretraining import pretrain
+
+    rows = [json.loads(line) for line in open(DEMO_DATA, encoding="utf-8")][:10]
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(r["article"] for r in rows) + "\n", encoding="utf-8")
+    config = load_config(None, TINY_PT + [f"tokenizer.path={char_vocab_dir}", "pretrain.eval_fraction=0.0",
+                                          "training.num_train_epochs=2", "training.save_steps=2",
+                                          "training.save_total_limit=5"])
+    runtime.seed_everything(0)
+    straight = pretrain(config, corpus, tmp_path / "a")
+    assert straight.global_step == 2 * -(-straight.train_blocks // 16) >= 4 and straight.eval is None
+    shutil.copytree(tmp_path / "a" / "checkpoint-2", tmp_path / "b" / "checkpoint-2")
+    runtime.seed_everything(123)  # resuming restores the RNG state from the checkpoint
+    resumed = pretrain(config, corpus, tmp_path / "b", resume="latest")
+    assert resumed.global_step == straight.global_step
+    a = load_file(str(tmp_path / "a" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "model" / "model.safetensors"))
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
