@@ -29,6 +29,10 @@ def _overrides(args) -> list[str]:
         sets.append(f"tokenizer.path={args.tokenizer}")
     if getattr(args, "skip_bad_lines", False):
         sets.append("data.skip_bad_lines=true")
+    if getattr(args, "init_from", None):
+        sets.append(f"model.init_from={args.init_from}")
+    if getattr(args, "text_field", None):
+        sets.append(f"pretrain.text_field={args.text_field}")
     return sets
 
 
@@ -41,6 +45,20 @@ def _train(args) -> int:
     print(json.dumps({"model": str(result.model_dir), "global_step": result.global_step,
                       "train_loss": result.train_loss, "loss_curve": str(result.loss_curve),
                       "train_examples": result.n_train, "test_examples": result.n_test}, ensure_ascii=False))
+    return 0
+
+
+def _pretrain(args) -> int:
+    from ms_gpt2.config import load_config
+    from ms_gpt2.pretraining import pretrain
+
+    config = load_config(args.config, _overrides(args))
+    result = pretrain(config, args.data, args.output_dir, resume=args.resume, overwrite=args.overwrite)
+    print(json.dumps({"model": str(result.model_dir), "global_step": result.global_step,
+                      "train_loss": result.train_loss, "loss_curve": str(result.loss_curve),
+                      "train_documents": result.train_documents, "eval_documents": result.eval_documents,
+                      "train_blocks": result.train_blocks, "dropped_tokens": result.dropped_tokens,
+                      "eval": result.eval}, ensure_ascii=False))
     return 0
 
 
@@ -154,7 +172,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                    help="continue from the latest checkpoint in --output-dir, or from CHECKPOINT")
     p.add_argument("--overwrite", action="store_true", help="start over in an --output-dir that has checkpoints")
+    p.add_argument("--init-from", metavar="MODEL_DIR",
+                   help="start from a local GPT-2 checkpoint (e.g. runs/pt/model); its vocabulary unless --tokenizer "
+                        "(same as --set model.init_from=MODEL_DIR)")
     p.set_defaults(handler=_train)
+
+    p = sub.add_parser("pretrain", parents=[common], help="causal-LM training on raw text, packed into full blocks")
+    config_args(p)
+    p.add_argument("--data", required=True,
+                   help="plain text, one document per line (blank lines ignored), or JSON lines with --text-field")
+    p.add_argument("--text-field", metavar="KEY",
+                   help="read JSON lines and use only this field, e.g. article (same as --set pretrain.text_field=KEY)")
+    p.add_argument("--tokenizer", help="BERT vocab.txt / directory, or a GPT-2 BPE directory (default: build one)")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                   help="continue from the latest checkpoint in --output-dir, or from CHECKPOINT")
+    p.add_argument("--overwrite", action="store_true", help="start over in an --output-dir that has checkpoints")
+    p.add_argument("--init-from", metavar="MODEL_DIR",
+                   help="continue pretraining a local GPT-2 checkpoint (same as --set model.init_from=MODEL_DIR)")
+    p.set_defaults(handler=_pretrain)
 
     for name, handler, text in [("summarize", _summarize, "beam-search summaries from a trained model"),
                                 ("evaluate", _evaluate, "ROUGE-1/2/L and loss/perplexity as JSON")]:

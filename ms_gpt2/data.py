@@ -41,30 +41,44 @@ class DataError(UserError, ValueError):
         super().__init__(f"{where}: {reason}")
 
 
-def parse_record(raw: bytes | str, path="<input>", line: int | None = None) -> tuple[str, str]:
-    """One NLPCC JSON line -> (article, summary), or :class:`DataError` saying what is wrong."""
+def decode_line(raw: bytes | str, path="<input>", line: int | None = None) -> str:
+    """One raw line as text, or :class:`DataError` naming the first byte that is not UTF-8."""
     if isinstance(raw, bytes):
         try:
-            raw = raw.decode("utf-8")
+            return raw.decode("utf-8")
         except UnicodeDecodeError as err:
             raise DataError(path, line, f"not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1})") from None
+    return raw
+
+
+def json_object(text: str, path="<input>", line: int | None = None, expected: str = "a JSON object") -> dict:
+    """A JSON line that must hold an object; ``expected`` says what the error message asks for."""
     try:
-        record = json.loads(raw)
+        record = json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(path, line, f"invalid JSON: {err.msg} (column {err.colno})") from None
     if not isinstance(record, dict):
-        raise DataError(path, line, f"expected a JSON object with {ARTICLE!r} and {SUMMARY!r}, got {type(record).__name__}")
-    values = []
-    for key in (ARTICLE, SUMMARY):
-        if key not in record:
-            raise DataError(path, line, f"missing key {key!r} (keys: {', '.join(map(repr, record)) or 'none'})")
-        value = record[key]
-        if not isinstance(value, str):
-            raise DataError(path, line, f"{key!r} must be a string, got {type(value).__name__}")
-        if not value.strip():
-            raise DataError(path, line, f"empty {key!r}")
-        values.append(value.strip())
-    return values[0], values[1]
+        raise DataError(path, line, f"expected {expected}, got {type(record).__name__}")
+    return record
+
+
+def text_field(record: dict, key: str, path="<input>", line: int | None = None) -> str:
+    """``record[key]`` as stripped, non-empty text, or :class:`DataError` saying what is wrong."""
+    if key not in record:
+        raise DataError(path, line, f"missing key {key!r} (keys: {', '.join(map(repr, record)) or 'none'})")
+    value = record[key]
+    if not isinstance(value, str):
+        raise DataError(path, line, f"{key!r} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(path, line, f"empty {key!r}")
+    return value.strip()
+
+
+def parse_record(raw: bytes | str, path="<input>", line: int | None = None) -> tuple[str, str]:
+    """One NLPCC JSON line -> (article, summary), or :class:`DataError` saying what is wrong."""
+    record = json_object(decode_line(raw, path, line), path, line,
+                         f"a JSON object with {ARTICLE!r} and {SUMMARY!r}")
+    return text_field(record, ARTICLE, path, line), text_field(record, SUMMARY, path, line)
 
 
 @dataclass
@@ -88,12 +102,12 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
             yield number, raw.rstrip(b"\r\n")
 
 
-def check_path(path) -> Path:
+def check_path(path, expected: str = "an NLPCC JSON-lines file") -> Path:
     path = Path(path)
     if not path.exists():
         raise DataError(path, None, "no such file")
     if path.is_dir():
-        raise DataError(path, None, "is a directory, expected an NLPCC JSON-lines file")
+        raise DataError(path, None, f"is a directory, expected {expected}")
     return path
 
 

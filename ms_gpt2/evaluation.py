@@ -1,9 +1,13 @@
-"""Scores: character-level ROUGE-1/2/L for Chinese, and the model's loss and perplexity.
+"""Scores: character-level ROUGE-1/2/L for Chinese, the Lead baseline, and the model's loss and perplexity.
 
 ROUGE comes from Google's ``rouge-score`` package (the reference re-implementation of
 ROUGE-1.5.5). Its default tokenizer keeps only ``[a-z0-9]`` and would score Chinese as empty, so
 it is given a character tokenizer: every non-space character is a token, the usual practice for
 Chinese summarization (NLPCC2017 included).
+
+The **Lead baseline** is the summarization papers' yardstick: the article's first sentence (up to
+and including the first 。, ！ or ？), cut to the reference's length in characters if that is
+shorter. A model that does not beat it on the same split does no better than copying.
 """
 from __future__ import annotations
 
@@ -40,6 +44,23 @@ def rouge(pairs: Iterable[tuple[str, str]]) -> dict:
         raise ValueError("ROUGE needs at least one (reference, prediction) pair")
     names = {"rouge1": "rouge-1", "rouge2": "rouge-2", "rougeL": "rouge-l"}
     return {names[t]: {"precision": p / n, "recall": r / n, "f1": f / n} for t, (p, r, f) in totals.items()}
+
+
+SENTENCE_ENDS = "。！？"
+
+
+def lead(article: str, reference: str | None = None) -> str:
+    """The article's first sentence, cut at the first 。！？ (kept) or at ``len(reference)`` characters."""
+    text = article.strip()
+    cut = next((i + 1 for i, ch in enumerate(text) if ch in SENTENCE_ENDS), len(text))
+    if reference is not None:
+        cut = min(cut, len(reference))
+    return text[:cut]
+
+
+def lead_baseline(pairs: Iterable[tuple[str, str]]) -> dict:
+    """ROUGE of the Lead baseline over (article, reference) pairs, as :func:`rouge` reports it."""
+    return rouge((reference, lead(article, reference)) for article, reference in pairs)
 
 
 def language_model_loss(model, batches) -> dict:

@@ -10,9 +10,9 @@ from ms_gpt2 import runtime
 runtime.ensure()
 
 from ms_gpt2.config import load_config  # noqa: E402
-from ms_gpt2.data import NLPCCSource  # noqa: E402
+from ms_gpt2.data import NLPCCSource, records  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
-from ms_gpt2.evaluation import language_model_loss, rouge  # noqa: E402
+from ms_gpt2.evaluation import language_model_loss, lead_baseline, rouge  # noqa: E402
 from ms_gpt2.examples import train_pipeline  # noqa: E402
 from ms_gpt2.summarization import load_summarizer, summarize_lines, summarize_text, write_jsonl  # noqa: E402
 from ms_gpt2.checkpoints import RUN_CONFIG  # noqa: E402
@@ -65,7 +65,8 @@ def summarize(model_dir, data=None, text=None, split="all", config=None, limit=N
 
 
 def evaluate(model_dir, data, split="all", config=None, limit=None, summaries_out=None, workdir=None) -> dict:
-    """ROUGE of beam-search summaries against references, plus LM loss/perplexity, on one split."""
+    """ROUGE of beam-search summaries against references (and of the Lead baseline), plus LM
+    loss/perplexity, on one split."""
     model, tokenizer = load_summarizer(model_dir)
     config = config or run_config(model_dir)
     source = _source(config, data, workdir or Path(model_dir) / "work")
@@ -78,6 +79,7 @@ def evaluate(model_dir, data, split="all", config=None, limit=None, summaries_ou
     batches = train_pipeline(lines(), tokenizer, d["max_seq_len"], batch_size=8,
                              summary_only_loss=d["summary_only_loss"])
     scores.update(language_model_loss(model, batches.create_dict_iterator(num_epochs=1, output_numpy=True)))
+    scores["lead"] = lead_baseline(records(lines()))  # same examples: does the model beat copying?
     scores.update({"split": split, "examples": min(limit or source.size(split), source.size(split))})
     return scores
 

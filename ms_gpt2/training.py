@@ -201,7 +201,9 @@ class TrainResult:
 def _resolve_tokenizer(config: dict, source: NLPCCSource, output_dir: Path, resume_from: str | None):
     if resume_from:  # the checkpoint carries the vocabulary its ids mean
         return tokenization.load_tokenizer(resume_from)
-    path = config["tokenizer"]["path"]
+    # Starting from a checkpoint without naming a vocabulary: the checkpoint's own, not a new one
+    # built from the data (whose ids would mean other tokens even when the sizes fit).
+    path = config["tokenizer"]["path"] or config["model"]["init_from"]
     if path:
         return tokenization.load_tokenizer(path)
     built = output_dir / "tokenizer"

@@ -1,0 +1,126 @@
+"""Documents from raw-text corpora, each with the file:line it came from. No model assumptions.
+
+Two formats:
+
+* **plain text**: one document per line; blank (or whitespace-only) lines are ignored, and each
+  document is stripped of surrounding whitespace;
+* **JSON lines** with ``text_field`` (e.g. ``"article"`` for NLPCC2017 files): each line is a JSON
+  object and only that field is the document, every other key (the summary included) is ignored.
+
+A bad line (not UTF-8; with ``text_field`` also bad JSON, not an object, a missing, non-string or
+empty field) is a :class:`~ms_gpt2.data.DataError` naming ``file:line``, or, with
+``skip_bad_lines``, it is counted and left out, exactly as ``ms_gpt2.data`` treats NLPCC files
+(its checking helpers are reused here). The user's file is never modified: when a pipeline needs
+a file holding only the good documents, :func:`clean_copy` writes one elsewhere.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from ms_gpt2.errors import UserError
+from ms_gpt2.data import DataError, _lines, check_path, decode_line, json_object, text_field as _text_field
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Document:
+    text: str
+    path: str
+    line: int
+
+
+@dataclass
+class CorpusReport:
+    """What one pass over a corpus file found."""
+
+    path: Path
+    text_field: str | None
+    documents: int = 0
+    bad: list[DataError] = field(default_factory=list)
+    blank_lines: int = 0
+
+
+def parse_document(raw: bytes | str, path="<input>", line: int | None = None, text_field: str | None = None) -> str:
+    """One line -> the document's text, stripped; ``""`` for a blank plain-text line; or :class:`DataError`."""
+    text = decode_line(raw, path, line)
+    if text_field is None:
+        return text.strip()
+    record = json_object(text, path, line, f"a JSON object with {text_field!r}")
+    return _text_field(record, text_field, path, line)
+
+
+def iter_documents(path, text_field: str | None = None, skip_bad_lines: bool = False,
+                   report: CorpusReport | None = None) -> Iterator[Document]:
+    """Every document of ``path`` in file order; bad lines raise, or are recorded in ``report.bad``."""
+    path = check_path(path, "a text or JSON-lines file")
+    report = report if report is not None else CorpusReport(path, text_field)
+    for number, raw in _lines(path):
+        if not raw.strip():
+            report.blank_lines += 1
+            continue
+        try:
+            text = parse_document(raw, path, number, text_field)
+        except DataError as err:
+            if not skip_bad_lines:
+                raise
+            report.bad.append(err)
+            continue
+        if not text:  # whitespace-only beyond ASCII (e.g. U+3000): a blank line too
+            report.blank_lines += 1
+            continue
+        report.documents += 1
+        yield Document(text, str(path), number)
+
+
+def scan_corpus(path, text_field: str | None = None, skip_bad_lines: bool = False) -> CorpusReport:
+    """Check every line once; raises on the first bad one unless ``skip_bad_lines``, and on no documents."""
+    report = CorpusReport(check_path(path, "a text or JSON-lines file"), text_field)
+    for _ in iter_documents(path, text_field, skip_bad_lines, report):
+        pass
+    if report.bad:
+        log.warning("%s: skipped %d bad line(s); first: %s", report.path, len(report.bad), report.bad[0])
+    if report.documents == 0:
+        raise DataError(report.path, None, "no documents" + (f" ({len(report.bad)} bad lines skipped)" if report.bad else ""))
+    return report
+
+
+def clean_copy(report: CorpusReport, workdir) -> Path:
+    """A file with one good document per line, in the original format, for line-oriented readers.
+
+    The original is returned as it is when every non-empty line is a good document and there are
+    no blank lines (MindSpore's ``TextFileDataset`` would otherwise hand over whitespace-only lines
+    and shift document counts). With ``text_field``, the copy keeps one JSON object per line (the
+    field only), so documents containing newlines survive.
+    """
+    if not report.bad and not report.blank_lines:
+        return report.path
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    target = workdir / f"clean-{report.path.name}"
+    tmp = target.with_name(target.name + ".tmp")
+    with open(tmp, "wb") as out:
+        for doc in iter_documents(report.path, report.text_field, skip_bad_lines=True):
+            line = doc.text if report.text_field is None else json.dumps({report.text_field: doc.text}, ensure_ascii=False)
+            out.write(line.encode("utf-8") + b"\n")
+    os.replace(tmp, target)
+    return target
+
+
+def split_documents(n_documents: int, eval_fraction: float) -> tuple[int, int]:
+    """(n_train, n_eval): the held-out documents are the last ``eval_fraction`` of the file.
+
+    At least one document is held out when a fraction is asked for and there are two or more; at
+    least one is always left for training.
+    """
+    if not 0 <= eval_fraction < 1:
+        raise UserError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+    if eval_fraction == 0 or n_documents < 2:
+        return n_documents, 0
+    n_eval = min(max(1, round(n_documents * eval_fraction)), n_documents - 1)
+    return n_documents - n_eval, n_eval

@@ -1,0 +1,283 @@
+"""Causal-LM pretraining on raw text: documents -> tokens -> full blocks -> the MindNLP Trainer.
+
+The pipeline keeps the tutorial's shape: ``TextFileDataset`` -> ``map`` (tokenize) -> pack ->
+``shuffle`` -> ``batch``. Documents come from :mod:`ms_gpt2.corpus` (one per line, or one JSON
+field with ``pretrain.text_field``), checked line by line first so a bad line is named (or skipped)
+before any training starts.
+
+**Packing.** Every document is tokenized and followed by a separator (``[SEP]`` for BERT
+vocabularies, the end-of-text token for GPT-2 BPE); the documents are concatenated in file order and
+cut into blocks of exactly ``data.max_seq_len`` tokens. No ``[PAD]``, no attention mask, no compute
+spent on padding; ``labels`` are the ``input_ids`` (the model shifts them). The final partial block
+of the training stream is dropped and the log says how many tokens that was. Packing happens once
+per run (the block count fixes the number of steps); the blocks are then shuffled and batched by a
+MindSpore pipeline, reseeded per epoch exactly as ``ms_gpt2.training`` does for fine-tuning.
+
+**Held-out documents.** The last ``pretrain.eval_fraction`` of the documents (by document, from
+the end of the file: deterministic) are never trained on; after training they are packed the same
+way (their final partial block kept, evaluated as a shorter sequence) and the token-weighted
+validation loss and perplexity are written to ``eval.json``.
+
+Output directory: as for ``ms-gpt2 train`` (``checkpoint-N/``, ``model/`` in Hugging Face layout
+with the tokenizer and run config, ``loss_log.jsonl``, ``loss_curve.png``, ``train_config.yaml``)
+plus ``eval.json``. ``ms-gpt2 train --init-from OUTPUT_DIR/model`` fine-tunes from it.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from ms_gpt2 import runtime
+
+runtime.ensure()
+
+import mindspore.dataset as msds  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402  (mindtorch)
+from mindnlp.transformers import GPT2Config, GPT2LMHeadModel, GenerationConfig, TrainingArguments  # noqa: E402
+
+from ms_gpt2 import tokenization  # noqa: E402
+from ms_gpt2.checkpoints import is_bert_vocabulary, load_tokenizer as load_checkpoint_tokenizer  # noqa: E402
+from ms_gpt2.checkpoints import save_pretrained  # noqa: E402
+from ms_gpt2.config import dump_config  # noqa: E402
+from ms_gpt2.corpus import CorpusReport, clean_copy, iter_documents, parse_document, scan_corpus, split_documents  # noqa: E402
+from ms_gpt2.data import DataError, _text_lines  # noqa: E402
+from ms_gpt2.errors import UserError  # noqa: E402
+from ms_gpt2.modeling import build_config, generation_config_for, load_model  # noqa: E402
+from ms_gpt2.training import (FINAL_MODEL, LOSS_CURVE, LOSS_LOG, LossLog, PipelineBatches,  # noqa: E402
+                              PipelineTrainer, _resume_checkpoint, plot_loss_curve)
+
+log = logging.getLogger(__name__)
+
+EVAL_FILE = "eval.json"
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokens and blocks
+# --------------------------------------------------------------------------------------------------
+
+def separator_id(tokenizer) -> int:
+    """What ends each document: [SEP] for BERT vocabularies, the end-of-text token for BPE."""
+    sep = tokenizer.sep_token_id if is_bert_vocabulary(tokenizer) else tokenizer.eos_token_id
+    if sep is None:
+        raise tokenization.TokenizerError("the tokenizer has no end-of-text (BPE) or [SEP] (BERT) token "
+                                          "to separate documents with")
+    return int(sep)
+
+
+def encode_document(tokenizer, text: str, sep: int) -> np.ndarray:
+    """The document's token ids followed by the separator (no [CLS], no truncation)."""
+    ids = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(text))  # no over-length warning
+    return np.asarray([*ids, sep], dtype=np.int32)
+
+
+def document_pipeline(lines, tokenizer, sep: int, text_field: str | None = None):
+    """TextFileDataset -> map(tokenize): one row of ids (document + separator) per document."""
+    def tokenize(line):
+        return encode_document(tokenizer, parse_document(str(line.item()), text_field=text_field), sep)
+
+    return lines.map(tokenize, input_columns=["text"], output_columns=["ids"])
+
+
+def document_ids(pipeline) -> Iterable[np.ndarray]:
+    for (ids,) in pipeline.create_tuple_iterator(num_epochs=1, output_numpy=True):
+        yield ids
+
+
+@dataclass
+class Packed:
+    """A token stream cut into full blocks; ``tail`` is what did not fill a last block."""
+
+    blocks: np.ndarray  # (n_blocks, block_size) int32
+    tail: np.ndarray    # (< block_size,) int32
+    documents: int
+    tokens: int         # every token of the stream: blocks + tail
+
+
+def pack(documents: Iterable[np.ndarray], block_size: int) -> Packed:
+    """Concatenate token arrays in order and cut them into ``block_size`` blocks, nothing lost or repeated."""
+    if block_size < 2:
+        raise UserError(f"data.max_seq_len={block_size}: a block needs at least 2 tokens")
+    arrays = [np.asarray(a, dtype=np.int32).reshape(-1) for a in documents]
+    stream = np.concatenate(arrays) if arrays else np.zeros(0, np.int32)
+    n_blocks = len(stream) // block_size
+    return Packed(stream[: n_blocks * block_size].reshape(n_blocks, block_size), stream[n_blocks * block_size:],
+                  len(arrays), len(stream))
+
+
+def block_pipeline(blocks: np.ndarray, batch_size: int, shuffle: bool = True, buffer_size: int = 10_000):
+    """Blocks -> (input_ids, labels = input_ids) -> [shuffle] -> batch. Shuffle seed: msds.config's."""
+    ds = msds.NumpySlicesDataset({"input_ids": blocks}, shuffle=False)
+    ds = ds.map(lambda ids: (ids, ids.copy()), input_columns=["input_ids"], output_columns=["input_ids", "labels"])
+    if shuffle:
+        ds = ds.shuffle(buffer_size)
+    return ds.batch(batch_size)
+
+
+def heldout_loss(model, packed: Packed, batch_size: int = 8) -> dict:
+    """Token-weighted mean next-token loss over every held-out token (the tail as a shorter sequence)."""
+    sequences = [packed.blocks[i:i + batch_size] for i in range(0, len(packed.blocks), batch_size)]
+    if len(packed.tail) >= 2:
+        sequences.append(packed.tail[None, :])
+    total, tokens = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for batch in sequences:
+            ids = torch.tensor(batch.astype(np.int64)).to(model.device)
+            n = batch.shape[0] * (batch.shape[1] - 1)  # predicted positions
+            total += float(model(input_ids=ids, labels=ids).loss) * n
+            tokens += n
+    model.train(was_training)
+    if tokens == 0:
+        raise UserError("the held-out documents hold fewer than 2 tokens; raise pretrain.eval_fraction")
+    loss = total / tokens
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700)), "tokens": tokens, "documents": packed.documents}
+
+
+# --------------------------------------------------------------------------------------------------
+# The job
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class PretrainResult:
+    output_dir: Path
+    model_dir: Path
+    global_step: int
+    train_loss: float
+    loss_curve: Path | None
+    train_documents: int
+    eval_documents: int
+    train_blocks: int
+    dropped_tokens: int
+    eval: dict | None
+
+
+@dataclass
+class CorpusSource:
+    """A checked corpus and its held-out split, ready to feed pipelines."""
+
+    path: Path  # what MindSpore reads (the original, or a clean copy)
+    report: CorpusReport
+    n_train: int
+    n_eval: int
+
+    @classmethod
+    def open(cls, path, workdir, text_field=None, eval_fraction=0.0, skip_bad_lines=False) -> "CorpusSource":
+        report = scan_corpus(path, text_field, skip_bad_lines)
+        n_train, n_eval = split_documents(report.documents, eval_fraction)
+        source = cls(clean_copy(report, workdir), report, n_train, n_eval)
+        log.info("%s: %d documents (%d bad lines skipped) -> %d train / %d held out", report.path,
+                 report.documents, len(report.bad), n_train, n_eval)
+        return source
+
+    def lines(self, split: str):
+        return _text_lines(self.path, 0, self.n_train) if split == "train" else _text_lines(self.path, self.n_train, self.n_eval)
+
+    def train_texts(self):
+        docs = iter_documents(self.path, self.report.text_field, skip_bad_lines=True)
+        return (d.text for d in itertools.islice(docs, self.n_train))
+
+
+def _resolve_tokenizer(config: dict, source: CorpusSource, output_dir: Path, resume_from: str | None):
+    """The checkpoint's vocabulary when resuming or continuing one, else tokenizer.path, else built."""
+    path = resume_from or config["tokenizer"]["path"] or config["model"]["init_from"]
+    if path:
+        return tokenization.load_tokenizer(path) if Path(path).is_file() else load_checkpoint_tokenizer(path)
+    built = output_dir / "tokenizer"
+    if (built / "vocab.txt").is_file():
+        return tokenization.load_tokenizer(built)
+    return tokenization.build_tokenizer(source.train_texts(), built, config["tokenizer"]["vocab_size"],
+                                        config["tokenizer"].get("min_frequency", 1))
+
+
+def _fresh_model_config(tokenizer, m: dict) -> GPT2Config:
+    if is_bert_vocabulary(tokenizer):
+        return build_config(tokenizer, m["n_positions"], m["n_embd"], m["n_layer"], m["n_head"], m["dropout"])
+    eos = separator_id(tokenizer)
+    return GPT2Config(vocab_size=len(tokenizer), n_positions=m["n_positions"], n_embd=m["n_embd"],
+                      n_layer=m["n_layer"], n_head=m["n_head"], resid_pdrop=m["dropout"], embd_pdrop=m["dropout"],
+                      attn_pdrop=m["dropout"], bos_token_id=eos, eos_token_id=eos,
+                      pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
+
+
+def _generation_config(tokenizer, gen: dict) -> GenerationConfig:
+    if is_bert_vocabulary(tokenizer):
+        return generation_config_for(tokenizer, gen["num_beams"], gen["no_repeat_ngram_size"], gen["max_new_tokens"])
+    eos = separator_id(tokenizer)
+    return GenerationConfig(num_beams=gen["num_beams"], no_repeat_ngram_size=gen["no_repeat_ngram_size"],
+                            max_new_tokens=gen["max_new_tokens"], eos_token_id=eos, bos_token_id=eos,
+                            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
+
+
+def _pack_split(source: CorpusSource, split: str, tokenizer, block_size: int) -> Packed:
+    sep = separator_id(tokenizer)
+    return pack(document_ids(document_pipeline(source.lines(split), tokenizer, sep, source.report.text_field)),
+                block_size)
+
+
+def pretrain(config: dict, data_path, output_dir, resume=None, overwrite: bool = False) -> PretrainResult:
+    """Causal-LM training on a raw-text corpus as configured; returns where everything was written."""
+    output_dir = Path(output_dir)
+    resume_from = _resume_checkpoint(output_dir, resume, overwrite)
+    if overwrite and not resume_from:
+        for stale in [*output_dir.glob("checkpoint-*"), output_dir / LOSS_LOG, output_dir / EVAL_FILE]:
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    seed = runtime.ensure().seed if runtime.ensure().seed is not None else 42
+    mcfg, dcfg, pcfg, tcfg = config["model"], config["data"], config["pretrain"], dict(config["training"])
+    block_size = int(dcfg["max_seq_len"])
+
+    source = CorpusSource.open(data_path, output_dir / "work", pcfg["text_field"], pcfg["eval_fraction"],
+                               dcfg["skip_bad_lines"])
+    tokenizer = _resolve_tokenizer(config, source, output_dir, resume_from)
+
+    if resume_from or mcfg["init_from"]:
+        model = load_model(resume_from or mcfg["init_from"], GPT2LMHeadModel, vocab_size=len(tokenizer))
+    else:
+        runtime.seed_everything(seed)  # the initial weights follow --seed
+        model = GPT2LMHeadModel(_fresh_model_config(tokenizer, mcfg))
+    if block_size > model.config.n_positions:
+        raise UserError(f"data.max_seq_len={block_size} exceeds the model's n_positions={model.config.n_positions}")
+    generation_config = _generation_config(tokenizer, config["generation"])
+    model.generation_config = generation_config
+
+    packed = _pack_split(source, "train", tokenizer, block_size)
+    log.info("packed %d documents (%d tokens) into %d blocks of %d tokens; dropped the final partial block "
+             "of %d tokens", packed.documents, packed.tokens, len(packed.blocks), block_size, len(packed.tail))
+    if len(packed.blocks) == 0:
+        raise DataError(source.report.path, None, f"the training documents hold {packed.tokens} tokens, fewer than "
+                                                  f"one block of data.max_seq_len={block_size}")
+
+    batch_size = int(tcfg.pop("per_device_train_batch_size"))
+    n_batches = math.ceil(len(packed.blocks) / batch_size)
+    if tcfg.get("save_steps") == "epoch":
+        tcfg["save_steps"] = n_batches
+    batches = PipelineBatches(lambda: block_pipeline(packed.blocks, batch_size, shuffle=dcfg["shuffle"]),
+                              n_batches, seed)
+    args = TrainingArguments(
+        output_dir=str(output_dir), per_device_train_batch_size=batch_size, seed=seed,
+        report_to=[], save_strategy="steps", save_safetensors=True, remove_unused_columns=False,
+        dataloader_num_workers=0, use_cpu=runtime.ensure().device == "cpu", **tcfg)
+    dump_config(config, output_dir / "train_config.yaml")
+    trainer = PipelineTrainer(model=model, args=args, train_dataset=batches, processing_class=tokenizer,
+                              callbacks=[LossLog(output_dir / LOSS_LOG)])
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    model_dir = save_pretrained(trainer.model, tokenizer, output_dir / FINAL_MODEL, generation_config, config)
+    curve = plot_loss_curve(output_dir / LOSS_LOG, output_dir / LOSS_CURVE)
+    log.info("pretrained %d steps, final model in %s", result.global_step, model_dir)
+
+    scores = None
+    if source.n_eval:
+        scores = heldout_loss(trainer.model, _pack_split(source, "eval", tokenizer, block_size), batch_size)
+        (output_dir / EVAL_FILE).write_text(json.dumps(scores, indent=2), encoding="utf-8")
+        log.info("held-out loss %.4f, perplexity %.2f over %d tokens of %d documents", scores["loss"],
+                 scores["perplexity"], scores["tokens"], scores["documents"])
+    return PretrainResult(output_dir, model_dir, result.global_step, result.training_loss, curve, source.n_train,
+                          source.n_eval, len(packed.blocks), len(packed.tail), scores)
