@@ -5,7 +5,7 @@ import json
 import logging
 from pathlib import Path
 
-from ms_gpt2 import runtime
+from ms_gpt2 import resources, runtime
 
 runtime.ensure()
 
@@ -20,9 +20,8 @@ from ms_gpt2.training import FINAL_MODEL, train  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEMO_DATA = REPO_ROOT / "data" / "demo" / "nlpcc_demo.jsonl"
-SMOKE_CONFIG = REPO_ROOT / "configs" / "smoke.yaml"
+DEMO_DATA = resources.demo_data()  # in the checkout, or shipped in the wheel
+SMOKE_CONFIG = resources.config("smoke.yaml")
 
 
 def resolve_model_dir(path) -> Path:
