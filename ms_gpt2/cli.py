@@ -65,6 +65,7 @@ def _pretrain(args) -> int:
 def _summarize(args) -> int:
     from ms_gpt2 import tasks
 
+    args.model = tasks.resolve_model_dir(args.model)  # a training output dir means its model/
     config = tasks.run_config(args.model, args.config, _overrides(args))
     if args.text is not None:
         print(tasks.summarize(args.model, text=args.text, config=config)[0])
@@ -81,6 +82,7 @@ def _summarize(args) -> int:
 def _evaluate(args) -> int:
     from ms_gpt2 import tasks
 
+    args.model = tasks.resolve_model_dir(args.model)  # a training output dir means its model/
     config = tasks.run_config(args.model, args.config, _overrides(args))
     scores = tasks.evaluate(args.model, args.data, split=args.split, config=config, limit=args.limit,
                             summaries_out=args.summaries_out)
@@ -196,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("evaluate", _evaluate, "ROUGE-1/2/L and loss/perplexity as JSON")]:
         p = sub.add_parser(name, parents=[common], help=text)
         config_args(p)
-        p.add_argument("--model", required=True, help="model directory (e.g. OUTPUT_DIR/model or a checkpoint)")
+        p.add_argument("--model", required=True,
+                       help="model directory: OUTPUT_DIR/model, a checkpoint, or a training OUTPUT_DIR (its model/)")
         p.add_argument("--split", default="all", choices=["all", "train", "test"],
                        help="which part of --data, split as in the config (default all)")
         p.add_argument("--limit", type=int, help="only the first N examples of the split")

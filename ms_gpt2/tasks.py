@@ -5,7 +5,7 @@ import json
 import logging
 from pathlib import Path
 
-from ms_gpt2 import runtime
+from ms_gpt2 import resources, runtime
 
 runtime.ensure()
 
@@ -13,21 +13,30 @@ from ms_gpt2.config import load_config  # noqa: E402
 from ms_gpt2.data import NLPCCSource, records  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.evaluation import language_model_loss, lead_baseline, rouge  # noqa: E402
-from ms_gpt2.examples import train_pipeline  # noqa: E402
+from ms_gpt2.examples import summary_fits, train_pipeline  # noqa: E402
 from ms_gpt2.summarization import load_summarizer, summarize_lines, summarize_text, write_jsonl  # noqa: E402
 from ms_gpt2.checkpoints import RUN_CONFIG  # noqa: E402
-from ms_gpt2.training import train  # noqa: E402
+from ms_gpt2.training import FINAL_MODEL, train  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEMO_DATA = REPO_ROOT / "data" / "demo" / "nlpcc_demo.jsonl"
-SMOKE_CONFIG = REPO_ROOT / "configs" / "smoke.yaml"
+DEMO_DATA = resources.demo_data()  # in the checkout, or shipped in the wheel
+SMOKE_CONFIG = resources.config("smoke.yaml")
+
+
+def resolve_model_dir(path) -> Path:
+    """``--model`` as the user means it: a training output directory stands for its final ``model/``."""
+    path = Path(path)
+    final = path / FINAL_MODEL
+    if path.is_dir() and not (path / "config.json").is_file() and (final / "config.json").is_file():
+        log.info("%s is a training output directory; using its final model %s", path, final)
+        return final
+    return path
 
 
 def run_config(model_dir, config_path=None, overrides=()) -> dict:
     """The settings to summarize/evaluate with: --config, else the one saved with the model."""
-    saved = Path(model_dir) / RUN_CONFIG
+    saved = resolve_model_dir(model_dir) / RUN_CONFIG
     path = config_path or (saved if saved.is_file() else None)
     return load_config(path, overrides)
 
@@ -45,13 +54,16 @@ def _prompt_len(config: dict) -> int:
     return d["max_seq_len"] - d["max_summary_len"]
 
 
-def _source(config: dict, data, workdir) -> NLPCCSource:
+def _source(config: dict, data, workdir, check=None) -> NLPCCSource:
     d = config["data"]
-    return NLPCCSource.open(data, workdir, d["fraction"], d["train_ratio"], d["skip_bad_lines"])
+    return NLPCCSource.open(data, workdir, d["fraction"], d["train_ratio"], d["skip_bad_lines"], check)
 
 
 def summarize(model_dir, data=None, text=None, split="all", config=None, limit=None, out=None, workdir=None):
-    """Summaries of --text, or of a split of an NLPCC file (written as JSON lines to ``out``)."""
+    """Summaries of --text, or of a split of an NLPCC file (written as JSON lines to ``out``).
+
+    The lines are checked for format only: a summary too long to train on is still a fine reference."""
+    model_dir = resolve_model_dir(model_dir)
     model, tokenizer = load_summarizer(model_dir)
     config = config or run_config(model_dir)
     if text is not None:
@@ -66,10 +78,16 @@ def summarize(model_dir, data=None, text=None, split="all", config=None, limit=N
 
 def evaluate(model_dir, data, split="all", config=None, limit=None, summaries_out=None, workdir=None) -> dict:
     """ROUGE of beam-search summaries against references (and of the Lead baseline), plus LM
-    loss/perplexity, on one split."""
+    loss/perplexity, on one split.
+
+    Every line is checked before any summary is generated, as training checks them: the loss needs
+    each record as a training example, so a summary too long for ``max_seq_len`` is an error
+    naming ``file:line`` (or skipped with ``skip_bad_lines``), not a failure after the summaries."""
+    model_dir = resolve_model_dir(model_dir)
     model, tokenizer = load_summarizer(model_dir)
     config = config or run_config(model_dir)
-    source = _source(config, data, workdir or Path(model_dir) / "work")
+    source = _source(config, data, workdir or Path(model_dir) / "work",
+                     check=summary_fits(tokenizer, config["data"]["max_seq_len"]))
     lines = lambda: source.lines(split).take(limit) if limit else source.lines(split)  # noqa: E731
     summaries = summarize_lines(model, tokenizer, lines(), _prompt_len(config), **_generation(config))
     if summaries_out:

@@ -36,12 +36,18 @@ def test_missing_device_is_a_clear_error():
         runtime.resolve_device("tpu", ALL)
 
 
-def test_setup_is_idempotent_and_refuses_to_switch_device():
+def test_setup_is_idempotent_and_refuses_to_switch_device(monkeypatch):
+    import mindspore
+
     rt = runtime.setup("cpu")
     assert (rt.device, rt.torch_device, rt.mindspore_target) == ("cpu", "cpu", "CPU")
     assert runtime.setup("cpu") is runtime.current()
-    with pytest.raises(runtime.DeviceUnavailableError):
-        runtime.setup("ascend")  # absent here: the error comes before any switch is attempted
+    # Pretend every backend is present, so resolving "ascend" succeeds and the only thing left to
+    # refuse the switch is setup()'s guard (mindtorch is already bound to the CPU).
+    monkeypatch.setattr(runtime, "available_devices", lambda: dict(ALL))
+    with pytest.raises(RuntimeError, match="already runs on 'cpu'.*cannot switch to 'ascend'"):
+        runtime.setup("ascend")
+    assert runtime.current().device == "cpu" and mindspore.get_context("device_target") == "CPU"
 
 
 def test_seed_makes_every_rng_repeat():
