@@ -159,13 +159,15 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 50, do_sample:
         runtime.seed_everything(seed)
     if stream is not None and echo_prompt:
         stream.write(prompt)
+    decoder = None
     if compiled and _uses_plain_greedy(do_sample, num_beams, repetition_penalty, no_repeat_ngram_size):
-        from ms_gpt2.fast_decode import decoder_for
+        from ms_gpt2.fast_decode import decoder_or_none
 
+        decoder = decoder_or_none(model, len(ids) + max_new_tokens)
+    if decoder is not None:
         printer = TextPrinter(tokenizer, stream) if stream is not None else None
         if printer:
             printer.put(None)  # the prompt: already echoed (or not wanted)
-        decoder = decoder_for(model, len(ids) + max_new_tokens)
         new = decoder.greedy(ids, max_new_tokens, eos, on_token=(lambda t: printer.put(np.array([t]))) if printer else None)
         if printer:
             printer.end()
