@@ -143,8 +143,10 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 50, do_sample:
     prompt itself when ``echo_prompt``).
 
     Plain greedy decoding runs on the compiled static-cache decoder (:mod:`ms_gpt2.fast_decode`,
-    same tokens, several times faster on CPU) unless ``compiled=False``; beam search, sampling
-    and penalties go through Hugging Face ``generate``."""
+    same tokens, several times faster on CPU) unless ``compiled=False`` or the model's config is
+    one it does not implement (logged); beam search, sampling and penalties go through Hugging
+    Face ``generate``. Beam search cannot stream (a beam's text can still be overtaken), so with
+    ``stream`` its final text is printed once it is known."""
     ids = encode_prompt(tokenizer, prompt)
     check_length(model, len(ids), max_new_tokens)
     if do_sample and num_beams > 1:
@@ -180,11 +182,17 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 50, do_sample:
         options.update(temperature=temperature, top_k=top_k, top_p=top_p)
     else:  # the checkpoint's generation_config may carry sampling settings; greedy/beam ignore them
         options.update(temperature=None, top_k=None, top_p=None)
+    streams_tokens = stream is not None and num_beams == 1  # generate() refuses a streamer with beams
     with torch.no_grad():
         output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
-                                streamer=TextPrinter(tokenizer, stream) if stream is not None else None,
+                                streamer=TextPrinter(tokenizer, stream) if streams_tokens else None,
                                 **options)
     new = [int(i) for i in output[0, len(ids):].cpu().numpy()]
     if eos is not None and eos in new:
         new = new[: new.index(eos) + 1]
+    if stream is not None and not streams_tokens:  # beam search: the winning text, once known
+        printer = TextPrinter(tokenizer, stream)
+        printer.put(None)
+        printer.put(np.asarray(new, dtype=np.int64))
+        printer.end()
     return Generated(prompt, decode(tokenizer, new), new)
