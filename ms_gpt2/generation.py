@@ -20,7 +20,7 @@ import torch  # noqa: E402  (mindtorch)
 from mindnlp.transformers import NoRepeatNGramLogitsProcessor  # noqa: E402
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
-from ms_gpt2 import tokenization  # noqa: E402
+from ms_gpt2 import examples, tokenization  # noqa: E402
 from ms_gpt2.checkpoints import is_bert_vocabulary  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
 
@@ -39,14 +39,11 @@ class NoRepeatNGramInContinuation(NoRepeatNGramLogitsProcessor):
 
 
 def encode_prompt(tokenizer, text: str) -> np.ndarray:
-    """Prompt ids. BERT vocabularies start a GPT-2 sequence with [CLS] and do not end it with [SEP]."""
+    """Prompt ids for a continuation: :func:`ms_gpt2.examples.encode_prompt` without the closing
+    [SEP] (BERT vocabularies start a GPT-2 sequence with [CLS]); an empty prompt is an error."""
     if not text or not text.strip():
         raise UserError("the prompt is empty")
-    if is_bert_vocabulary(tokenizer):
-        ids = [tokenizer.cls_token_id] + tokenizer.convert_tokens_to_ids(tokenizer.tokenize(text))
-    else:
-        ids = tokenizer(text)["input_ids"]
-    return np.asarray(ids, dtype=np.int64)
+    return examples.encode_prompt(tokenizer, text, end_with_sep=False).astype(np.int64)
 
 
 def decode(tokenizer, ids) -> str:
@@ -56,13 +53,15 @@ def decode(tokenizer, ids) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
-def check_length(model, prompt_length: int, max_new_tokens: int = 0) -> None:
+def check_length(model, prompt_length: int, max_new_tokens: int = 0, option: str = "--max-new-tokens") -> None:
+    """The one check that a prompt plus ``max_new_tokens`` fits the model's ``n_positions``
+    (generation and summaries alike); ``option`` names the setting to lower in the message."""
     limit = model.config.n_positions
     if prompt_length > limit:
         raise UserError(f"the prompt is {prompt_length} tokens, longer than the model's n_positions={limit}")
     if prompt_length + max_new_tokens > limit:
         raise UserError(f"prompt ({prompt_length} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
-                        f"model's n_positions={limit}; lower --max-new-tokens to {limit - prompt_length} or less")
+                        f"model's n_positions={limit}; lower {option} to {limit - prompt_length} or less")
 
 
 def _tensor(ids, model):

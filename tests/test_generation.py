@@ -62,3 +62,18 @@ def test_generate_command_with_beam_search_streams(fixture, prompt):
     model, tokenizer = load_pretrained(FIXTURES / fixture)
     want = generate(model, tokenizer, prompt, max_new_tokens=8, num_beams=5, no_repeat_ngram_size=2)
     assert want.text and streamed.stdout == prompt + want.text + "\n"
+
+
+def test_one_length_check_for_summaries_and_continuations():
+    from ms_gpt2.checkpoints import load_pretrained
+    from ms_gpt2.errors import UserError
+    from ms_gpt2.generation import encode_prompt
+    from ms_gpt2.examples import encode_prompt as encode_summary_prompt
+    from ms_gpt2.summarization import summarize_ids
+
+    model, tokenizer = load_pretrained(FIXTURES / "gpt2-bert-tiny")
+    text = "青禾市轨道交通5号线"
+    continuation = encode_prompt(tokenizer, text)
+    np.testing.assert_array_equal(encode_summary_prompt(tokenizer, text), [*continuation, tokenizer.sep_token_id])
+    with pytest.raises(UserError, match="exceeds the model's n_positions=64; lower generation.max_new_tokens to 52"):
+        summarize_ids(model, tokenizer, encode_summary_prompt(tokenizer, text), max_new_tokens=60)
