@@ -48,10 +48,19 @@ def encode_example(tokenizer, article: str, summary: str, max_seq_len: int,
             "labels": labels}
 
 
-def encode_prompt(tokenizer, article: str, max_prompt_len: int) -> np.ndarray:
-    """[CLS] article [SEP], article truncated so the whole prompt is at most max_prompt_len."""
-    enc = tokenizer(text=article, truncation=True, max_length=max_prompt_len, return_token_type_ids=False)
-    return np.asarray(enc["input_ids"], dtype=np.int32)
+def encode_prompt(tokenizer, article: str, max_prompt_len: int | None = None, end_with_sep: bool = True) -> np.ndarray:
+    """Prompt ids, the one place prompts are encoded. A summary's prompt: ``[CLS] article [SEP]``,
+    the article truncated so the whole prompt is at most ``max_prompt_len``. ``end_with_sep=False``
+    (a text to continue, :func:`ms_gpt2.generation.encode_prompt`): ``[CLS] text``, no [SEP].
+    GPT-2 BPE vocabularies have neither token: the text's own ids either way."""
+    if end_with_sep:
+        enc = tokenizer(text=article, truncation=max_prompt_len is not None, max_length=max_prompt_len,
+                        return_token_type_ids=False)
+        return np.asarray(enc["input_ids"], dtype=np.int32)
+    ids = tokenizer(text=article, add_special_tokens=False, return_token_type_ids=False)["input_ids"]
+    if tokenizer.cls_token_id is not None:
+        ids = [tokenizer.cls_token_id] + ids
+    return np.asarray(ids[:max_prompt_len], dtype=np.int32)
 
 
 def _strings(*arrays):

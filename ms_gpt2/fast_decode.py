@@ -15,7 +15,10 @@ the tokens equal the library's greedy ``generate``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import numpy as np
 import mindspore
@@ -25,6 +28,33 @@ from ms_gpt2.attention import conv1d, merge_heads, scaled_masked_attention, spli
 
 
 FLOAT32_MIN = float(np.finfo(np.float32).min)
+
+log = logging.getLogger(__name__)
+
+
+class UnsupportedModel(ValueError):
+    """The model's config asks for something the compiled graph does not implement."""
+
+
+def unsupported(model) -> str | None:
+    """Why the compiled decoder would not compute what the library computes for ``model``, or
+    None if it does. The graph implements GPT-2 as :class:`Block` spells it out: ``gelu_new``,
+    attention scores scaled by 1/sqrt(head_dim) only, an LM head without bias, float32. Any
+    other setting of the config flags that change that arithmetic is refused here, so callers
+    fall back to Hugging Face ``generate`` instead of silently producing other tokens."""
+    cfg = model.config
+    if getattr(cfg, "activation_function", "gelu_new") != "gelu_new":
+        return f"activation_function={cfg.activation_function!r} (only 'gelu_new' is compiled)"
+    for flag, implemented in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                              ("reorder_and_upcast_attn", False)):
+        if bool(getattr(cfg, flag, implemented)) != implemented:
+            return f"{flag}={getattr(cfg, flag)}"
+    if getattr(model.lm_head, "bias", None) is not None:
+        return "an LM head with a bias"
+    dtypes = {p.dtype for p in model.parameters()}
+    if dtypes != {mindspore.float32}:
+        return f"parameters in {sorted(map(str, dtypes))} (the compiled graph is float32)"
+    return None
 
 
 def layer_norm(eps: float):
@@ -46,20 +76,54 @@ def _param(tensor, name: str) -> Parameter:
     return Parameter(Tensor(np.ascontiguousarray(array)), name=name, requires_grad=False)
 
 
-def compiled_weights(model) -> dict[str, Parameter]:
-    """Every weight the compiled graphs read, copied once from ``model`` into MindSpore
-    Parameters. A model's decoders (one per length bucket and batch size) all share this one
-    copy rather than each holding its own (~470 MB for GPT-2 small)."""
+def _weight_sources(model) -> dict:
+    """The model's tensors behind every compiled weight, by compiled name."""
     base = model.transformer
     weights = {"wte": base.wte.weight, "wpe": base.wpe.weight, "ln_f_w": base.ln_f.weight, "ln_f_b": base.ln_f.bias,
-               # The (tied) LM head as its own (C, V) copy: a plain MatMul reads it at 1.6x the speed of
-               # MatMul(transpose_b) over wte on CPU, worth the extra V*C*4 bytes (65 MB for GPT-2 small).
-               "lm_head_w": base.wte.weight.T}
+               # The LM head (wte itself when tied) as its own (C, V) copy: a plain MatMul reads it at 1.6x the
+               # speed of MatMul(transpose_b) over wte on CPU, worth the extra V*C*4 bytes (65 MB for GPT-2 small).
+               "lm_head_w": model.lm_head.weight.T}
     for i, block in enumerate(base.h):
         for name, module in (("ln1", block.ln_1), ("attn", block.attn.c_attn), ("proj", block.attn.c_proj),
                              ("ln2", block.ln_2), ("fc", block.mlp.c_fc), ("mlp", block.mlp.c_proj)):
             weights[f"h{i}.{name}_w"], weights[f"h{i}.{name}_b"] = module.weight, module.bias
-    return {name: _param(tensor, name) for name, tensor in weights.items()}
+    return weights
+
+
+def compiled_weights(model) -> dict[str, Parameter]:
+    """Every weight the compiled graphs read, copied once from ``model`` into MindSpore
+    Parameters. A model's decoders (one per length bucket and batch size) all share this one
+    copy rather than each holding its own (~470 MB for GPT-2 small)."""
+    return {name: _param(tensor, name) for name, tensor in _weight_sources(model).items()}
+
+
+def refresh_weights(weights: dict[str, Parameter], model) -> None:
+    """Copy ``model``'s current values into ``weights`` in place (same shapes): every compiled
+    graph that reads them sees the new values without being rebuilt or recompiled. In place
+    means ``ops.assign``: ``Parameter.set_data`` swaps in a new buffer that graphs already
+    compiled do not read correctly (they decoded garbage when tried)."""
+    for name, tensor in _weight_sources(model).items():
+        array = tensor.detach().cpu().numpy().astype(np.float32)
+        ops.assign(weights[name], Tensor(np.ascontiguousarray(array)))
+
+
+def weights_fingerprint(model) -> tuple[tuple, tuple]:
+    """(structure, contents) of ``model`` as the compiled graphs see it.
+
+    ``structure``: the geometry baked into a graph (parameter names and shapes, heads, layer-norm
+    epsilon); ``contents``: a CRC-32 of every byte of every parameter. Why hash everything: the
+    weights can change in place in ways nothing announces (an optimizer's ``add_``, ``copy_``,
+    ``load_state_dict``), mindtorch tensors keep no version counter, and a data pointer or a
+    sample of a few values misses such updates. zlib's CRC-32 runs at several GB/s, so this costs
+    about 0.06 s per 270 MB of float32 weights on one CPU core (~0.12 s for GPT-2 small, a few
+    decode steps), paid once per ``decoder_for`` call, i.e. once per generated text."""
+    cfg = model.config
+    structure, contents = [cfg.n_head, float(cfg.layer_norm_epsilon)], []
+    for name, p in model.named_parameters():
+        array = np.ascontiguousarray(p.detach().cpu().numpy())
+        structure.append((name, array.shape, str(array.dtype)))
+        contents.append(zlib.crc32(array.view(np.uint8).reshape(-1)))
+    return tuple(structure), tuple(contents)
 
 
 class Block(nn.Cell):
@@ -223,6 +287,9 @@ class CompiledDecoder:
     def from_model(cls, model, max_len: int | None = None, batch: int = 1,
                    weights: dict | None = None) -> "CompiledDecoder":
         """``weights``: :func:`compiled_weights` of ``model``, to share with its other decoders."""
+        reason = unsupported(model)
+        if reason is not None:
+            raise UnsupportedModel(f"the compiled decoder does not implement {reason}")
         max_len = max_len or model.config.n_positions
         if max_len > model.config.n_positions:
             raise ValueError(f"max_len={max_len} exceeds the model's n_positions={model.config.n_positions}")
@@ -378,16 +445,63 @@ def beam_search(decoder: CompiledDecoder, prompt_ids, max_new_tokens: int, eos_t
 
 
 CACHE_BUCKET = 64
+MAX_CACHED_DECODERS = 4  # per model; GPT-2 small's 1024-position cache for 5 beams alone is 377 MB
+
+
+@dataclass
+class _ModelDecoders:
+    """What :func:`decoder_for` keeps on a model: one weight copy, and its decoders by
+    (max_len, batch), least recently used first."""
+    structure: tuple
+    contents: tuple
+    weights: dict
+    decoders: OrderedDict = field(default_factory=OrderedDict)
+
+
+_CACHE_ATTRIBUTE = "_ms_gpt2_compiled_decoders"
 
 
 def decoder_for(model, needed_length: int, batch: int = 1) -> CompiledDecoder:
     """The model's compiled decoder for ``batch`` rows and sequences up to ``needed_length``
-    (rounded up to a bucket, so a handful of graphs serve every length); built once per model,
-    bucket and batch, all of them on one shared copy of the weights."""
+    (rounded up to a bucket, so a handful of graphs serve every length).
+
+    Decoders are kept on the model, all on one shared copy of the weights, and reused: at most
+    ``MAX_CACHED_DECODERS`` of them, the least recently used dropped first. Every call checks
+    :func:`weights_fingerprint`: weights changed since the copy was made (training, an in-place
+    update, ``load_state_dict``) are copied again into the same Parameters, so the compiled
+    graphs stay valid and decode with the new values; changed geometry starts afresh. Raises
+    :class:`UnsupportedModel` for configs the graph does not implement (see :func:`unsupported`)."""
+    reason = unsupported(model)
+    if reason is not None:
+        raise UnsupportedModel(f"the compiled decoder does not implement {reason}")
     max_len = min(_round_up(needed_length, CACHE_BUCKET), model.config.n_positions)
-    cache = model.__dict__.setdefault("_ms_gpt2_compiled_decoders", {})
-    if (max_len, batch) not in cache:
-        if "weights" not in cache:
-            cache["weights"] = compiled_weights(model)
-        cache[max_len, batch] = CompiledDecoder.from_model(model, max_len, batch, cache["weights"])
-    return cache[max_len, batch]
+    structure, contents = weights_fingerprint(model)
+    cache = model.__dict__.get(_CACHE_ATTRIBUTE)
+    if cache is None or cache.structure != structure:
+        cache = _ModelDecoders(structure, contents, compiled_weights(model))
+        model.__dict__[_CACHE_ATTRIBUTE] = cache
+    elif cache.contents != contents:
+        log.info("model weights changed since they were compiled: copying them again")
+        refresh_weights(cache.weights, model)
+        cache.contents = contents
+    key = (max_len, batch)
+    if key in cache.decoders:
+        cache.decoders.move_to_end(key)
+    else:
+        cache.decoders[key] = CompiledDecoder.from_model(model, max_len, batch, cache.weights)
+        while len(cache.decoders) > MAX_CACHED_DECODERS:
+            cache.decoders.popitem(last=False)
+    return cache.decoders[key]
+
+
+def decoder_or_none(model, needed_length: int, batch: int = 1) -> CompiledDecoder | None:
+    """:func:`decoder_for`, or None when the compiled graph does not implement the model's config:
+    the caller then uses Hugging Face ``generate``. The fallback is logged once per model."""
+    reason = unsupported(model)
+    if reason is None:
+        return decoder_for(model, needed_length, batch)
+    logged = model.__dict__.setdefault("_ms_gpt2_fallbacks_logged", set())
+    if reason not in logged:
+        logged.add(reason)
+        log.warning("compiled decoder does not implement %s; decoding with Hugging Face generate", reason)
+    return None

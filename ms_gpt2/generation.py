@@ -20,7 +20,7 @@ import torch  # noqa: E402  (mindtorch)
 from mindnlp.transformers import NoRepeatNGramLogitsProcessor  # noqa: E402
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
-from ms_gpt2 import tokenization  # noqa: E402
+from ms_gpt2 import examples, tokenization  # noqa: E402
 from ms_gpt2.checkpoints import is_bert_vocabulary  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
 
@@ -39,14 +39,11 @@ class NoRepeatNGramInContinuation(NoRepeatNGramLogitsProcessor):
 
 
 def encode_prompt(tokenizer, text: str) -> np.ndarray:
-    """Prompt ids. BERT vocabularies start a GPT-2 sequence with [CLS] and do not end it with [SEP]."""
+    """Prompt ids for a continuation: :func:`ms_gpt2.examples.encode_prompt` without the closing
+    [SEP] (BERT vocabularies start a GPT-2 sequence with [CLS]); an empty prompt is an error."""
     if not text or not text.strip():
         raise UserError("the prompt is empty")
-    if is_bert_vocabulary(tokenizer):
-        ids = [tokenizer.cls_token_id] + tokenizer.convert_tokens_to_ids(tokenizer.tokenize(text))
-    else:
-        ids = tokenizer(text)["input_ids"]
-    return np.asarray(ids, dtype=np.int64)
+    return examples.encode_prompt(tokenizer, text, end_with_sep=False).astype(np.int64)
 
 
 def decode(tokenizer, ids) -> str:
@@ -56,13 +53,15 @@ def decode(tokenizer, ids) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
-def check_length(model, prompt_length: int, max_new_tokens: int = 0) -> None:
+def check_length(model, prompt_length: int, max_new_tokens: int = 0, option: str = "--max-new-tokens") -> None:
+    """The one check that a prompt plus ``max_new_tokens`` fits the model's ``n_positions``
+    (generation and summaries alike); ``option`` names the setting to lower in the message."""
     limit = model.config.n_positions
     if prompt_length > limit:
         raise UserError(f"the prompt is {prompt_length} tokens, longer than the model's n_positions={limit}")
     if prompt_length + max_new_tokens > limit:
         raise UserError(f"prompt ({prompt_length} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
-                        f"model's n_positions={limit}; lower --max-new-tokens to {limit - prompt_length} or less")
+                        f"model's n_positions={limit}; lower {option} to {limit - prompt_length} or less")
 
 
 def _tensor(ids, model):
@@ -143,8 +142,10 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 50, do_sample:
     prompt itself when ``echo_prompt``).
 
     Plain greedy decoding runs on the compiled static-cache decoder (:mod:`ms_gpt2.fast_decode`,
-    same tokens, several times faster on CPU) unless ``compiled=False``; beam search, sampling
-    and penalties go through Hugging Face ``generate``."""
+    same tokens, several times faster on CPU) unless ``compiled=False`` or the model's config is
+    one it does not implement (logged); beam search, sampling and penalties go through Hugging
+    Face ``generate``. Beam search cannot stream (a beam's text can still be overtaken), so with
+    ``stream`` its final text is printed once it is known."""
     ids = encode_prompt(tokenizer, prompt)
     check_length(model, len(ids), max_new_tokens)
     if do_sample and num_beams > 1:
@@ -159,13 +160,15 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 50, do_sample:
         runtime.seed_everything(seed)
     if stream is not None and echo_prompt:
         stream.write(prompt)
+    decoder = None
     if compiled and _uses_plain_greedy(do_sample, num_beams, repetition_penalty, no_repeat_ngram_size):
-        from ms_gpt2.fast_decode import decoder_for
+        from ms_gpt2.fast_decode import decoder_or_none
 
+        decoder = decoder_or_none(model, len(ids) + max_new_tokens)
+    if decoder is not None:
         printer = TextPrinter(tokenizer, stream) if stream is not None else None
         if printer:
             printer.put(None)  # the prompt: already echoed (or not wanted)
-        decoder = decoder_for(model, len(ids) + max_new_tokens)
         new = decoder.greedy(ids, max_new_tokens, eos, on_token=(lambda t: printer.put(np.array([t]))) if printer else None)
         if printer:
             printer.end()
@@ -178,11 +181,17 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 50, do_sample:
         options.update(temperature=temperature, top_k=top_k, top_p=top_p)
     else:  # the checkpoint's generation_config may carry sampling settings; greedy/beam ignore them
         options.update(temperature=None, top_k=None, top_p=None)
+    streams_tokens = stream is not None and num_beams == 1  # generate() refuses a streamer with beams
     with torch.no_grad():
         output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids),
-                                streamer=TextPrinter(tokenizer, stream) if stream is not None else None,
+                                streamer=TextPrinter(tokenizer, stream) if streams_tokens else None,
                                 **options)
     new = [int(i) for i in output[0, len(ids):].cpu().numpy()]
     if eos is not None and eos in new:
         new = new[: new.index(eos) + 1]
+    if stream is not None and not streams_tokens:  # beam search: the winning text, once known
+        printer = TextPrinter(tokenizer, stream)
+        printer.put(None)
+        printer.put(np.asarray(new, dtype=np.int64))
+        printer.end()
     return Generated(prompt, decode(tokenizer, new), new)

@@ -29,7 +29,7 @@ from mindnlp.transformers import LogitsProcessorList  # noqa: E402
 from ms_gpt2 import tokenization  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.examples import encode_prompt, prompt_pipeline  # noqa: E402
-from ms_gpt2.generation import NGRAM_SCOPES, NoRepeatNGramInContinuation  # noqa: E402
+from ms_gpt2.generation import NGRAM_SCOPES, NoRepeatNGramInContinuation, check_length  # noqa: E402
 from ms_gpt2.modeling import GPT2ForSummarization, load_model  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -57,18 +57,21 @@ def summarize_ids(model, tokenizer, prompt_ids: np.ndarray, num_beams=5, no_repe
     """Beam-search continuation of ``[CLS] article [SEP]``; returns only the new token ids.
 
     Runs on the compiled decoder (:func:`ms_gpt2.fast_decode.beam_search`, the library's beam
-    search on a static-cache graph, several times faster on CPU); ``compiled=False`` uses
-    Hugging Face ``generate`` on mindtorch. Tests check both give the same tokens."""
+    search on a static-cache graph, several times faster on CPU); ``compiled=False``, or a model
+    config the compiled graph does not implement (logged), uses Hugging Face ``generate`` on
+    mindtorch. Tests check both give the same tokens."""
     input_ids = torch.tensor(np.asarray(prompt_ids, dtype=np.int64).reshape(1, -1)).to(model.device)
-    if input_ids.shape[1] + max_new_tokens > model.config.n_positions:
-        raise UserError(f"prompt of {input_ids.shape[1]} tokens + max_new_tokens={max_new_tokens} exceeds "
-                        f"the model's n_positions={model.config.n_positions}")
+    check_length(model, input_ids.shape[1], max_new_tokens, option="generation.max_new_tokens")
     if no_repeat_ngram_scope not in NGRAM_SCOPES:
         raise UserError(f"generation.no_repeat_ngram_scope must be one of {NGRAM_SCOPES}, got {no_repeat_ngram_scope!r}")
+    decoder = None
     if compiled:
-        from ms_gpt2.fast_decode import beam_search, decoder_for
+        from ms_gpt2.fast_decode import decoder_or_none
 
-        decoder = decoder_for(model, input_ids.shape[1] + max_new_tokens, batch=num_beams)
+        decoder = decoder_or_none(model, input_ids.shape[1] + max_new_tokens, batch=num_beams)
+    if decoder is not None:
+        from ms_gpt2.fast_decode import beam_search
+
         prompt = np.asarray(prompt_ids).reshape(-1)
         return np.array(beam_search(decoder, prompt, max_new_tokens, eos_token_id=tokenizer.sep_token_id,
                                     no_repeat_ngram_size=no_repeat_ngram_size, early_stopping=True,

@@ -160,3 +160,105 @@ def test_a_models_decoders_share_one_copy_of_the_weights():
     for a, b in [(short, long), (short, beams)]:
         assert a.step.wte is b.step.wte and a.step.blocks[0].fc_w is b.step.blocks[0].fc_w
     assert short.greedy(prompt, 12) == want and long.greedy(prompt, 12) == want
+
+
+def _tiny_model(seed, n_positions=64, **config):
+    runtime.seed_everything(seed)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=n_positions, n_embd=32, n_layer=2, n_head=4,
+                                      initializer_range=0.3, **config)).eval()
+
+
+def _library_greedy(model, prompt, new):
+    ids = torch.tensor(np.asarray(prompt)[None].astype(np.int64))
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
+                             num_beams=1, pad_token_id=0, eos_token_id=None)
+    return [int(t) for t in out[0, len(prompt):].numpy()]
+
+
+def test_decoder_follows_weights_changed_in_place():
+    """load_state_dict and an optimizer-style in-place update both change the weights under an
+    already built decoder: the next decoder_for must decode with the new values."""
+    from ms_gpt2.fast_decode import decoder_for
+
+    model, other = _tiny_model(6), _tiny_model(7)
+    prompt = np.random.default_rng(3).integers(0, 300, size=9)
+    before = _library_greedy(model, prompt, 12)
+    assert decoder_for(model, 21).greedy(prompt, 12) == before
+    beams = decoder_for(model, 21, batch=3)  # built before the changes, on the same shared weights
+
+    model.load_state_dict(other.state_dict())
+    loaded = _library_greedy(model, prompt, 12)
+    assert loaded != before  # else the check below proves nothing
+    assert decoder_for(model, 21).greedy(prompt, 12) == loaded
+
+    runtime.seed_everything(8)
+    with torch.no_grad():  # what an optimizer step does: every parameter updated in place
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape) * 0.3)
+    stepped = _library_greedy(model, prompt, 12)
+    assert stepped != loaded
+    assert decoder_for(model, 21).greedy(prompt, 12) == stepped
+    assert beam_search(beams, prompt, 6) == _library_beams(model, prompt, 3, 6, None, 0, 0, False, 0, 1.0)
+
+
+def test_decoder_cache_keeps_only_the_most_recently_used_buckets():
+    from ms_gpt2 import fast_decode
+
+    model = _tiny_model(6, n_positions=64 * (fast_decode.MAX_CACHED_DECODERS + 1))
+    lengths = [64 * i + 1 for i in range(fast_decode.MAX_CACHED_DECODERS)]  # one bucket each
+    first = {n: fast_decode.decoder_for(model, n) for n in lengths}
+    assert fast_decode.decoder_for(model, lengths[0]) is first[lengths[0]]  # now the most recently used
+    fast_decode.decoder_for(model, 64 * fast_decode.MAX_CACHED_DECODERS + 1)  # one bucket too many
+    assert fast_decode.decoder_for(model, lengths[1]) is not first[lengths[1]]  # the least recently used went
+    assert fast_decode.decoder_for(model, lengths[0]) is first[lengths[0]]
+    assert len(model.__dict__["_ms_gpt2_compiled_decoders"].decoders) == fast_decode.MAX_CACHED_DECODERS
+
+
+def test_untied_lm_head_decodes_with_its_own_weights():
+    model = _tiny_model(6, tie_word_embeddings=False)
+    assert model.lm_head.weight is not model.transformer.wte.weight
+    prompt = np.random.default_rng(4).integers(0, 300, size=7)
+    assert CompiledDecoder.from_model(model, 32).greedy(prompt, 12) == _library_greedy(model, prompt, 12)
+
+
+UNIMPLEMENTED = [dict(activation_function="relu"), dict(scale_attn_by_inverse_layer_idx=True),
+                 dict(reorder_and_upcast_attn=True), dict(scale_attn_weights=False)]
+
+
+def _model_with(flag, vocab_size):
+    runtime.seed_everything(9)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                      initializer_range=0.4, **flag)).eval()
+
+
+@pytest.mark.parametrize("flag", UNIMPLEMENTED)
+def test_configs_the_graph_does_not_implement_fall_back_to_the_library(flag, caplog):
+    from ms_gpt2.generation import generate
+
+    _, tokenizer = load_pretrained(FIXTURES / "gpt2-bpe-tiny")
+    model = _model_with(flag, len(tokenizer))
+    with caplog.at_level("WARNING", logger="ms_gpt2.fast_decode"):
+        fast = generate(model, tokenizer, "The world of cars", max_new_tokens=8)
+    assert fast.token_ids == generate(model, tokenizer, "The world of cars", max_new_tokens=8,
+                                      compiled=False).token_ids
+    (name, value), = flag.items()
+    assert f"does not implement {name}={value}" in caplog.text.replace("'", "")
+    assert "_ms_gpt2_compiled_decoders" not in model.__dict__  # nothing was compiled
+
+    from ms_gpt2.fast_decode import UnsupportedModel, decoder_for
+
+    with pytest.raises(UnsupportedModel, match=name):
+        decoder_for(model, 20)
+
+
+def test_summaries_fall_back_to_the_library_too():
+    from ms_gpt2.summarization import summarize_ids
+
+    _, tokenizer = load_pretrained(FIXTURES / "gpt2-bert-tiny")
+    model = _model_with(UNIMPLEMENTED[1], len(tokenizer))
+    prompt = REFERENCE["gpt2-bert-tiny/0/prompt_ids"]
+    summary = summarize_ids(model, tokenizer, prompt, num_beams=2, max_new_tokens=4)
+    assert "_ms_gpt2_compiled_decoders" not in model.__dict__
+    np.testing.assert_array_equal(summary, summarize_ids(model, tokenizer, prompt, num_beams=2, max_new_tokens=4,
+                                                         compiled=False))

@@ -1,5 +1,10 @@
 """Generation details that the end-to-end test cannot isolate."""
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from ms_gpt2 import runtime
 
@@ -9,6 +14,8 @@ import torch  # noqa: E402
 from mindnlp.transformers import NoRepeatNGramLogitsProcessor  # noqa: E402
 
 from ms_gpt2.generation import NoRepeatNGramInContinuation  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def banned(processor, ids, vocab=8):
@@ -26,3 +33,47 @@ def test_summary_may_quote_a_bigram_of_its_article():
 def test_bigrams_repeated_within_the_summary_are_still_banned():
     prompt = [2, 5, 6, 3]
     assert banned(NoRepeatNGramInContinuation(2, len(prompt)), prompt + [7, 4, 7]) == {4}
+
+
+def test_beam_search_with_a_stream_prints_the_final_text():
+    import io
+
+    from ms_gpt2.checkpoints import load_pretrained
+    from ms_gpt2.generation import generate
+
+    model, tokenizer = load_pretrained(FIXTURES / "gpt2-bert-tiny")
+    out = io.StringIO()
+    options = dict(max_new_tokens=8, num_beams=5, no_repeat_ngram_size=2)
+    streamed = generate(model, tokenizer, "青禾市", stream=out, echo_prompt=True, **options)
+    assert out.getvalue() == "青禾市" + streamed.text + "\n" and streamed.text
+    assert streamed.token_ids == generate(model, tokenizer, "青禾市", **options).token_ids
+
+
+@pytest.mark.parametrize("fixture,prompt", [("gpt2-bert-tiny", "青禾市"), ("gpt2-bpe-tiny", "The world of cars")])
+def test_generate_command_with_beam_search_streams(fixture, prompt):
+    """The README's `generate --num-beams 5 --no-repeat-ngram-size 2`, streaming as by default."""
+    from ms_gpt2.checkpoints import load_pretrained
+    from ms_gpt2.generation import generate
+
+    args = [sys.executable, "-m", "ms_gpt2", "generate", "--model", str(FIXTURES / fixture), "--prompt", prompt,
+            "--num-beams", "5", "--no-repeat-ngram-size", "2", "--max-new-tokens", "8", "--device", "cpu"]
+    streamed = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert streamed.returncode == 0, streamed.stderr[-2000:]
+    model, tokenizer = load_pretrained(FIXTURES / fixture)
+    want = generate(model, tokenizer, prompt, max_new_tokens=8, num_beams=5, no_repeat_ngram_size=2)
+    assert want.text and streamed.stdout == prompt + want.text + "\n"
+
+
+def test_one_length_check_for_summaries_and_continuations():
+    from ms_gpt2.checkpoints import load_pretrained
+    from ms_gpt2.errors import UserError
+    from ms_gpt2.generation import encode_prompt
+    from ms_gpt2.examples import encode_prompt as encode_summary_prompt
+    from ms_gpt2.summarization import summarize_ids
+
+    model, tokenizer = load_pretrained(FIXTURES / "gpt2-bert-tiny")
+    text = "青禾市轨道交通5号线"
+    continuation = encode_prompt(tokenizer, text)
+    np.testing.assert_array_equal(encode_summary_prompt(tokenizer, text), [*continuation, tokenizer.sep_token_id])
+    with pytest.raises(UserError, match="exceeds the model's n_positions=64; lower generation.max_new_tokens to 52"):
+        summarize_ids(model, tokenizer, encode_summary_prompt(tokenizer, text), max_new_tokens=60)
