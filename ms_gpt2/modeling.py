@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ms_gpt2 import runtime
 from ms_gpt2.errors import UserError
+from ms_gpt2.tokenization import vocab_id_range
 
 runtime.ensure()
 
@@ -55,7 +56,7 @@ def build_config(tokenizer, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
     have, so generation never stopped at [SEP]; the ids are taken from the tokenizer here.)
     """
     return GPT2Config(
-        vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
+        vocab_size=vocab_id_range(tokenizer), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
         n_head=n_head, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
         bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -84,13 +85,18 @@ def check_checkpoint_dir(path) -> Path:
     return path
 
 
-def load_model(path, cls=GPT2ForSummarization, vocab_size: int | None = None):
-    """A GPT-2 from a local checkpoint directory (never a hub), checked against the vocabulary."""
+def load_model(path, cls=GPT2ForSummarization, vocab_size: int | None = None, tokenizer=None):
+    """A GPT-2 from a local checkpoint directory (never a hub), checked against the vocabulary.
+
+    ``tokenizer`` (or the older ``vocab_size``): every id it can produce must have an embedding row.
+    """
     path = check_checkpoint_dir(path)
     try:
         model = cls.from_pretrained(str(path), local_files_only=True)
     except Exception as err:  # corrupt weights / config: say which directory
         raise CheckpointError(f"{path}: cannot load GPT-2 checkpoint: {err}") from err
+    if tokenizer is not None:
+        vocab_size = vocab_id_range(tokenizer)
     if vocab_size is not None and vocab_size > model.config.vocab_size:
         raise CheckpointError(f"{path}: the tokenizer has {vocab_size} tokens but the model's vocab_size is "
                               f"{model.config.vocab_size}; use the vocabulary the model was trained with")

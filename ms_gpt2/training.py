@@ -134,15 +134,44 @@ class TrainResult:
     n_test: int
 
 
+def _checkpoint_tokenizer(init_from):
+    """The vocabulary a model.init_from checkpoint was trained with, or None if it carries none."""
+    from ms_gpt2.checkpoints import is_bert_vocabulary, load_tokenizer
+
+    init_from = Path(init_from)
+    if not any((init_from / name).is_file() for name in ("vocab.txt", "vocab.json")):
+        return None
+    tokenizer = load_tokenizer(init_from)
+    if not is_bert_vocabulary(tokenizer):
+        raise tokenization.TokenizerError(
+            f"model.init_from {init_from}: its vocabulary is GPT-2 byte-level BPE (vocab.json); summarization "
+            f"training needs a BERT WordPiece vocab.txt ([PAD]/[CLS]/[SEP]), so start from a BERT-vocabulary GPT-2")
+    return tokenizer
+
+
 def _resolve_tokenizer(config: dict, source: NLPCCSource, output_dir: Path, resume_from: str | None):
+    """The vocabulary whose ids the model will learn: the checkpoint's when continuing one."""
     if resume_from:  # the checkpoint carries the vocabulary its ids mean
         return tokenization.load_tokenizer(resume_from)
-    path = config["tokenizer"]["path"]
+    path, init_from = config["tokenizer"]["path"], config["model"]["init_from"]
+    if init_from:
+        own = _checkpoint_tokenizer(init_from)
+        if not path:
+            if own is None:
+                raise tokenization.TokenizerError(
+                    f"model.init_from {init_from}: no vocab.txt there; give the vocabulary this checkpoint was "
+                    f"trained with (--tokenizer / tokenizer.path)")
+            return own
+        given = tokenization.load_tokenizer(path)
+        if own is not None:
+            tokenization.check_same_vocabulary(given, path, own, init_from)
+        return given
     if path:
         return tokenization.load_tokenizer(path)
+    # A fresh start builds the vocabulary from this data, never reusing one an earlier run
+    # (maybe on another corpus) left in output_dir.
     built = output_dir / "tokenizer"
-    if (built / "vocab.txt").is_file():
-        return tokenization.load_tokenizer(built)
+    shutil.rmtree(built, ignore_errors=True)
     texts = (text for pair in records(source.lines("train")) for text in pair)
     return tokenization.build_tokenizer(texts, built, config["tokenizer"]["vocab_size"],
                                         config["tokenizer"].get("min_frequency", 1))
@@ -185,9 +214,9 @@ def train(config: dict, data_path, output_dir, resume=None, overwrite: bool = Fa
                               dcfg["skip_bad_lines"], check=summary_fits(tokenizer, dcfg["max_seq_len"]))
 
     if resume_from:
-        model = load_model(resume_from, GPT2ForSummarization, vocab_size=len(tokenizer))
+        model = load_model(resume_from, GPT2ForSummarization, tokenizer=tokenizer)
     elif mcfg["init_from"]:
-        model = load_model(mcfg["init_from"], GPT2ForSummarization, vocab_size=len(tokenizer))
+        model = load_model(mcfg["init_from"], GPT2ForSummarization, tokenizer=tokenizer)
     else:
         runtime.seed_everything(seed)  # the initial weights follow --seed
         model = GPT2ForSummarization(build_config(tokenizer, mcfg["n_positions"], mcfg["n_embd"],
