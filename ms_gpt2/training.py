@@ -3,14 +3,15 @@
 mindnlp 0.5's ``Trainer`` is Hugging Face's, which wants a torch-style DataLoader. The bridge is
 :class:`PipelineBatches`: an iterable over the *batched* MindSpore pipeline (so batching and
 shuffling stay MindSpore's, as in the tutorial), handed to the Trainer through a DataLoader with
-``batch_size=None``. Each epoch rebuilds the pipeline with shuffle seed ``seed + epoch``, so a
-run resumed from a checkpoint sees exactly the batches the uninterrupted run would have.
+``batch_size=None`` that passes the Trainer's ``set_epoch`` on. Each epoch rebuilds the pipeline
+with shuffle seed ``seed + epoch``, and a run resumed from a checkpoint, even mid-epoch, sees
+exactly the batches the uninterrupted run would have.
 
 Output directory::
 
     checkpoint-N/      Trainer checkpoints (HF format + tokenizer), the newest save_total_limit kept
     model/             the final model + tokenizer + generation config, written atomically
-    tokenizer/         the vocabulary built from the data (when none was given)
+    tokenizer/         the vocabulary built from the data (when none was given; rebuilt on every fresh start)
     train_config.yaml  the resolved config;  loss_log.jsonl, loss_curve.png  the loss history
     work/              clean copies of input files that had skipped bad lines
 """
@@ -40,7 +41,7 @@ from ms_gpt2.data import NLPCCSource, records  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.examples import summary_fits, train_pipeline  # noqa: E402
 from ms_gpt2.modeling import (GPT2ForSummarization, build_config, generation_config_for,  # noqa: E402
-                              load_model)
+                              load_model, loss_token_count)
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +55,53 @@ class OutputDirError(UserError, RuntimeError):
 
 
 class PipelineBatches(torch.utils.data.IterableDataset):
-    """Batches from a MindSpore pipeline, as mindtorch tensors, one epoch per iteration."""
+    """Batches from a MindSpore pipeline, as mindtorch tensors, one epoch per iteration.
+
+    Epoch ``e`` is shuffled with seed ``seed + e`` (the Trainer says which epoch it is through
+    :meth:`PipelineLoader.set_epoch`), so every epoch has its own order and any run repeats it.
+    :meth:`resume_at` makes one epoch start after the batches a checkpoint already trained on: the
+    batched pipeline skips them (they are never turned into tensors), and ``len()`` says how many
+    remain, so the Trainer groups the rest for gradient accumulation as the first run did.
+    """
 
     def __init__(self, make_pipeline, n_batches: int, seed: int):
         self.make_pipeline, self.n_batches, self.seed, self.epoch = make_pipeline, n_batches, seed, 0
+        self.skip = 0          # batches of the current epoch already trained (resume)
+        self.position = 0      # batches of the current epoch consumed so far, skipped ones included
+        self._resume = None    # (epoch, batches) waiting for that epoch to start
 
-    def set_epoch(self, epoch: int) -> None:  # called by the Trainer at each epoch start
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.skip, self.position = int(epoch), 0, 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            self.skip, self._resume = self._resume[1], None
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """When epoch ``epoch`` starts, leave out its first ``batches_done`` batches."""
+        self._resume = (int(epoch), int(batches_done))
 
     def __len__(self) -> int:
-        return self.n_batches
+        return self.n_batches - self.skip
 
     def __iter__(self):
         msds.config.set_seed(self.seed + self.epoch)
         pipeline = self.make_pipeline()
+        if self.skip:
+            pipeline = pipeline.skip(self.skip)
+        self.position = self.skip
         for row in pipeline.create_dict_iterator(num_epochs=1, output_numpy=True):
+            self.position += 1
             yield {key: torch.tensor(value.astype(np.int64)) for key, value in row.items()}
+
+
+class PipelineLoader(torch.utils.data.DataLoader):
+    """``DataLoader(PipelineBatches, batch_size=None)`` that passes the Trainer's ``set_epoch`` on.
+
+    The Trainer calls ``set_epoch`` on the dataloader only (a plain DataLoader has none, so the
+    dataset never heard of epochs and every epoch repeated the first one's order).
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
 
 
 class PipelineTrainer(Trainer):
@@ -79,7 +111,43 @@ class PipelineTrainer(Trainer):
         # batch_size=None: the pipeline has batched. Not passed through accelerate's prepare():
         # its iterable-dataset dispatcher needs torch datapipes, which mindtorch lacks, and a
         # single process needs no sharding.
-        return torch.utils.data.DataLoader(self.train_dataset, batch_size=None)
+        return PipelineLoader(self.train_dataset, batch_size=None)
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        # The Trainer counts labels != -100 as the tokens of the accumulated batch; our loss
+        # ignores [PAD] (and does not score position 0), so count what it actually scores.
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if num_items is not None and batches:
+            pad_id = self.accelerator.unwrap_model(self.model).config.pad_token_id
+            num_items = sum(loss_token_count(batch["labels"], pad_id) for batch in batches)
+            if self.args.average_tokens_across_devices:
+                num_items = self.accelerator.gather(num_items).sum()
+            num_items = num_items.to(device)
+        return batches, num_items
+
+
+class EpochProgress(TrainerCallback):
+    """Keeps ``state.epoch`` counting the batches a resumed epoch skipped.
+
+    The Trainer computes it as ``epoch + (step + 1 + skipped) / len(dataloader)``, but it does
+    not know that :class:`PipelineBatches` skipped the trained batches itself.
+    """
+
+    def __init__(self, batches: PipelineBatches):
+        self.batches = batches
+
+    def on_step_end(self, args, state, control, **kwargs):
+        state.epoch = self.batches.epoch + self.batches.position / self.batches.n_batches
+
+
+def trained_position(checkpoint, n_batches: int, accumulation: int) -> tuple[int, int] | None:
+    """(epoch, batches of it already trained) at a Trainer checkpoint, counted as the Trainer does."""
+    state_file = Path(checkpoint) / "trainer_state.json"
+    if not state_file.is_file():
+        return None
+    global_step = int(json.loads(state_file.read_text(encoding="utf-8"))["global_step"])
+    updates_per_epoch = max(n_batches // accumulation + int(n_batches % accumulation > 0), 1)
+    return global_step // updates_per_epoch, (global_step % updates_per_epoch) * accumulation
 
 
 class LossLog(TrainerCallback):
@@ -236,14 +304,22 @@ def train(config: dict, data_path, output_dir, resume=None, overwrite: bool = Fa
         lambda: train_pipeline(train_lines(), tokenizer, dcfg["max_seq_len"], batch_size,
                                shuffle=dcfg["shuffle"], summary_only_loss=dcfg["summary_only_loss"]),
         n_batches, seed)
+    # Resuming mid-epoch: the Trainer would skip the trained batches by drawing and dropping them
+    # through a new DataLoader (accelerate's skip_first_batches); PipelineBatches skips them in the
+    # pipeline instead. ignore_data_skip keeps its meaning: start the epoch over.
+    skip_trained = not tcfg.pop("ignore_data_skip", False)
+    if resume_from and skip_trained:
+        position = trained_position(resume_from, n_batches, int(tcfg.get("gradient_accumulation_steps", 1)))
+        if position:
+            batches.resume_at(*position)
 
     args = TrainingArguments(
         output_dir=str(output_dir), per_device_train_batch_size=batch_size, seed=seed,
         report_to=[], save_strategy="steps", save_safetensors=True, remove_unused_columns=False,
-        dataloader_num_workers=0, use_cpu=runtime.ensure().device == "cpu", **tcfg)
+        dataloader_num_workers=0, use_cpu=runtime.ensure().device == "cpu", ignore_data_skip=True, **tcfg)
     dump_config(config, output_dir / "train_config.yaml")
     trainer = PipelineTrainer(model=model, args=args, train_dataset=batches, processing_class=tokenizer,
-                              callbacks=[LossLog(output_dir / LOSS_LOG)])
+                              callbacks=[LossLog(output_dir / LOSS_LOG), EpochProgress(batches)])
     result = trainer.train(resume_from_checkpoint=resume_from)
     model_dir = save_pretrained(trainer.model, tokenizer, output_dir / FINAL_MODEL, generation_config, config)
     curve = plot_loss_curve(output_dir / LOSS_LOG, output_dir / LOSS_CURVE)
