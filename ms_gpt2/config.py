@@ -1,14 +1,19 @@
 """YAML run configs with command-line overrides, Hugging Face style: the file is the experiment.
 
 A config has six sections: ``model``, ``tokenizer``, ``data``, ``training`` (passed to
-``TrainingArguments`` as-is, so any of its fields can be set), ``generation`` and ``pretrain``
-(``ms-gpt2 pretrain`` only; its block size is ``data.max_seq_len``). Any key can be
+``TrainingArguments``, so any of its fields can be set, except the few ms_gpt2 sets itself:
+:data:`MANAGED_TRAINING_KEYS`), ``generation`` and ``pretrain`` (``ms-gpt2 pretrain`` only; its
+block size is ``data.max_seq_len``). Unknown keys are refused when the config is loaded, before
+any data work, naming the closest valid ones. Any key can be
 overridden from the command line as ``--set section.key=value``, the value read as YAML
 (``--set training.learning_rate=3e-4``, ``--set tokenizer.path=null``).
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
+import functools
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -34,8 +39,46 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+#: ``training:`` keys that ms_gpt2 sets itself, and where to set them instead.
+MANAGED_TRAINING_KEYS = {
+    "output_dir": "use --output-dir",
+    "seed": "use --seed",
+    "use_cpu": "use --device",
+    "save_strategy": "checkpoints are written every training.save_steps steps (save_steps: epoch = once per epoch)",
+    "report_to": "the loss goes to loss_log.jsonl and loss_curve.png in --output-dir",
+    "save_safetensors": "checkpoints are always safetensors",
+    "remove_unused_columns": "the MindSpore pipeline yields exactly the model's inputs",
+    "dataloader_num_workers": "batches come from the MindSpore data pipeline",
+}
+
+
 class ConfigError(UserError, ValueError):
     pass
+
+
+@functools.lru_cache(maxsize=1)
+def training_fields() -> frozenset[str]:
+    """The settable fields of (mindnlp's) ``TrainingArguments``."""
+    from ms_gpt2 import runtime
+
+    runtime.ensure()  # transformers imports torch, which is mindtorch only once mindnlp is in
+    from mindnlp.transformers import TrainingArguments
+
+    return frozenset(f.name for f in dataclasses.fields(TrainingArguments) if f.init)
+
+
+def _unknown(key: str, where: str, known, what: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return ConfigError(f"unknown key {where}{key}{hint} ({what})")
+
+
+def _check_training_key(key: str) -> None:
+    if key in MANAGED_TRAINING_KEYS:
+        raise ConfigError(f"training.{key} is set by ms_gpt2: {MANAGED_TRAINING_KEYS[key]}")
+    fields = training_fields()
+    if key not in fields:
+        raise _unknown(key, "training.", fields, "not a TrainingArguments field")
 
 
 class _Loader(yaml.SafeLoader):
@@ -64,8 +107,10 @@ def _merge(base: dict, update: dict, where: str) -> dict:
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             _merge(base[key], value, f"{where}{key}.")
         else:
-            if where and where.rstrip(".") != "training" and key not in base:
-                raise ConfigError(f"unknown key {where}{key} (known: {', '.join(base)})")
+            if where == "training.":
+                _check_training_key(key)
+            elif where and key not in base:
+                raise _unknown(key, where, base, f"known: {', '.join(base)}")
             base[key] = value
     return base
 

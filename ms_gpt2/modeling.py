@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ms_gpt2 import runtime
 from ms_gpt2.errors import UserError
+from ms_gpt2.tokenization import vocab_id_range
 
 runtime.ensure()
 
@@ -33,19 +34,40 @@ class GPT2ForSummarization(GPT2LMHeadModel):
     is how both padding and (optionally) the article are left out of the loss.
     """
 
-    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
-        kwargs.pop("num_items_in_batch", None)  # the Trainer's; our loss is a mean over tokens
+    def forward(self, input_ids=None, attention_mask=None, labels=None, num_items_in_batch=None, **kwargs):
+        """``num_items_in_batch`` (the Trainer's, under gradient accumulation): the number of scored
+        tokens in the whole accumulated batch; the loss is then this micro-batch's share of the
+        token mean over all of it (sum / num_items_in_batch), so the micro-batches' gradients add
+        up to the full batch's. Without it, the mean over this batch's scored tokens."""
         kwargs["return_dict"] = True
         outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         if labels is not None:
-            logits = outputs.logits[..., :-1, :]                 # (B, T-1, V) predictions for t+1
-            targets = labels[..., 1:].to(torch.long)             # (B, T-1)
+            total, count = token_loss_sum(outputs.logits, labels, self.config.pad_token_id)
+            denominator = count.clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+            if torch.is_tensor(denominator):
+                denominator = denominator.to(total.dtype)
             # item assignment: a ModelOutput ignores setattr on a field that was None
-            outputs["loss"] = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                ignore_index=self.config.pad_token_id,
-            )
+            outputs["loss"] = total / denominator
         return outputs
+
+
+def loss_token_count(labels, pad_id: int):
+    """How many targets the loss scores in ``labels`` (B, T): positions 1.. that are not [PAD]."""
+    return (labels[..., 1:] != pad_id).sum()
+
+
+def token_loss_sum(logits, labels, pad_id: int):
+    """(sum of next-token cross-entropies over the scored targets, their count), as float32 / int.
+
+    Logits at position t are scored against the label at t + 1; labels equal to ``pad_id`` (the
+    padding, and the article under ``summary_only_loss``) are not scored. A batch's mean loss is
+    sum / count; over several micro-batches or devices, add the sums and the counts first.
+    """
+    shifted = logits[..., :-1, :]                                # (B, T-1, V) predictions for t+1
+    targets = labels[..., 1:].to(torch.long)                     # (B, T-1)
+    total = F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]).float(), targets.reshape(-1),
+                            ignore_index=pad_id, reduction="sum")
+    return total, loss_token_count(labels, pad_id)
 
 
 def build_config(tokenizer, n_positions=1024, n_embd=768, n_layer=12, n_head=12, dropout=0.1) -> GPT2Config:
@@ -55,7 +77,7 @@ def build_config(tokenizer, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
     have, so generation never stopped at [SEP]; the ids are taken from the tokenizer here.)
     """
     return GPT2Config(
-        vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
+        vocab_size=vocab_id_range(tokenizer), n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
         n_head=n_head, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
         bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -84,13 +106,18 @@ def check_checkpoint_dir(path) -> Path:
     return path
 
 
-def load_model(path, cls=GPT2ForSummarization, vocab_size: int | None = None):
-    """A GPT-2 from a local checkpoint directory (never a hub), checked against the vocabulary."""
+def load_model(path, cls=GPT2ForSummarization, vocab_size: int | None = None, tokenizer=None):
+    """A GPT-2 from a local checkpoint directory (never a hub), checked against the vocabulary.
+
+    ``tokenizer`` (or the older ``vocab_size``): every id it can produce must have an embedding row.
+    """
     path = check_checkpoint_dir(path)
     try:
         model = cls.from_pretrained(str(path), local_files_only=True)
     except Exception as err:  # corrupt weights / config: say which directory
         raise CheckpointError(f"{path}: cannot load GPT-2 checkpoint: {err}") from err
+    if tokenizer is not None:
+        vocab_size = vocab_id_range(tokenizer)
     if vocab_size is not None and vocab_size > model.config.vocab_size:
         raise CheckpointError(f"{path}: the tokenizer has {vocab_size} tokens but the model's vocab_size is "
                               f"{model.config.vocab_size}; use the vocabulary the model was trained with")

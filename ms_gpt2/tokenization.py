@@ -10,7 +10,9 @@ vocabulary its ids mean.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import types
 from pathlib import Path
 from typing import Iterable
 
@@ -54,6 +56,56 @@ def _as_gpt2_vocabulary(tokenizer):
     return tokenizer
 
 
+def vocab_id_range(tokenizer) -> int:
+    """How many embedding rows the tokenizer's ids need: its largest id + 1.
+
+    Not ``len(tokenizer)``: a vocab.txt with repeated lines gives each line's token that line's
+    id (the last repeat wins), so ids run past the count of distinct tokens.
+    """
+    return max(tokenizer.get_vocab().values()) + 1
+
+
+_warned_repeats: set[str] = set()
+
+
+def _vocab_lines(vocab_file: Path) -> list[str]:
+    with open(vocab_file, encoding="utf-8") as handle:  # as BertTokenizer's load_vocab reads it
+        return [line.rstrip("\n") for line in handle.readlines()]
+
+
+def _check_repeats(tokenizer, vocab_file: Path) -> None:
+    """Warn (once per file) about repeated lines, and keep their ids when the vocabulary is saved.
+
+    BertTokenizer maps a repeated token to its last line's id and leaves the earlier ids unused;
+    its ``save_vocabulary`` then writes the tokens without the gaps, shifting every later id, so a
+    checkpoint saved with it would not mean what the model learned. Saving copies the lines as read.
+    """
+    lines = _vocab_lines(vocab_file)
+    seen: dict[str, list[int]] = {}
+    for number, token in enumerate(lines, start=1):
+        seen.setdefault(token, []).append(number)
+    repeats = {token: numbers for token, numbers in seen.items() if len(numbers) > 1}
+    if not repeats:
+        return
+    key = str(vocab_file.resolve())
+    if key not in _warned_repeats:
+        _warned_repeats.add(key)
+        shown = "; ".join(f"{token!r} at lines {', '.join(map(str, numbers))}"
+                          for token, numbers in list(repeats.items())[:5])
+        more = f"; and {len(repeats) - 5} more" if len(repeats) > 5 else ""
+        log.warning("%s: %d token(s) appear on more than one line (%s%s); each keeps its last line's id, "
+                    "so ids run to %d for %d distinct tokens and the model is sized %d", vocab_file,
+                    len(repeats), shown, more, vocab_id_range(tokenizer) - 1, len(seen), vocab_id_range(tokenizer))
+
+    def save_vocabulary(self, save_directory, filename_prefix=None):
+        name = (filename_prefix + "-" if filename_prefix else "") + "vocab.txt"
+        target = Path(save_directory, name) if os.path.isdir(save_directory) else Path(save_directory)
+        target.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        return (str(target),)
+
+    tokenizer.save_vocabulary = types.MethodType(save_vocabulary, tokenizer)
+
+
 def load_tokenizer(path) -> BertTokenizer:
     """A BertTokenizer from a directory holding vocab.txt, or from a vocab.txt file itself."""
     path = Path(path)
@@ -61,12 +113,35 @@ def load_tokenizer(path) -> BertTokenizer:
         if not (path / "vocab.txt").is_file():
             raise TokenizerError(f"{path}: no vocab.txt in this directory (a BERT-style vocabulary is needed)")
         tokenizer = BertTokenizer.from_pretrained(str(path), local_files_only=True)
+        vocab_file = path / "vocab.txt"
     elif path.is_file():
         tokenizer = BertTokenizer(vocab_file=str(path))
+        vocab_file = path
     else:
         raise TokenizerError(f"{path}: no such tokenizer directory or vocab file")
     check_special_tokens(tokenizer, path)
+    _check_repeats(tokenizer, vocab_file)
     return _as_gpt2_vocabulary(tokenizer)
+
+
+def first_difference(a, b) -> tuple[int, str | None, str | None] | None:
+    """The first id that the two tokenizers map to different tokens: (id, token in a, token in b)."""
+    ids_a = {i: t for t, i in a.get_vocab().items()}
+    ids_b = {i: t for t, i in b.get_vocab().items()}
+    for i in sorted(ids_a.keys() | ids_b.keys()):
+        if ids_a.get(i) != ids_b.get(i):
+            return i, ids_a.get(i), ids_b.get(i)
+    return None
+
+
+def check_same_vocabulary(given, given_path, expected, expected_path) -> None:
+    """Refuse a tokenizer whose ids mean other tokens than those a checkpoint was trained with."""
+    diff = first_difference(given, expected)
+    if diff is not None:
+        i, mine, theirs = diff
+        raise TokenizerError(f"tokenizer {given_path} does not match the vocabulary of {expected_path}: id {i} is "
+                             f"{mine!r} in the first but {theirs!r} in the second; give the checkpoint's own "
+                             f"vocabulary (or none: it is used by default)")
 
 
 def build_tokenizer(texts: Iterable[str], out_dir, vocab_size: int = 8000,

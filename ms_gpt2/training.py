@@ -3,8 +3,9 @@
 mindnlp 0.5's ``Trainer`` is Hugging Face's, which wants a torch-style DataLoader. The bridge is
 :class:`PipelineBatches`: an iterable over the *batched* MindSpore pipeline (so batching and
 shuffling stay MindSpore's, as in the tutorial), handed to the Trainer through a DataLoader with
-``batch_size=None``. Each epoch rebuilds the pipeline with shuffle seed ``seed + epoch``, so a
-run resumed from a checkpoint sees exactly the batches the uninterrupted run would have.
+``batch_size=None`` that passes the Trainer's ``set_epoch`` on. Each epoch rebuilds the pipeline
+with shuffle seed ``seed + epoch``, and a run resumed from a checkpoint, even mid-epoch, sees
+exactly the batches the uninterrupted run would have.
 
 Output directory::
 
@@ -12,7 +13,7 @@ Output directory::
                        save_total_limit kept; each is written as .checkpoint-N.partial and renamed
                        only when complete, so a crash never leaves a half-written checkpoint-N
     model/             the final model + tokenizer + generation config, written atomically
-    tokenizer/         the vocabulary built from the data (when none was given)
+    tokenizer/         the vocabulary built from the data (when none was given; rebuilt on every fresh start)
     train_config.yaml  the resolved config;  loss_log.jsonl, loss_curve.png  the loss history
     work/              clean copies of input files that had skipped bad lines
     .ms_gpt2.lock      held (flock) while a run writes here: a second run into the directory refuses
@@ -46,7 +47,7 @@ from ms_gpt2.data import NLPCCSource, records  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.examples import summary_fits, train_pipeline  # noqa: E402
 from ms_gpt2.modeling import (GPT2ForSummarization, build_config, generation_config_for,  # noqa: E402
-                              load_model)
+                              load_model, loss_token_count)
 from ms_gpt2.rundir import RunLock, recover_dir, replace_dir, staging_name  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -62,21 +63,41 @@ class OutputDirError(UserError, RuntimeError):
 
 
 class PipelineBatches(torch.utils.data.IterableDataset):
-    """Batches from a MindSpore pipeline, as mindtorch tensors, one epoch per iteration."""
+    """Batches from a MindSpore pipeline, as mindtorch tensors, one epoch per iteration.
+
+    Epoch ``e`` is shuffled with seed ``seed + e`` (the Trainer says which epoch it is through
+    :meth:`PipelineLoader.set_epoch`), so every epoch has its own order and any run repeats it.
+    :meth:`resume_at` makes one epoch start after the batches a checkpoint already trained on: the
+    batched pipeline skips them (they are never turned into tensors), and ``len()`` says how many
+    remain, so the Trainer groups the rest for gradient accumulation as the first run did.
+    """
 
     def __init__(self, make_pipeline, n_batches: int, seed: int):
         self.make_pipeline, self.n_batches, self.seed, self.epoch = make_pipeline, n_batches, seed, 0
+        self.skip = 0          # batches of the current epoch already trained (resume)
+        self.position = 0      # batches of the current epoch consumed so far, skipped ones included
+        self._resume = None    # (epoch, batches) waiting for that epoch to start
 
-    def set_epoch(self, epoch: int) -> None:  # called by the Trainer at each epoch start
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.skip, self.position = int(epoch), 0, 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            self.skip, self._resume = self._resume[1], None
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """When epoch ``epoch`` starts, leave out its first ``batches_done`` batches."""
+        self._resume = (int(epoch), int(batches_done))
 
     def __len__(self) -> int:
-        return self.n_batches
+        return self.n_batches - self.skip
 
     def __iter__(self):
         msds.config.set_seed(self.seed + self.epoch)
         pipeline = self.make_pipeline()
+        if self.skip:
+            pipeline = pipeline.skip(self.skip)
+        self.position = self.skip
         for row in pipeline.create_dict_iterator(num_epochs=1, output_numpy=True):
+            self.position += 1
             yield {key: torch.tensor(value.astype(np.int64)) for key, value in row.items()}
 
 
@@ -136,6 +157,17 @@ def _pause_in_save_for_tests(run_dir: Path, step: int) -> None:
         time.sleep(600)
 
 
+class PipelineLoader(torch.utils.data.DataLoader):
+    """``DataLoader(PipelineBatches, batch_size=None)`` that passes the Trainer's ``set_epoch`` on.
+
+    The Trainer calls ``set_epoch`` on the dataloader only (a plain DataLoader has none, so the
+    dataset never heard of epochs and every epoch repeated the first one's order).
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+
 class PipelineTrainer(CrashSafeCheckpoints, Trainer):
     """The MindNLP Trainer, reading batches the MindSpore pipeline already made."""
 
@@ -143,7 +175,43 @@ class PipelineTrainer(CrashSafeCheckpoints, Trainer):
         # batch_size=None: the pipeline has batched. Not passed through accelerate's prepare():
         # its iterable-dataset dispatcher needs torch datapipes, which mindtorch lacks, and a
         # single process needs no sharding.
-        return torch.utils.data.DataLoader(self.train_dataset, batch_size=None)
+        return PipelineLoader(self.train_dataset, batch_size=None)
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        # The Trainer counts labels != -100 as the tokens of the accumulated batch; our loss
+        # ignores [PAD] (and does not score position 0), so count what it actually scores.
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if num_items is not None and batches:
+            pad_id = self.accelerator.unwrap_model(self.model).config.pad_token_id
+            num_items = sum(loss_token_count(batch["labels"], pad_id) for batch in batches)
+            if self.args.average_tokens_across_devices:
+                num_items = self.accelerator.gather(num_items).sum()
+            num_items = num_items.to(device)
+        return batches, num_items
+
+
+class EpochProgress(TrainerCallback):
+    """Keeps ``state.epoch`` counting the batches a resumed epoch skipped.
+
+    The Trainer computes it as ``epoch + (step + 1 + skipped) / len(dataloader)``, but it does
+    not know that :class:`PipelineBatches` skipped the trained batches itself.
+    """
+
+    def __init__(self, batches: PipelineBatches):
+        self.batches = batches
+
+    def on_step_end(self, args, state, control, **kwargs):
+        state.epoch = self.batches.epoch + self.batches.position / self.batches.n_batches
+
+
+def trained_position(checkpoint, n_batches: int, accumulation: int) -> tuple[int, int] | None:
+    """(epoch, batches of it already trained) at a Trainer checkpoint, counted as the Trainer does."""
+    state_file = Path(checkpoint) / "trainer_state.json"
+    if not state_file.is_file():
+        return None
+    global_step = int(json.loads(state_file.read_text(encoding="utf-8"))["global_step"])
+    updates_per_epoch = max(n_batches // accumulation + int(n_batches % accumulation > 0), 1)
+    return global_step // updates_per_epoch, (global_step % updates_per_epoch) * accumulation
 
 
 class LossLog(TrainerCallback):
@@ -198,17 +266,44 @@ class TrainResult:
     n_test: int
 
 
+def _checkpoint_tokenizer(init_from):
+    """The vocabulary a model.init_from checkpoint was trained with, or None if it carries none."""
+    from ms_gpt2.checkpoints import is_bert_vocabulary, load_tokenizer
+
+    init_from = Path(init_from)
+    if not any((init_from / name).is_file() for name in ("vocab.txt", "vocab.json")):
+        return None
+    tokenizer = load_tokenizer(init_from)
+    if not is_bert_vocabulary(tokenizer):
+        raise tokenization.TokenizerError(
+            f"model.init_from {init_from}: its vocabulary is GPT-2 byte-level BPE (vocab.json); summarization "
+            f"training needs a BERT WordPiece vocab.txt ([PAD]/[CLS]/[SEP]), so start from a BERT-vocabulary GPT-2")
+    return tokenizer
+
+
 def _resolve_tokenizer(config: dict, source: NLPCCSource, output_dir: Path, resume_from: str | None):
+    """The vocabulary whose ids the model will learn: the checkpoint's when continuing one."""
     if resume_from:  # the checkpoint carries the vocabulary its ids mean
         return tokenization.load_tokenizer(resume_from)
-    # Starting from a checkpoint without naming a vocabulary: the checkpoint's own, not a new one
-    # built from the data (whose ids would mean other tokens even when the sizes fit).
-    path = config["tokenizer"]["path"] or config["model"]["init_from"]
+    path, init_from = config["tokenizer"]["path"], config["model"]["init_from"]
+    if init_from:
+        own = _checkpoint_tokenizer(init_from)
+        if not path:
+            if own is None:
+                raise tokenization.TokenizerError(
+                    f"model.init_from {init_from}: no vocab.txt there; give the vocabulary this checkpoint was "
+                    f"trained with (--tokenizer / tokenizer.path)")
+            return own
+        given = tokenization.load_tokenizer(path)
+        if own is not None:
+            tokenization.check_same_vocabulary(given, path, own, init_from)
+        return given
     if path:
         return tokenization.load_tokenizer(path)
+    # A fresh start builds the vocabulary from this data, never reusing one an earlier run
+    # (maybe on another corpus) left in output_dir.
     built = output_dir / "tokenizer"
-    if (built / "vocab.txt").is_file():
-        return tokenization.load_tokenizer(built)
+    shutil.rmtree(built, ignore_errors=True)
     texts = (text for pair in records(source.lines("train")) for text in pair)
     return tokenization.build_tokenizer(texts, built, config["tokenizer"]["vocab_size"],
                                         config["tokenizer"].get("min_frequency", 1))
@@ -276,9 +371,9 @@ def _train_locked(config: dict, data_path, output_dir: Path, resume, overwrite: 
                               dcfg["skip_bad_lines"], check=summary_fits(tokenizer, dcfg["max_seq_len"]))
 
     if resume_from:
-        model = load_model(resume_from, GPT2ForSummarization, vocab_size=len(tokenizer))
+        model = load_model(resume_from, GPT2ForSummarization, tokenizer=tokenizer)
     elif mcfg["init_from"]:
-        model = load_model(mcfg["init_from"], GPT2ForSummarization, vocab_size=len(tokenizer))
+        model = load_model(mcfg["init_from"], GPT2ForSummarization, tokenizer=tokenizer)
     else:
         runtime.seed_everything(seed)  # the initial weights follow --seed
         model = GPT2ForSummarization(build_config(tokenizer, mcfg["n_positions"], mcfg["n_embd"],
@@ -298,14 +393,22 @@ def _train_locked(config: dict, data_path, output_dir: Path, resume, overwrite: 
         lambda: train_pipeline(train_lines(), tokenizer, dcfg["max_seq_len"], batch_size,
                                shuffle=dcfg["shuffle"], summary_only_loss=dcfg["summary_only_loss"]),
         n_batches, seed)
+    # Resuming mid-epoch: the Trainer would skip the trained batches by drawing and dropping them
+    # through a new DataLoader (accelerate's skip_first_batches); PipelineBatches skips them in the
+    # pipeline instead. ignore_data_skip keeps its meaning: start the epoch over.
+    skip_trained = not tcfg.pop("ignore_data_skip", False)
+    if resume_from and skip_trained:
+        position = trained_position(resume_from, n_batches, int(tcfg.get("gradient_accumulation_steps", 1)))
+        if position:
+            batches.resume_at(*position)
 
     args = TrainingArguments(
         output_dir=str(output_dir), per_device_train_batch_size=batch_size, seed=seed,
         report_to=[], save_strategy="steps", save_safetensors=True, remove_unused_columns=False,
-        dataloader_num_workers=0, use_cpu=runtime.ensure().device == "cpu", **tcfg)
+        dataloader_num_workers=0, use_cpu=runtime.ensure().device == "cpu", ignore_data_skip=True, **tcfg)
     dump_config(config, output_dir / "train_config.yaml")
     trainer = PipelineTrainer(model=model, args=args, train_dataset=batches, processing_class=tokenizer,
-                              callbacks=[LossLog(output_dir / LOSS_LOG)])
+                              callbacks=[LossLog(output_dir / LOSS_LOG), EpochProgress(batches)])
     trainer.run_config = config  # each checkpoint-N carries it, for summarize/evaluate --model checkpoint-N
     result = trainer.train(resume_from_checkpoint=resume_from)
     model_dir = save_pretrained(trainer.model, tokenizer, output_dir / FINAL_MODEL, generation_config, config)

@@ -88,3 +88,14 @@ def test_next_word_and_generate_commands_on_a_local_checkpoint():
     too_long = cli("generate", "--model", "tests/fixtures/gpt2-bpe-tiny", "--prompt", "The car", "--max-new-tokens", "100")
     assert_user_error(too_long, "exceeds the model's n_positions=64")
     assert too_long.stdout == ""
+
+
+def test_misspelled_training_option_is_one_line_before_any_data_work(tmp_path):
+    # --data does not exist: the config error must come first, so nothing was read or written
+    result = cli("train", "--config", "configs/smoke.yaml", "--set", "training.learning_rat=1", "--data",
+                 str(tmp_path / "missing.jsonl"), "--output-dir", str(tmp_path / "run"))
+    assert_user_error(result, "unknown key training.learning_rat", "did you mean learning_rate")
+    seeded = cli("train", "--config", "configs/smoke.yaml", "--set", "training.seed=3", "--data",
+                 str(tmp_path / "missing.jsonl"), "--output-dir", str(tmp_path / "run"))
+    assert_user_error(seeded, "training.seed is set by ms_gpt2: use --seed")
+    assert not (tmp_path / "run").exists()

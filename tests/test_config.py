@@ -41,3 +41,39 @@ def test_bad_config_files(tmp_path):
     bad.write_text("model: [unclosed", encoding="utf-8")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("key,where", [
+    ("seed", "use --seed"), ("output_dir", "use --output-dir"), ("use_cpu", "use --device"),
+    ("save_strategy", "training.save_steps"), ("report_to", "loss_log.jsonl"),
+])
+def test_training_keys_ms_gpt2_sets_itself_say_where_to_set_them(key, where):
+    with pytest.raises(ConfigError, match=f"training.{key} is set by ms_gpt2") as info:
+        load_config("configs/smoke.yaml", [f"training.{key}=1"])
+    assert where in str(info.value) and "\n" not in str(info.value)
+
+
+def test_managed_training_keys_are_refused_in_config_files_too(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("training:\n  learning_rate: 1.0e-3\n  seed: 7\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="training.seed is set by ms_gpt2: use --seed"):
+        load_config(config)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("training.learning_rat=1", "unknown key training.learning_rat; did you mean learning_rate?"),
+    ("training.num_train_epoch=2", "did you mean num_train_epochs"),
+    ("training.no_such_thing=2", "unknown key training.no_such_thing (not a TrainingArguments field)"),
+    ("model.n_layers=3", "unknown key model.n_layers; did you mean n_layer?"),
+    ("generation.num_beam=3", "did you mean num_beams?"),
+])
+def test_misspelled_keys_name_the_closest_valid_ones(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config("configs/smoke.yaml", [override])
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_every_valid_training_key_is_accepted():
+    c = load_config("configs/smoke.yaml", ["training.ignore_data_skip=true", "training.lr_scheduler_type=cosine",
+                                           "training.per_device_train_batch_size=2", "training.max_steps=3"])
+    assert c["training"]["lr_scheduler_type"] == "cosine" and c["training"]["max_steps"] == 3
