@@ -262,14 +262,17 @@ _NOISE = re.compile(r"^\[(INFO|WARNING|DEBUG)\]")
 
 
 def worker_errors(log_dir, lines: int = 15) -> dict[str, list[str]]:
-    """The last meaningful lines of each worker log that shows an error (a traceback or ms-gpt2's)."""
+    """Per worker log that shows an error: ms-gpt2's one-line error, or its last traceback's tail."""
     found = {}
     for log in sorted(Path(log_dir).glob("worker_*.log")):
         text = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
                 if line.strip() and not _NOISE.match(line)]
-        marks = [i for i, line in enumerate(text) if line.startswith("Traceback") or "ms-gpt2: error:" in line]
-        if marks:
-            found[log.name] = text[marks[-1]:][-lines:] if "ms-gpt2: error:" not in text[marks[-1]] else [text[marks[-1]]]
+        user_errors = [line for line in text if line.startswith("ms-gpt2: error:")]
+        tracebacks = [i for i, line in enumerate(text) if line.startswith("Traceback")]
+        if user_errors:
+            found[log.name] = user_errors[-1:]
+        elif tracebacks:
+            found[log.name] = text[tracebacks[-1]:][-lines:]
     return found
 
 
@@ -295,8 +298,8 @@ def launch(nproc: int, argv: list[str], log_dir, master_port: int | None = None,
         for name, lines in errors.items():
             print(f"--- {name}:", *lines, sep="\n", file=out)
         return code or 1
-    for log in sorted(log_dir.glob("worker_0.log")):  # rank 0's result line (JSON), like one process
-        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("{"):
-                print(line)
+    result = log_dir / "worker_0.log"  # rank 0's result (a JSON line), as one process prints it
+    for line in result.read_text(encoding="utf-8", errors="replace").splitlines() if result.is_file() else ():
+        if line.startswith('{"'):
+            print(line)
     return 0
