@@ -161,6 +161,7 @@ def test_two_msrun_workers_train_exactly_like_one_process_with_the_doubled_batch
 def test_a_failing_worker_ends_the_job_with_its_error(five, char_vocab_dir, tmp_path):
     env = _env()
     env[distributed.FAIL_RANK_ENV] = "1"  # rank 1 raises; rank 0 is waiting for it in the first all-reduce
+    env["MS_NODE_TIMEOUT"] = "6"  # msrun's scheduler notices the killed rank 0 after 6 s, not ~30 s
     done = _train_cli(five, char_vocab_dir, tmp_path / "dp", "--nproc", "2", env=env, timeout=240)
     assert done.returncode != 0
     assert "worker_1.log" in done.stderr and "rank 1 failed on purpose" in done.stderr, done.stderr[-3000:]
