@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from ms_gpt2 import runtime
 from ms_gpt2.errors import UserError
@@ -177,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", metavar="MODEL_DIR",
                    help="start from a local GPT-2 checkpoint (e.g. runs/pt/model); its vocabulary unless --tokenizer "
                         "(same as --set model.init_from=MODEL_DIR)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel on N devices of this machine, launched through msrun (global batch = "
+                        "per-device batch x N); worker logs in OUTPUT_DIR/msrun_logs")
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("pretrain", parents=[common], help="causal-LM training on raw text, packed into full blocks")
@@ -265,6 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if getattr(args, "nproc", 1) != 1:
+            from ms_gpt2.engine import distributed
+
+            if args.nproc < 1:
+                raise UserError(f"--nproc must be at least 1, got {args.nproc}")
+            if not distributed.launched_by_msrun():  # re-run this command on N workers; they skip this
+                return distributed.launch(args.nproc, list(sys.argv[1:] if argv is None else argv),
+                                          Path(args.output_dir) / "msrun_logs")
         runtime.setup(args.device, args.seed)
         return args.handler(args)
     except UserError as err:  # bad input: one clear line, exit 2; anything else is a bug

@@ -14,7 +14,7 @@ import logging
 import os
 import random
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ms_gpt2.errors import UserError
 
@@ -42,6 +42,8 @@ class Runtime:
     requested: str  # what the user asked for, e.g. "auto"
     seed: int | None
     shims: tuple[str, ...]
+    rank: int = 0  # this process's rank in an msrun group (0 when alone)
+    world_size: int = 1
 
     @property
     def mindspore_target(self) -> str:
@@ -112,18 +114,34 @@ def setup(device: str | None = None, seed: int | None = None) -> Runtime:
                 "call setup() (or pass --device) before importing mindnlp."
             )
         mindspore.set_device(MINDSPORE_TARGET[chosen])
+        rank, world_size = _join_msrun_group()
         import mindnlp  # noqa: F401  (binds mindtorch to the device just set)
 
         from ms_gpt2 import compat
 
         shims = tuple(compat.apply())
-        _current = Runtime(device=chosen, requested=requested, seed=seed, shims=shims)
-        log.info("ms_gpt2 device: %s (requested %s; MindSpore target %s)",
-                 chosen, requested, MINDSPORE_TARGET[chosen])
+        _current = Runtime(device=chosen, requested=requested, seed=seed, shims=shims, rank=rank,
+                           world_size=world_size)
+        log.info("ms_gpt2 device: %s (requested %s; MindSpore target %s%s)",
+                 chosen, requested, MINDSPORE_TARGET[chosen],
+                 f"; rank {rank} of {world_size}" if world_size > 1 else "")
     if seed is not None:
         seed_everything(seed)
-        _current = Runtime(_current.device, _current.requested, seed, _current.shims)
+        _current = replace(_current, seed=seed)
     return _current
+
+
+def _join_msrun_group() -> tuple[int, int]:
+    """Under ``msrun`` (it sets ``MS_ROLE``), join the job's communication group: HCCL on Ascend,
+    MCCL on CPU, chosen by MindSpore from the device just set. msrun also runs the script as its
+    scheduler (``MS_ROLE=MS_SCHED``): that process serves the group inside ``init()`` and exits
+    there, before it could write anything. Returns ``(rank, world size)``; ``(0, 1)`` alone."""
+    if os.environ.get("MS_ROLE") not in ("MS_WORKER", "MS_SCHED"):
+        return 0, 1
+    from mindspore import communication
+
+    communication.init()
+    return communication.get_rank(), communication.get_group_size()
 
 
 def ensure() -> Runtime:

@@ -26,6 +26,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ from ms_gpt2 import tokenization  # noqa: E402
 from ms_gpt2.checkpoints import RUN_CONFIG, incomplete_reason, save_pretrained  # noqa: E402
 from ms_gpt2.config import dump_config  # noqa: E402
 from ms_gpt2.data import NLPCCSource, records  # noqa: E402
+from ms_gpt2.engine import distributed  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.examples import summary_fits, train_pipeline  # noqa: E402
 from ms_gpt2.modeling import (GPT2ForSummarization, build_config, generation_config_for,  # noqa: E402
@@ -214,6 +216,10 @@ def trained_position(checkpoint, n_batches: int, accumulation: int) -> tuple[int
     return global_step // updates_per_epoch, (global_step % updates_per_epoch) * accumulation
 
 
+class DataParallelTrainer(distributed.DataParallelMixin, PipelineTrainer):
+    """PipelineTrainer on one rank of an msrun job: shards global batches, sums gradients."""
+
+
 class LossLog(TrainerCallback):
     """Appends every logged loss to loss_log.jsonl, so the curve survives resumes and crashes."""
 
@@ -345,6 +351,8 @@ def train(config: dict, data_path, output_dir, resume=None, overwrite: bool = Fa
 
     Holds the output directory's lock throughout: a second run into it refuses (RunDirInUseError)."""
     output_dir = Path(output_dir)
+    if distributed.world()[0] != 0:  # data parallel: rank 0 holds the directory for the whole job
+        return _train_locked(config, data_path, output_dir, resume, overwrite)
     with RunLock(output_dir):
         for partial in output_dir.glob(f".{PREFIX_CHECKPOINT_DIR}-*.partial"):  # a crashed run's, unfinished
             log.warning("removing %s, a checkpoint a crashed run did not finish writing", partial)
@@ -355,7 +363,8 @@ def train(config: dict, data_path, output_dir, resume=None, overwrite: bool = Fa
 
 def _train_locked(config: dict, data_path, output_dir: Path, resume, overwrite: bool) -> TrainResult:
     resume_from = _resume_checkpoint(output_dir, resume, overwrite)
-    if overwrite and not resume_from:
+    rank, world_size = distributed.world()  # data parallel under msrun: rank 0 alone writes files
+    if overwrite and not resume_from and rank == 0:
         for stale in [*output_dir.glob("checkpoint-*"), output_dir / LOSS_LOG]:
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -364,11 +373,17 @@ def _train_locked(config: dict, data_path, output_dir: Path, resume, overwrite: 
 
     # Check every line once (format only: the tokenizer may not exist yet), then again with the
     # tokenizer's length check, so a bad record fails here and never mid-epoch.
-    source = NLPCCSource.open(data_path, output_dir / "work", dcfg["fraction"], dcfg["train_ratio"],
+    workdir = output_dir / "work" if rank == 0 else Path(tempfile.mkdtemp(prefix=f"ms_gpt2_rank{rank}_"))
+    source = NLPCCSource.open(data_path, workdir, dcfg["fraction"], dcfg["train_ratio"],
                               dcfg["skip_bad_lines"])
-    tokenizer = _resolve_tokenizer(config, source, output_dir, resume_from)
-    source = NLPCCSource.open(data_path, output_dir / "work", dcfg["fraction"], dcfg["train_ratio"],
+    if rank == 0:
+        tokenizer = _resolve_tokenizer(config, source, output_dir, resume_from)
+    distributed.barrier()  # the others load the vocabulary rank 0 built
+    if rank != 0:
+        tokenizer = _resolve_tokenizer(config, source, output_dir, resume_from)
+    source = NLPCCSource.open(data_path, workdir, dcfg["fraction"], dcfg["train_ratio"],
                               dcfg["skip_bad_lines"], check=summary_fits(tokenizer, dcfg["max_seq_len"]))
+    distributed.maybe_fail_for_test()
 
     if resume_from:
         model = load_model(resume_from, GPT2ForSummarization, tokenizer=tokenizer)
@@ -378,6 +393,7 @@ def _train_locked(config: dict, data_path, output_dir: Path, resume, overwrite: 
         runtime.seed_everything(seed)  # the initial weights follow --seed
         model = GPT2ForSummarization(build_config(tokenizer, mcfg["n_positions"], mcfg["n_embd"],
                                                   mcfg["n_layer"], mcfg["n_head"], mcfg["dropout"]))
+    distributed.broadcast_parameters(model.parameters())  # every rank starts from rank 0's weights
     if dcfg["max_seq_len"] > model.config.n_positions:
         raise UserError(f"data.max_seq_len={dcfg['max_seq_len']} exceeds the model's n_positions={model.config.n_positions}")
     gen = config["generation"]
@@ -385,12 +401,13 @@ def _train_locked(config: dict, data_path, output_dir: Path, resume, overwrite: 
     model.generation_config = generation_config
 
     batch_size = int(tcfg.pop("per_device_train_batch_size"))
-    n_batches = math.ceil(source.n_train / batch_size)
+    global_batch = batch_size * world_size  # every rank reads the same global batches, keeps its rows
+    n_batches = math.ceil(source.n_train / global_batch)
     if tcfg.get("save_steps") == "epoch":
         tcfg["save_steps"] = n_batches  # the tutorial's save_steps = batches per epoch
     train_lines = lambda: source.lines("train")  # noqa: E731
     batches = PipelineBatches(
-        lambda: train_pipeline(train_lines(), tokenizer, dcfg["max_seq_len"], batch_size,
+        lambda: train_pipeline(train_lines(), tokenizer, dcfg["max_seq_len"], global_batch,
                                shuffle=dcfg["shuffle"], summary_only_loss=dcfg["summary_only_loss"]),
         n_batches, seed)
     # Resuming mid-epoch: the Trainer would skip the trained batches by drawing and dropping them
@@ -406,13 +423,20 @@ def _train_locked(config: dict, data_path, output_dir: Path, resume, overwrite: 
         output_dir=str(output_dir), per_device_train_batch_size=batch_size, seed=seed,
         report_to=[], save_strategy="steps", save_safetensors=True, remove_unused_columns=False,
         dataloader_num_workers=0, use_cpu=runtime.ensure().device == "cpu", ignore_data_skip=True, **tcfg)
-    dump_config(config, output_dir / "train_config.yaml")
-    trainer = PipelineTrainer(model=model, args=args, train_dataset=batches, processing_class=tokenizer,
-                              callbacks=[LossLog(output_dir / LOSS_LOG), EpochProgress(batches)])
+    if rank == 0:
+        dump_config(config, output_dir / "train_config.yaml")
+    trainer_class = DataParallelTrainer if world_size > 1 else PipelineTrainer
+    callbacks = [EpochProgress(batches)] + ([LossLog(output_dir / LOSS_LOG)] if rank == 0 else [])
+    trainer = trainer_class(model=model, args=args, train_dataset=batches, processing_class=tokenizer,
+                            callbacks=callbacks)
     trainer.run_config = config  # each checkpoint-N carries it, for summarize/evaluate --model checkpoint-N
     result = trainer.train(resume_from_checkpoint=resume_from)
-    model_dir = save_pretrained(trainer.model, tokenizer, output_dir / FINAL_MODEL, generation_config, config)
-    curve = plot_loss_curve(output_dir / LOSS_LOG, output_dir / LOSS_CURVE)
+    model_dir, curve = output_dir / FINAL_MODEL, None
+    if rank == 0:
+        model_dir = save_pretrained(trainer.model, tokenizer, model_dir, generation_config, config)
+        curve = plot_loss_curve(output_dir / LOSS_LOG, output_dir / LOSS_CURVE)
+    elif workdir != output_dir / "work":
+        shutil.rmtree(workdir, ignore_errors=True)
     log.info("trained %d steps, final model in %s", result.global_step, model_dir)
     return TrainResult(output_dir, model_dir, result.global_step, result.training_loss, curve,
                        source.n_train, source.n_test)

@@ -1,0 +1,305 @@
+"""Data-parallel training: N processes launched by ``msrun``, one model, gradients summed every step.
+
+mindnlp 0.5.1 cannot do this for us (its ``DistributedDataParallel`` is empty, its process group's
+``allreduce`` has no NPU kernel, and the Trainer's ``value_and_grad`` step reduces nothing), so it
+is built from MindSpore's own pieces: ``msrun`` starts the workers, ``mindspore.communication.init()``
+joins them (HCCL on Ascend, MCCL on CPU; see :func:`ms_gpt2.runtime.setup`), ``ops.AllReduce`` (sum,
+which every backend has) reduces.
+
+How a step stays equal to one process's step on the whole global batch:
+
+* **Data.** Every rank builds the *same* shuffled pipeline with *global* batches of
+  ``per_device_batch * N`` rows (same seed), and rank r keeps rows ``[r*B, (r+1)*B)`` of each
+  (:func:`shard_batch`). So the global batch is exactly the batch a 1-process run with batch ``B*N``
+  sees, no example is seen twice per epoch, and every rank agrees on the number of steps. A last,
+  short global batch may leave a rank nothing: it then runs a placeholder row that counts for 0.
+* **Gradients.** Our loss is a mean over scored (non-``[PAD]``) tokens and ranks hold different
+  numbers of them, so per-rank means must not be averaged. Each rank's gradient of its local mean is
+  weighted by ``local_tokens / global_tokens`` and the weighted gradients (and losses) are summed
+  over ranks (:func:`reduce_gradients`), before the Trainer clips: the sum is the gradient of the
+  global token mean. The compiled engine reduces (loss sum, count, grads) instead
+  (:class:`AllReduceSum`, usable inside ``mindspore.jit``).
+* **Weights.** Rank 0's initial weights are copied to every rank (:func:`broadcast_parameters`);
+  equal weights + equal reduced gradients + the same optimizer keep them equal.
+
+Only rank 0 writes files (:func:`is_main`); the callers gate on it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+#: What msrun sets in a worker's environment (``MS_SCHED`` for its scheduler process).
+MSRUN_ROLES = ("MS_WORKER", "MS_SCHED")
+#: Test hook: a rank that raises at the start of training, to check a failing worker ends the job.
+FAIL_RANK_ENV = "MS_GPT2_TEST_FAIL_RANK"
+
+
+def launched_by_msrun() -> bool:
+    return os.environ.get("MS_ROLE") in MSRUN_ROLES
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) unless it joined an msrun group."""
+    from ms_gpt2 import runtime
+
+    current = runtime.ensure()
+    return current.rank, current.world_size
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+def _all_reduce():
+    from mindspore import ops
+
+    global _ALL_REDUCE
+    if _ALL_REDUCE is None:
+        _ALL_REDUCE = ops.AllReduce(ops.ReduceOp.SUM)
+    return _ALL_REDUCE
+
+
+_ALL_REDUCE = None
+
+
+def all_reduce_sum(tensor):
+    """Sum a tensor (mindspore or mindtorch) over all ranks; identity for one process."""
+    return _all_reduce()(tensor) if world()[1] > 1 else tensor
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (an all-reduce of one number)."""
+    if world()[1] > 1:
+        import mindspore
+
+        all_reduce_sum(mindspore.Tensor([1.0], mindspore.float32)).asnumpy()
+
+
+def maybe_fail_for_test() -> None:
+    rank, size = world()
+    if size > 1 and os.environ.get(FAIL_RANK_ENV) == str(rank):
+        raise RuntimeError(f"rank {rank} failed on purpose ({FAIL_RANK_ENV}={rank})")
+
+
+# --------------------------------------------------------------------------------------------------
+# Weights and gradients (eager engine: mindtorch tensors)
+# --------------------------------------------------------------------------------------------------
+
+def _flat(tensors):
+    import torch  # mindtorch
+
+    return torch.cat([t.reshape(-1).float() for t in tensors])
+
+
+def _unflat(flat, like):
+    out, start = [], 0
+    for t in like:
+        n = t.numel()
+        out.append(flat[start:start + n].reshape(t.shape).to(t.dtype))
+        start += n
+    return out
+
+
+def broadcast_parameters(params) -> None:
+    """Copy rank 0's values of ``params`` (mindtorch tensors) to every rank, in place and exactly.
+
+    A sum in which every rank but 0 contributes zeros: exact, and sum is the one reduction every
+    backend has."""
+    import torch
+
+    params = list(params)
+    if world()[1] == 1 or not params:
+        return
+    flat = _flat([p.detach() for p in params])
+    if not is_main():
+        flat = torch.zeros_like(flat)
+    flat = torch.tensor(all_reduce_sum(flat), device=params[0].device)
+    with torch.no_grad():
+        for p, value in zip(params, _unflat(flat, params)):
+            p.copy_(value)
+
+
+def reduce_gradients(grads, loss, weight: float):
+    """``sum over ranks of weight * (grads, loss)`` as one all-reduce; returns (grads, loss).
+
+    ``weight`` is this rank's ``local scored tokens / global scored tokens``, so the sums are the
+    gradient and the value of the global token mean."""
+    import torch
+
+    grads = list(grads)
+    flat = torch.cat([_flat(grads), loss.detach().reshape(1).float()]) * weight
+    flat = torch.tensor(all_reduce_sum(flat), device=loss.device)
+    return _unflat(flat[:-1], grads), flat[-1].to(loss.dtype)
+
+
+@dataclass
+class Shard:
+    """This rank's rows of a global batch and what they weigh."""
+
+    inputs: dict
+    local_tokens: int
+    global_tokens: int
+
+    @property
+    def weight(self) -> float:
+        return self.local_tokens / self.global_tokens if self.global_tokens else 0.0
+
+
+def scored_tokens(labels, pad_token_id: int) -> int:
+    """How many label positions the shifted loss scores (position t+1 of each row, not [PAD])."""
+    import numpy as np
+
+    labels = labels.asnumpy() if hasattr(labels, "asnumpy") else np.asarray(labels)
+    return int((labels[..., 1:] != pad_token_id).sum())
+
+
+def shard_batch(inputs: dict, per_device: int, pad_token_id: int, rank: int | None = None,
+                size: int | None = None) -> Shard:
+    """Rows ``[rank*per_device, (rank+1)*per_device)`` of the global batch ``inputs``.
+
+    A rank whose rows are all past the end of a short last batch gets row 0 as a placeholder with
+    ``local_tokens = 0``: it runs the step (every rank must join the all-reduce) and adds nothing.
+    """
+    if rank is None or size is None:
+        rank, size = world()
+    total = scored_tokens(inputs["labels"], pad_token_id)
+    rows = len(inputs["labels"])
+    start, stop = rank * per_device, min((rank + 1) * per_device, rows)
+    if start >= rows:
+        return Shard({k: v[:1] for k, v in inputs.items()}, 0, total)
+    local = {k: v[start:stop] for k, v in inputs.items()}
+    return Shard(local, scored_tokens(local["labels"], pad_token_id), total)
+
+
+class DataParallelMixin:
+    """For a Hugging Face ``Trainer`` subclass fed global batches: each rank trains on its shard and
+    the gradients are summed over ranks inside ``training_step``, before the Trainer clips them.
+
+    The Trainer itself still believes it is alone (HF/accelerate must not start torch.distributed,
+    which mindtorch cannot do), so it logs the reduced loss and clips the reduced gradients the same
+    way on every rank; only rank 0 saves checkpoints."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        import torch
+
+        shard = shard_batch(inputs, self.args.per_device_train_batch_size, model.config.pad_token_id)
+        params = [p for p in model.parameters() if p.requires_grad]
+        earlier = [p.grad for p in params]
+        for p in params:  # the Trainer's value_and_grad adds into .grad: collect this step's alone
+            p.grad = None
+        # num_items_in_batch=None: the model's loss is this shard's own token mean; the weighting
+        # below turns it into the global one.
+        loss = super().training_step(model, shard.inputs, None)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        reduced, loss = reduce_gradients(grads, loss, shard.weight)
+        for p, before, grad in zip(params, earlier, reduced):
+            p.grad = grad if before is None else before + grad
+        return loss
+
+    def _save_checkpoint(self, model, trial):
+        if is_main():
+            return super()._save_checkpoint(model, trial)
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Compiled engine: the reduce hook, graph-mode safe
+# --------------------------------------------------------------------------------------------------
+
+def _all_reduce_cell():
+    from mindspore import nn, ops
+
+    class AllReduceSum(nn.Cell):
+        """``(loss_sum, count, grads) -> the same, summed over ranks``: the compiled step's reduce
+        hook (``TrainStep(..., reduce=AllReduceSum())``). Works inside ``mindspore.jit`` (checked
+        on CPU/MCCL by tests/test_distributed.py)."""
+
+        def __init__(self):
+            super().__init__()
+            self.all_reduce = ops.AllReduce(ops.ReduceOp.SUM)
+            self.hyper_map = ops.HyperMap()
+
+        def construct(self, loss_sum, count, grads):
+            return self.all_reduce(loss_sum), self.all_reduce(count), self.hyper_map(self.all_reduce, grads)
+
+    return AllReduceSum
+
+
+def __getattr__(name):  # AllReduceSum needs mindspore.nn; build it on first use only
+    if name == "AllReduceSum":
+        return _all_reduce_cell()
+    raise AttributeError(name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Launching: ``ms-gpt2 train --nproc N`` re-runs itself under msrun
+# --------------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def msrun_command(nproc: int, argv: list[str], log_dir, master_port: int | None = None,
+                  cluster_time_out: int = 300) -> list[str]:
+    """The msrun call that runs ``python -m ms_gpt2 ARGV`` on ``nproc`` workers of this machine."""
+    msrun = Path(sys.executable).with_name("msrun")
+    launcher = [str(msrun)] if msrun.is_file() else [sys.executable, "-m", "mindspore.parallel.cluster.run"]
+    return [*launcher, f"--worker_num={nproc}", f"--local_worker_num={nproc}",
+            f"--master_port={master_port or free_port()}", f"--log_dir={log_dir}", "--join=True",
+            f"--cluster_time_out={cluster_time_out}", str(Path(__file__).resolve().parents[1] / "__main__.py"),
+            *argv]
+
+
+_NOISE = re.compile(r"^\[(INFO|WARNING|DEBUG)\]")
+
+
+def worker_errors(log_dir, lines: int = 15) -> dict[str, list[str]]:
+    """Per worker log that shows an error: ms-gpt2's one-line error, or its last traceback's tail."""
+    found = {}
+    for log in sorted(Path(log_dir).glob("worker_*.log")):
+        text = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
+                if line.strip() and not _NOISE.match(line)]
+        user_errors = [line for line in text if line.startswith("ms-gpt2: error:")]
+        tracebacks = [i for i, line in enumerate(text) if line.startswith("Traceback")]
+        if user_errors:
+            found[log.name] = user_errors[-1:]
+        elif tracebacks:
+            found[log.name] = text[tracebacks[-1]:][-lines:]
+    return found
+
+
+def launch(nproc: int, argv: list[str], log_dir, master_port: int | None = None, out=None) -> int:
+    """Run ``ms-gpt2 ARGV`` on ``nproc`` local workers through msrun; 0 if all succeed.
+
+    msrun kills the other workers when one fails and exits non-zero; the failing worker's error
+    (its last traceback, or ms-gpt2's one-line error) is then printed from its log."""
+    out = out or sys.stderr
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)  # msrun starts workers with the `python` on PATH
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cmd = msrun_command(nproc, argv, log_dir, master_port)
+    with open(log_dir / "msrun.log", "w", encoding="utf-8") as msrun_log:
+        code = subprocess.call(cmd, env=env, stdout=msrun_log, stderr=subprocess.STDOUT)
+    if code != 0:
+        errors = worker_errors(log_dir)
+        print(f"ms-gpt2: error: {nproc}-worker msrun job failed (exit {code}); logs in {log_dir}", file=out)
+        for name, lines in errors.items():
+            print(f"--- {name}:", *lines, sep="\n", file=out)
+        return code or 1
+    result = log_dir / "worker_0.log"  # rank 0's result (a JSON line), as one process prints it
+    for line in result.read_text(encoding="utf-8", errors="replace").splitlines() if result.is_file() else ():
+        if line.startswith('{"'):
+            print(line)
+    return 0

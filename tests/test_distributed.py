@@ -1,0 +1,206 @@
+"""Data-parallel training: the sharding and token-weighted reduction in one process, then real
+2-worker ``msrun`` jobs on CPU (MCCL): equal to one process with the doubled batch, a failing
+worker ending the job, and the compiled engine's reduce hook inside ``mindspore.jit``."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import DEMO_DATA, write_jsonl
+from ms_gpt2 import runtime
+from ms_gpt2.engine import distributed
+
+REPO = Path(__file__).resolve().parents[1]
+# Tiny GPT-2, dropout 0; 5 examples, per-device batch 2 x 2 workers: global batches of 4 and 1, so the
+# second step leaves rank 1 nothing (the placeholder path) and every step's shards are uneven.
+TINY = ["model.n_positions=160", "model.n_embd=32", "model.n_layer=1", "model.n_head=2", "model.dropout=0.0",
+        "data.max_seq_len=128", "data.max_summary_len=30", "data.train_ratio=1.0", "data.summary_only_loss=true",
+        "training.learning_rate=5.0e-3", "training.warmup_steps=0", "training.logging_steps=1",
+        "training.num_train_epochs=2", "training.save_total_limit=5"]
+
+
+@pytest.fixture(scope="module")
+def five(tmp_path_factory):
+    rows = [json.loads(line) for line in open(DEMO_DATA, encoding="utf-8")]
+    rows = sorted(rows, key=lambda r: len(r["article"]))[:5]
+    return write_jsonl(tmp_path_factory.mktemp("data") / "five.jsonl", rows)
+
+
+def _env():
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")  # msrun runs `python`
+    env["PYTHONPATH"] = str(REPO)
+    env.pop(distributed.FAIL_RANK_ENV, None)
+    return env
+
+
+# --------------------------------------------------------------------------------------------------
+# In one process
+# --------------------------------------------------------------------------------------------------
+
+def test_shards_split_each_global_batch_once_and_weigh_by_scored_tokens():
+    pad = 0
+    labels = np.array([[5, 6, 7, 0], [5, 6, 0, 0], [5, 0, 0, 0], [5, 6, 7, 8], [5, 6, 7, 0]])
+    batch = {"labels": labels, "input_ids": labels + 100}
+    shards = [distributed.shard_batch(batch, 2, pad, r, 3) for r in range(3)]
+    assert [s.inputs["input_ids"][:, 0].tolist() for s in shards] == [[105, 105], [105, 105], [105]]
+    assert np.array_equal(np.concatenate([s.inputs["labels"] for s in shards]), labels)  # each row once, in order
+    assert [s.local_tokens for s in shards] == [2 + 1, 0 + 3, 2] and {s.global_tokens for s in shards} == {8}
+    assert sum(s.weight for s in shards) == pytest.approx(1.0, abs=1e-12)
+
+    # a short last global batch: the rank past its end runs a placeholder row that weighs nothing
+    short = distributed.shard_batch({"labels": labels[:2], "input_ids": labels[:2]}, 2, pad, 1, 2)
+    assert len(short.inputs["labels"]) == 1 and short.local_tokens == 0 and short.weight == 0.0
+
+
+def test_token_weighted_shard_gradients_sum_to_the_global_batch_gradient(tokenizer, five):
+    """What the all-reduce computes, summed here by hand: weighting each rank's gradient of its own
+    token mean by its share of the batch's scored tokens gives the whole batch's gradient, while the
+    plain average of the per-rank means (what averaging per-rank losses would do) does not."""
+    import torch  # mindtorch
+    from mindtorch import autograd
+
+    from ms_gpt2.data import NLPCCSource
+    from ms_gpt2.examples import train_pipeline
+    from ms_gpt2.modeling import GPT2ForSummarization, build_config
+
+    source = NLPCCSource.open(five, None, 1.0, 1.0)
+    rows = next(train_pipeline(source.lines("train"), tokenizer, 128, 4, summary_only_loss=True)
+                .create_dict_iterator(num_epochs=1, output_numpy=True))
+    batch = {k: torch.tensor(v.astype(np.int64)) for k, v in rows.items()}
+    runtime.seed_everything(0)
+    model = GPT2ForSummarization(build_config(tokenizer, 160, 32, 1, 2, 0.0))
+    params = tuple(model.parameters())
+    grad_fn = autograd.value_and_grad(lambda inputs: model(**inputs)["loss"], params, attach_grads=False)
+
+    def loss_and_grads(inputs):
+        loss, grads = grad_fn(inputs)
+        return float(loss.asnumpy()), [g.asnumpy().astype(np.float64) for g in grads]
+
+    whole_loss, whole = loss_and_grads(batch)
+    shards = [distributed.shard_batch(batch, 2, tokenizer.pad_token_id, r, 2) for r in range(2)]
+    assert shards[0].local_tokens != shards[1].local_tokens  # uneven: the weighting matters
+    parts = [loss_and_grads(s.inputs) for s in shards]
+    weighted = [sum(s.weight * g[i] for s, (_, g) in zip(shards, parts)) for i in range(len(params))]
+    averaged = [sum(0.5 * g[i] for _, g in parts) for i in range(len(params))]
+    assert sum(s.weight * l for s, (l, _) in zip(shards, parts)) == pytest.approx(whole_loss, rel=1e-6)
+    for w, g in zip(weighted, whole):
+        np.testing.assert_allclose(w, g, rtol=1e-4, atol=1e-7)
+    assert max(np.abs(a - g).max() for a, g in zip(averaged, whole)) > 1e-5
+
+
+def test_nproc_below_one_is_a_user_error(capsys):
+    from ms_gpt2 import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--data", "x.jsonl", "--output-dir", "out", "--nproc", "0"])
+    assert exit_.value.code == 2 and "--nproc must be at least 1" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# Real msrun jobs (2 CPU workers)
+# --------------------------------------------------------------------------------------------------
+
+def _train_cli(five, vocab, out, *extra, env=None, timeout=300):
+    sets = [arg for s in TINY for arg in ("--set", s)]
+    cmd = [sys.executable, "-m", "ms_gpt2", "train", "--device", "cpu", "--seed", "0", "--config",
+           str(REPO / "configs" / "smoke.yaml"), *sets, "--tokenizer", str(vocab), "--data", str(five),
+           "--output-dir", str(out), *extra]
+    return subprocess.run(cmd, env=env or _env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def test_two_msrun_workers_train_exactly_like_one_process_with_the_doubled_batch(five, char_vocab_dir, tmp_path):
+    from ms_gpt2.config import load_config
+    from ms_gpt2.training import train
+
+    # AdamW divides each gradient element by its own size (+ eps), so for near-cancelled elements the
+    # float rounding of another summation order (2 rows per process vs 4) becomes a weight difference
+    # of up to lr (seen: 2e-5 after 4 steps with eps 1e-8, 1.2e-5 with 1e-6). What data parallelism
+    # changes is the gradient; adam_epsilon 1e-3 caps that amplification at lr/eps (rounding ~1e-9 ->
+    # ~1e-8 in the weights) while elements above 1e-3 are still updated as Adam does.
+    adam = ["training.adam_epsilon=1.0e-3"]
+    done = _train_cli(five, char_vocab_dir, tmp_path / "dp", "--set", "training.per_device_train_batch_size=2",
+                      "--set", adam[0], "--nproc", "2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["global_step"] == 4  # rank 0's result line
+
+    config = load_config(REPO / "configs" / "smoke.yaml", TINY + [f"tokenizer.path={char_vocab_dir}",
+                                                                  "training.per_device_train_batch_size=4"] + adam)
+    one = train(config, five, tmp_path / "one")
+    assert one.global_step == 4
+
+    def log(run):
+        return [json.loads(line) for line in (tmp_path / run / "loss_log.jsonl").read_text().splitlines()]
+
+    dp, single = log("dp"), log("one")
+    assert [e["step"] for e in dp] == [e["step"] for e in single] == [1, 2, 3, 4]  # one writer: no doubled lines
+    for a, b in zip(dp, single):
+        # HF rounds logged losses to 4 decimals (abs_tol); the grad norm is not rounded and is a
+        # function of the whole reduced gradient
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-4)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+    for name in ("model/model.safetensors", "checkpoint-2/model.safetensors"):
+        got, want = load_file(str(tmp_path / "dp" / name)), load_file(str(tmp_path / "one" / name))
+        assert got.keys() == want.keys()
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5, err_msg=f"{name}:{key}")
+
+    # the same files as one process wrote, plus msrun's logs; rank 1 left nothing behind
+    names = lambda run: sorted(p.name for p in (tmp_path / run).iterdir())  # noqa: E731
+    assert names("dp") == sorted(names("one") + ["msrun_logs"])
+    assert sorted(p.name for p in (tmp_path / "dp" / "msrun_logs").glob("worker_*.log")) == ["worker_0.log",
+                                                                                             "worker_1.log"]
+
+
+def test_a_failing_worker_ends_the_job_with_its_error(five, char_vocab_dir, tmp_path):
+    env = _env()
+    env[distributed.FAIL_RANK_ENV] = "1"  # rank 1 raises; rank 0 is waiting for it in the first all-reduce
+    env["MS_NODE_TIMEOUT"] = "6"  # msrun's scheduler notices the killed rank 0 after 6 s, not ~30 s
+    done = _train_cli(five, char_vocab_dir, tmp_path / "dp", "--nproc", "2", env=env, timeout=240)
+    assert done.returncode != 0
+    assert "worker_1.log" in done.stderr and "rank 1 failed on purpose" in done.stderr, done.stderr[-3000:]
+    assert not (tmp_path / "dp" / "model").exists()
+
+
+WORKER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import mindspore
+    from ms_gpt2 import runtime
+    rt = runtime.setup("cpu", seed=0)
+    from ms_gpt2.engine import distributed
+    import torch
+    rank, size = distributed.world()
+    assert (rank, size) == (rt.rank, 2), (rank, size)
+
+    reduce = distributed.AllReduceSum()
+    @mindspore.jit
+    def step(loss_sum, count, g1, g2):
+        return reduce(loss_sum, count, (g1, g2))
+    t = lambda *v: mindspore.Tensor(np.array(v, np.float32))
+    loss, count, (g1, g2) = step(t(1.0 + rank), t(3.0 * (rank + 1)), t(rank, 1.0), t(10.0 * rank))
+    assert loss.asnumpy().tolist() == [3.0] and count.asnumpy().tolist() == [9.0], (loss, count)
+    assert g1.asnumpy().tolist() == [1.0, 2.0] and g2.asnumpy().tolist() == [10.0], (g1, g2)
+
+    p = torch.nn.Parameter(torch.tensor([float(rank + 5), -1.0 * rank]))
+    distributed.broadcast_parameters([p])
+    assert p.detach().numpy().tolist() == [5.0, 0.0], p
+    print("OK", rank, flush=True)
+""")
+
+
+def test_reduce_hook_sums_inside_jit_and_broadcast_copies_rank_0(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    cmd = distributed.msrun_command(2, [], tmp_path / "logs")
+    cmd[cmd.index(str(REPO / "ms_gpt2" / "__main__.py"))] = str(script)
+    done = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    logs = {p.name: p.read_text(errors="replace") for p in (tmp_path / "logs").glob("worker_*.log")}
+    assert done.returncode == 0, "\n".join(v[-2000:] for v in logs.values())
+    assert "OK 0" in logs["worker_0.log"] and "OK 1" in logs["worker_1.log"]
