@@ -37,6 +37,8 @@ def _train(args) -> int:
     from ms_gpt2.training import train
 
     config = load_config(args.config, _overrides(args))
+    if args.engine:
+        config["engine"] = args.engine
     result = train(config, args.data, args.output_dir, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps({"model": str(result.model_dir), "global_step": result.global_step,
                       "train_loss": result.train_loss, "loss_curve": str(result.loss_curve),
@@ -154,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                    help="continue from the latest checkpoint in --output-dir, or from CHECKPOINT")
     p.add_argument("--overwrite", action="store_true", help="start over in an --output-dir that has checkpoints")
+    p.add_argument("--engine", choices=["compiled", "eager"], default=None,
+                   help="compiled: one MindSpore graph per training step (default); eager: the tutorial's "
+                        "mindtorch path (config key: engine)")
     p.set_defaults(handler=_train)
 
     for name, handler, text in [("summarize", _summarize, "beam-search summaries from a trained model"),

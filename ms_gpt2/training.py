@@ -37,6 +37,7 @@ from ms_gpt2 import tokenization  # noqa: E402
 from ms_gpt2.checkpoints import save_pretrained  # noqa: E402
 from ms_gpt2.config import dump_config  # noqa: E402
 from ms_gpt2.data import NLPCCSource, records  # noqa: E402
+from ms_gpt2.engine.trainer import trainer_class  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.examples import summary_fits, train_pipeline  # noqa: E402
 from ms_gpt2.modeling import (GPT2ForSummarization, build_config, generation_config_for,  # noqa: E402
@@ -213,8 +214,9 @@ def train(config: dict, data_path, output_dir, resume=None, overwrite: bool = Fa
         report_to=[], save_strategy="steps", save_safetensors=True, remove_unused_columns=False,
         dataloader_num_workers=0, use_cpu=runtime.ensure().device == "cpu", **tcfg)
     dump_config(config, output_dir / "train_config.yaml")
-    trainer = PipelineTrainer(model=model, args=args, train_dataset=batches, processing_class=tokenizer,
-                              callbacks=[LossLog(output_dir / LOSS_LOG)])
+    trainer_cls = trainer_class(PipelineTrainer, config.get("engine"))  # compiled step, or the eager one
+    trainer = trainer_cls(model=model, args=args, train_dataset=batches, processing_class=tokenizer,
+                          callbacks=[LossLog(output_dir / LOSS_LOG)])
     result = trainer.train(resume_from_checkpoint=resume_from)
     model_dir = save_pretrained(trainer.model, tokenizer, output_dir / FINAL_MODEL, generation_config, config)
     curve = plot_loss_curve(output_dir / LOSS_LOG, output_dir / LOSS_CURVE)
