@@ -3,8 +3,10 @@
 One invocation measures, on the current device:
 
 * the machine's ceilings: fp32 matmul GFLOP/s and memory read GB/s (NumPy, best of several);
+* MindSpore's own fp32 ``MatMul`` GFLOP/s at a GPT-2 MLP shape (the framework's kernel ceiling);
 * ms_gpt2 (mindtorch on MindSpore) on the workloads in :mod:`ms_gpt2.bench_workloads`: training
-  tokens/s (AdamW + gradient clipping, median of several steps after warm-up, peak memory),
+  tokens/s (AdamW + gradient clipping, median of several steps after warm-up, peak memory) on the
+  compiled training engine (:mod:`ms_gpt2.engine`), the eager mindtorch path reported beside it,
   greedy decoding tokens/s with the KV cache, and the wall time of one tutorial-style
   beam-search summary. Greedy decoding is measured on ms_gpt2's own greedy path, the compiled
   static-cache decoder (:mod:`ms_gpt2.fast_decode`), with Hugging Face ``generate`` on mindtorch
@@ -13,7 +15,7 @@ One invocation measures, on the current device:
   interpreter that has them (never a project dependency), in the same run.
 
 Ratios are oriented so that > 1 means ms_gpt2 is faster. Fractions of ceiling: training FLOP/s
-(6·params + attention per token) over matmul GFLOP/s; decoding bytes/s (all weights read once
+(6·params + attention per token) over matmul GFLOP/s (NumPy's, and MindSpore's own MatMul); decoding bytes/s (all weights read once
 per token) over read bandwidth.
 """
 from __future__ import annotations
@@ -57,7 +59,58 @@ def ceilings(seconds: float = 3.0) -> dict:
         start = time.perf_counter()
         big.sum()
         best_read = max(best_read, big.nbytes / (time.perf_counter() - start) / 1e9)
-    return {"matmul_gflops": best_mm, "read_gbps": best_read}
+    return {"matmul_gflops": best_mm, "read_gbps": best_read,
+            "mindspore_matmul_gflops": mindspore_matmul_gflops(seconds / 2)}
+
+
+def mindspore_matmul_gflops(seconds: float = 1.0, shape=(1024, 768, 3072)) -> float:
+    """MindSpore's own fp32 ``MatMul`` throughput on the current device, best of repeated runs, at
+    a GPT-2 small MLP shape (M x K @ K x N): the framework's kernels, as opposed to the machine's
+    (NumPy's BLAS) ceiling."""
+    import mindspore
+    from mindspore import ops
+
+    m, k, n = shape
+    rng = np.random.default_rng(0)
+    a = mindspore.Tensor(rng.random((m, k), dtype=np.float32))
+    b = mindspore.Tensor(rng.random((k, n), dtype=np.float32))
+    matmul = ops.MatMul()
+    matmul(a, b).asnumpy()  # warm-up (kernel selection)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == 0:
+        start = time.perf_counter()
+        matmul(a, b).asnumpy()
+        best = max(best, 2 * m * k * n / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def compiled_train(spec: dict, device: str) -> dict:
+    """The compiled training engine (:mod:`ms_gpt2.engine`) on the training workload: the same
+    model (dropout 0.1, train mode), batch, AdamW (lr 1e-4, weight decay 0.01 as
+    ``torch.optim.AdamW``'s default) and clipping (1.0) as :func:`bench_workloads.train`."""
+    import statistics
+
+    from ms_gpt2 import bench_workloads
+    from ms_gpt2.engine.compiled import CompiledEngine
+
+    model = bench_workloads.build_model(spec, device)
+    model.train()
+    names = [n for n, _ in model.named_parameters()]
+    engine = CompiledEngine(model, {n: 0.01 for n in names}, max_grad_norm=1.0, seed=spec["seed"])
+    batch = bench_workloads.tokens(spec, (spec["train_batch"], spec["train_len"])).numpy()
+    start = time.perf_counter()
+    engine.train_step(batch, None, None, 1e-4, 0)  # compiles the graph
+    compile_s = time.perf_counter() - start
+    for step in range(1, spec["warmup_steps"]):
+        engine.train_step(batch, None, None, 1e-4, step)
+    times = []
+    for step in range(spec["train_steps"]):
+        start = time.perf_counter()
+        engine.train_step(batch, None, None, 1e-4, spec["warmup_steps"] + step)
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {"tokens_per_s": spec["train_batch"] * spec["train_len"] / median, "step_s": median, "steps": times,
+            "compile_s": compile_s, "peak_rss_mb": bench_workloads.peak_rss_mb()}
 
 
 def train_flops_per_token(spec: dict, params: int) -> float:
@@ -128,6 +181,7 @@ def report(device: str, spec: dict, ours: dict, reference: dict | None, ceil: di
     summ_ref = ref.get("summarize", {}).get("seconds")
     params = ours["train"]["params"]
     train_flops = ours["train"]["tokens_per_s"] * train_flops_per_token(spec, params)
+    ms_matmul = ceil.get("mindspore_matmul_gflops")
     decode_bytes = ours["decode"]["tokens_per_s"] * params * 4
     return {
         "device": device,
@@ -135,6 +189,9 @@ def report(device: str, spec: dict, ours: dict, reference: dict | None, ceil: di
         "train": {"ms_gpt2": ours["train"]["tokens_per_s"], "reference": train_ref,
                   "ratio": _ratio(ours["train"]["tokens_per_s"], train_ref),
                   "fraction_of_ceiling": train_flops / (ceil["matmul_gflops"] * 1e9),
+                  "fraction_of_mindspore_matmul": train_flops / (ms_matmul * 1e9) if ms_matmul else None,
+                  "path": ours["train"].get("path", "eager"),
+                  "eager_on_mindtorch": ours["train"].get("eager_tokens_per_s"),
                   "peak_memory_mb": ours["train"]["peak_rss_mb"],
                   "reference_peak_memory_mb": ref.get("train", {}).get("peak_rss_mb")},
         "decode": {"ms_gpt2": ours["decode"]["tokens_per_s"], "reference": decode_ref,
@@ -160,8 +217,9 @@ def _fmt(value, unit=""):
 
 def table(result: dict) -> str:
     rows = [("train (tokens/s)", "train"), ("decode (tokens/s)", "decode"), ("summarize (s)", "summarize")]
-    lines = [f"device: {result['device']}   ceilings: matmul {result['ceilings']['matmul_gflops']:.1f} GFLOP/s, "
-             f"read {result['ceilings']['read_gbps']:.1f} GB/s",
+    ms_matmul = result["ceilings"].get("mindspore_matmul_gflops")
+    lines = [f"device: {result['device']}   ceilings: matmul {result['ceilings']['matmul_gflops']:.1f} GFLOP/s "
+             f"(MindSpore's own MatMul {_fmt(ms_matmul)} GFLOP/s), read {result['ceilings']['read_gbps']:.1f} GB/s",
              f"{'figure':<20}{'ms_gpt2':>12}{'reference':>12}{'ratio':>10}{'of ceiling':>12}"]
     for label, key in rows:
         r = result[key]
@@ -173,6 +231,11 @@ def table(result: dict) -> str:
         if r.get(library_key):
             lines.append(f"{key} uses the {r['path']} (same tokens as the library: {r['identical_to_library']}); "
                          f"Hugging Face generate on mindtorch: {_fmt(r[library_key])}{unit}")
+    t = result["train"]
+    if t.get("eager_on_mindtorch"):
+        share = t.get("fraction_of_mindspore_matmul")
+        lines.append(f"train uses the {t['path']} ({'-' if share is None else f'{100 * share:.1f}%'} of MindSpore's "
+                     f"own MatMul rate); the eager mindtorch path: {_fmt(t['eager_on_mindtorch'])} tokens/s")
     lines.append("ratio > 1: ms_gpt2 faster (summarize: reference seconds / ms_gpt2 seconds)")
     lines.append(f"peak memory while training: ms_gpt2 {_fmt(result['train']['peak_memory_mb'], ' MB')}, "
                  f"reference {_fmt(result['train']['reference_peak_memory_mb'], ' MB')}")
@@ -216,6 +279,11 @@ def bench(quick: bool = False, reference_python: str | None = None, json_path=No
     ours["decode"] = {"tokens_per_s": fast["tokens_per_s"], "path": "compiled static-cache decoder",
                       "hf_generate_tokens_per_s": ours["decode"]["tokens_per_s"],
                       "identical_to_library": fast["identical_to_library"]}
+    compiled = compiled_train(spec, rt.torch_device)
+    ours["train"] = dict(ours["train"], tokens_per_s=compiled["tokens_per_s"], step_s=compiled["step_s"],
+                         path="compiled training engine", eager_tokens_per_s=ours["train"]["tokens_per_s"],
+                         compile_s=compiled["compile_s"],
+                         peak_rss_mb=max(ours["train"]["peak_rss_mb"], compiled["peak_rss_mb"]))
     beams = compiled_summarize(spec, rt.torch_device, ours["summarize"]["new_tokens"])
     ours["summarize"] = {"seconds": beams["seconds"], "path": "compiled beam search",
                          "hf_generate_seconds": ours["summarize"]["seconds"],

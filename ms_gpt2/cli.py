@@ -42,6 +42,8 @@ def _train(args) -> int:
     from ms_gpt2.training import train
 
     config = load_config(args.config, _overrides(args))
+    if args.engine:
+        config["engine"] = args.engine
     result = train(config, args.data, args.output_dir, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps({"model": str(result.model_dir), "global_step": result.global_step,
                       "train_loss": result.train_loss, "loss_curve": str(result.loss_curve),
@@ -181,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="data-parallel on N devices of this machine, launched through msrun (global batch = "
                         "per-device batch x N); worker logs in OUTPUT_DIR/msrun_logs")
+    p.add_argument("--engine", choices=["compiled", "eager"], default=None,
+                   help="compiled: one MindSpore graph per training step (default); eager: the tutorial's "
+                        "mindtorch path (config key: engine)")
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("pretrain", parents=[common], help="causal-LM training on raw text, packed into full blocks")

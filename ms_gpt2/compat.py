@@ -220,6 +220,31 @@ def _install_serialization_safe_globals() -> None:
     serialization.safe_globals = safe_globals
 
 
+def _install_cpu_same_device_move() -> None:
+    """``tensor.to(device)`` onto the device it is already on returns the tensor itself.
+
+    mindtorch 0.5.1's ``Tensor._move_to`` copies every CPU tensor through NumPy when asked for
+    ``cpu``, even when it is already there, which cuts it out of the autograd graph. Hugging Face
+    GPT-2 adds its position embeddings as ``wpe(position_ids).to(inputs_embeds.device)``, so on CPU
+    ``wpe`` never received a gradient and never trained. PyTorch returns ``self`` for a same-device
+    ``to``; so does this. Moves to another device keep mindtorch's code.
+    """
+    import mindspore
+    from mindtorch import _tensor
+
+    classes = [mindspore.Tensor] + ([_tensor.StubTensor] if hasattr(_tensor.StubTensor, "_move_to") else [])
+    for cls in classes:
+        original = cls._move_to
+
+        def _move_to(self, device, non_blocking=False, _original=original):
+            if device.type == "cpu" and self.device.type == "cpu" and device.index in (None, self.device.index):
+                return self
+            return _original(self, device, non_blocking)
+
+        ORIGINALS.setdefault(f"{cls.__name__}._move_to", original)
+        cls._move_to = _move_to
+
+
 SHIMS: tuple[Shim, ...] = (
     Shim("cpu.addcdiv", "AdamW's update calls torch.addcdiv; the CPU table has no entry",
          _install_cpu_addcdiv),
@@ -231,6 +256,8 @@ SHIMS: tuple[Shim, ...] = (
          _install_cpu_accurate_tanh),
     Shim("cpu.arg_extrema", "argmax()/argmin() without dim fail on CPU (axis=None)",
          _install_cpu_arg_extrema_over_all_dims),
+    Shim("cpu.same_device_move", "tensor.to(its own device) copies through NumPy on CPU, cutting the gradient "
+         "(GPT-2's position embeddings never trained)", _install_cpu_same_device_move),
     Shim("serialization.safe_globals", "Trainer's resume wraps torch.load in it; mindtorch lacks it",
          _install_serialization_safe_globals),
 )

@@ -24,6 +24,7 @@ from ms_gpt2.errors import UserError
 from ms_gpt2.rundir import atomic_write_text
 
 SECTIONS = ("model", "tokenizer", "data", "training", "generation", "pretrain")
+TOP_LEVEL = {"engine": "compiled"}  # scalar keys beside the sections: the training engine (compiled | eager)
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "model": {"init_from": None, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12, "dropout": 0.1},
@@ -102,7 +103,7 @@ def _yaml(text: str):
 
 def _merge(base: dict, update: dict, where: str) -> dict:
     for key, value in update.items():
-        if where == "" and key not in SECTIONS:
+        if where == "" and key not in SECTIONS and key not in TOP_LEVEL:
             raise ConfigError(f"unknown config section {key!r}; sections are {', '.join(SECTIONS)}")
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             _merge(base[key], value, f"{where}{key}.")
@@ -126,7 +127,7 @@ def parse_override(text: str) -> dict:
 
 
 def load_config(path=None, overrides: Iterable[str] = ()) -> dict:
-    config = copy.deepcopy(DEFAULTS)
+    config = {**copy.deepcopy(DEFAULTS), **TOP_LEVEL}
     if path is not None:
         path = Path(path)
         if not path.is_file():

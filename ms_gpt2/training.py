@@ -46,6 +46,7 @@ from ms_gpt2.checkpoints import RUN_CONFIG, incomplete_reason, save_pretrained  
 from ms_gpt2.config import dump_config  # noqa: E402
 from ms_gpt2.data import NLPCCSource, records  # noqa: E402
 from ms_gpt2.engine import distributed  # noqa: E402
+from ms_gpt2.engine.trainer import trainer_class  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.examples import summary_fits, train_pipeline  # noqa: E402
 from ms_gpt2.modeling import (GPT2ForSummarization, build_config, generation_config_for,  # noqa: E402
@@ -214,10 +215,6 @@ def trained_position(checkpoint, n_batches: int, accumulation: int) -> tuple[int
     global_step = int(json.loads(state_file.read_text(encoding="utf-8"))["global_step"])
     updates_per_epoch = max(n_batches // accumulation + int(n_batches % accumulation > 0), 1)
     return global_step // updates_per_epoch, (global_step % updates_per_epoch) * accumulation
-
-
-class DataParallelTrainer(distributed.DataParallelMixin, PipelineTrainer):
-    """PipelineTrainer on one rank of an msrun job: shards global batches, sums gradients."""
 
 
 class LossLog(TrainerCallback):
@@ -425,10 +422,11 @@ def _train_locked(config: dict, data_path, output_dir: Path, resume, overwrite: 
         dataloader_num_workers=0, use_cpu=runtime.ensure().device == "cpu", ignore_data_skip=True, **tcfg)
     if rank == 0:
         dump_config(config, output_dir / "train_config.yaml")
-    trainer_class = DataParallelTrainer if world_size > 1 else PipelineTrainer
+    # the compiled step or the eager one, data-parallel when msrun started several workers
+    trainer_cls = trainer_class(PipelineTrainer, config.get("engine"), data_parallel=world_size > 1)
     callbacks = [EpochProgress(batches)] + ([LossLog(output_dir / LOSS_LOG)] if rank == 0 else [])
-    trainer = trainer_class(model=model, args=args, train_dataset=batches, processing_class=tokenizer,
-                            callbacks=callbacks)
+    trainer = trainer_cls(model=model, args=args, train_dataset=batches, processing_class=tokenizer,
+                          callbacks=callbacks)
     trainer.run_config = config  # each checkpoint-N carries it, for summarize/evaluate --model checkpoint-N
     result = trainer.train(resume_from_checkpoint=resume_from)
     model_dir, curve = output_dir / FINAL_MODEL, None

@@ -44,6 +44,8 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     assert 0 < saved["train"]["fraction_of_ceiling"] < 1 and 0 < saved["decode"]["fraction_of_ceiling"] < 1
     assert saved["ceilings"]["matmul_gflops"] > 0 and saved["ceilings"]["read_gbps"] > 0
     assert saved["train"]["peak_memory_mb"] > 0
+    assert saved["train"]["path"] == "compiled training engine" and saved["train"]["eager_on_mindtorch"] > 0
+    assert saved["ceilings"]["mindspore_matmul_gflops"] > 0 and 0 < saved["train"]["fraction_of_mindspore_matmul"]
     assert saved["decode"]["path"] == "compiled static-cache decoder"
     assert saved["decode"]["hf_generate_on_mindtorch"] > 0 and saved["decode"]["identical_to_library"] is True
     assert out.with_suffix(".png").stat().st_size > 1000

@@ -190,3 +190,29 @@ def test_cpu_tanh_kernel_is_inaccurate_without_the_shim(monkeypatch):
     monkeypatch.setattr(cpu_table, "tanh", compat.ORIGINALS["cpu.tanh"])
     x = np.linspace(-6, 6, 2001).astype(np.float32)
     assert np.abs(torch.tanh(torch.tensor(x)).numpy() - np.tanh(x.astype(np.float64))).max() > 1e-5
+
+
+def _position_embedding_grad():
+    """d/d(wpe) of a loss through ``wpe(ids).to(x.device)``, as Hugging Face GPT-2 computes it."""
+    from mindtorch import autograd
+
+    wpe = torch.nn.Embedding(8, 3)
+    x = torch.ones(2, 5, 3)
+    positions = torch.arange(5).unsqueeze(0)
+    autograd.value_and_grad(lambda: (x + wpe(positions).to(x.device)).pow(2).sum(), [wpe.weight])()
+    return wpe.weight.detach().numpy(), wpe.weight.grad.numpy()
+
+
+def test_same_device_to_keeps_the_gradient():
+    weight, grad = _position_embedding_grad()
+    want = np.zeros_like(weight)
+    want[:5] = 2 * 2 * (1 + weight[:5])  # two batch rows, d/dw (1 + w)^2
+    np.testing.assert_allclose(grad, want, rtol=1e-6)
+
+
+def test_same_device_to_cuts_the_gradient_without_the_shim(monkeypatch):
+    import mindspore
+
+    monkeypatch.setattr(mindspore.Tensor, "_move_to", compat.ORIGINALS["Tensor._move_to"])
+    _, grad = _position_embedding_grad()
+    assert not grad.any()  # GPT-2's position embeddings got no gradient on CPU

@@ -208,6 +208,32 @@ class DataParallelMixin:
         return None
 
 
+class CompiledDataParallelMixin:
+    """Put before :class:`~ms_gpt2.engine.trainer.CompiledTrainerMixin`: each rank runs the compiled
+    step on its shard of the global batch, and the step's reduce hook (:class:`AllReduceSum`) sums
+    the gradients, the loss sum and the token count over ranks before the mean, the clipping and
+    AdamW, so every rank applies the same update, equal to one process's on the global batch."""
+
+    @property
+    def engine_reduce(self):
+        return _all_reduce_cell()()
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        import torch
+
+        pad = model.config.pad_token_id
+        shard = shard_batch(inputs, self.args.per_device_train_batch_size, pad)
+        local = shard.inputs
+        if shard.local_tokens == 0:  # placeholder rows: all [PAD] labels, so they add no token to the sums
+            local = dict(local, labels=torch.full_like(local["labels"], pad))
+        return super().training_step(model, local, None)
+
+    def _save_checkpoint(self, model, trial):
+        if is_main():
+            return super()._save_checkpoint(model, trial)
+        return None
+
+
 # --------------------------------------------------------------------------------------------------
 # Compiled engine: the reduce hook, graph-mode safe
 # --------------------------------------------------------------------------------------------------

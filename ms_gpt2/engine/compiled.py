@@ -1,0 +1,101 @@
+"""The compiled engine around one GPT-2 model: weights in, steps, weights and AdamW state out.
+
+:class:`CompiledEngine` copies a Hugging Face GPT-2's weights into MindSpore Parameters that the
+compiled :class:`~ms_gpt2.engine.step.TrainStep` owns and updates, and copies them back
+(:meth:`CompiledEngine.to_model`) when the model is needed (save, evaluation, the end). AdamW's
+moments and step count travel in ``torch.optim.AdamW``'s own ``state_dict`` layout, so the
+``optimizer.pt`` of a checkpoint is the same whichever engine wrote it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import mindspore
+from mindspore import Parameter, Tensor
+
+from ms_gpt2.engine.step import StepConfig, TrainStep, compile_step, dropout_masks, hf_parameter_names
+
+
+def _numpy(tensor) -> np.ndarray:
+    return np.ascontiguousarray(tensor.detach().cpu().numpy().astype(np.float32))
+
+
+class CompiledEngine:
+    """A GPT-2 training step compiled once per input shape, over weights copied from ``model``.
+
+    ``weight_decay``: Hugging Face parameter name -> decay (the Trainer's groups decide it);
+    ``dropout``: the model's dropout (``resid_pdrop``; GPT-2 configs from :func:`ms_gpt2.modeling.build_config`
+    use one value for all three sites, checked). ``seed`` keys the dropout masks.
+    """
+
+    def __init__(self, model, weight_decay: dict, max_grad_norm: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8,
+                 seed: int = 0, dtype=mindspore.float32, reduce=None):
+        c = model.config
+        if dtype != mindspore.float32:
+            raise NotImplementedError("the compiled engine trains in float32 only (see docs/performance.md)")
+        dropout = {float(c.resid_pdrop), float(c.embd_pdrop), float(c.attn_pdrop)}
+        if len(dropout) != 1:
+            raise NotImplementedError(f"the compiled engine needs one dropout rate, the model has {sorted(dropout)}")
+        self.cfg = StepConfig(n_layer=c.n_layer, n_head=c.n_head, layer_norm_epsilon=float(c.layer_norm_epsilon),
+                              pad_token_id=int(c.pad_token_id if c.pad_token_id is not None else -100),
+                              dropout=dropout.pop() if model.training else 0.0,
+                              max_grad_norm=float(max_grad_norm or 0.0), betas=tuple(float(b) for b in betas),
+                              eps=float(eps), dtype=dtype)
+        self.n_embd, self.seed = c.n_embd, int(seed)
+        self.names = hf_parameter_names(c.n_layer)
+        own = dict(model.named_parameters())
+        missing = [n for n in self.names if n not in own]
+        if missing:
+            raise NotImplementedError(f"not a GPT-2 the compiled engine knows: no {missing[0]}")
+        weights = {n: Parameter(Tensor(_numpy(own[n])), name=n) for n in self.names}
+        self.step = compile_step(TrainStep(weights, self.cfg, {n: weight_decay.get(n, 0.0) for n in self.names},
+                                           reduce))
+
+    # -- training ---------------------------------------------------------------------------------
+    def train_step(self, input_ids, attention_mask, labels, lr: float, step_index: int):
+        """One optimizer step on one batch (NumPy or torch integers, (B, T)); -> (mean loss, grad norm)
+        as Python floats. ``step_index`` (the global step) keys the dropout masks."""
+        ids = np.asarray(input_ids, np.int32)
+        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, np.int32)
+        labels = ids if labels is None else np.asarray(labels, np.int32)
+        B, T = ids.shape
+        masks = dropout_masks(self.cfg, self.seed, step_index, B, T, self.n_embd)
+        loss, norm = self.step(Tensor(ids), Tensor(mask), Tensor(labels), Tensor(np.float32(lr)), masks)
+        return float(loss.asnumpy()), float(norm.asnumpy())
+
+    # -- weights ----------------------------------------------------------------------------------
+    def weights(self) -> dict[str, np.ndarray]:
+        return {n: p.asnumpy() for n, p in zip(self.step.names, self.step.weights)}
+
+    def to_model(self, model) -> None:
+        """Bring the Hugging Face model up to date with the graph's weights (tied LM head included)."""
+        import torch  # mindtorch
+
+        own = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in self.weights().items():
+                own[name].copy_(torch.tensor(value))
+
+    # -- AdamW state ------------------------------------------------------------------------------
+    @property
+    def optimizer_steps(self) -> int:
+        return int(round(float(self.step.step.asnumpy())))
+
+    def optimizer_state(self) -> dict[str, dict]:
+        """name -> {"step", "exp_avg", "exp_avg_sq"} (NumPy), empty before the first step."""
+        steps = self.optimizer_steps
+        if steps == 0:
+            return {}
+        return {n: {"step": float(steps), "exp_avg": m.asnumpy(), "exp_avg_sq": v.asnumpy()}
+                for n, m, v in zip(self.step.names, self.step.exp_avg, self.step.exp_avg_sq)}
+
+    def load_optimizer_state(self, state: dict[str, dict]) -> None:
+        """The inverse of :meth:`optimizer_state`; every parameter must have the same step count."""
+        if not state:
+            return
+        steps = {float(entry["step"]) for entry in state.values()}
+        if len(steps) != 1 or set(state) != set(self.step.names):
+            raise ValueError("optimizer state does not cover every GPT-2 weight at one step count")
+        for n, m, v in zip(self.step.names, self.step.exp_avg, self.step.exp_avg_sq):
+            m.set_data(Tensor(np.asarray(state[n]["exp_avg"], np.float32)))
+            v.set_data(Tensor(np.asarray(state[n]["exp_avg_sq"], np.float32)))
+        self.step.step.set_data(Tensor(steps.pop(), mindspore.float32))

@@ -1,0 +1,241 @@
+"""One GPT-2 training step as one compiled MindSpore graph.
+
+:class:`TrainStep` is forward (the hand-derived attention of :mod:`ms_gpt2.attention`) -> shifted
+cross-entropy as a (sum of token losses, token count) pair -> backward (``mindspore.value_and_grad``
+of the sum) -> :class:`Reduce` (the data-parallel seam) -> divide by the count -> global-norm
+clipping -> AdamW, all inside one ``mindspore.jit`` graph. The learning rate is an input, so the
+caller (the Trainer's scheduler) decides it step by step without recompiling.
+
+AdamW has PyTorch's semantics (``torch.optim.AdamW``, which the Hugging Face Trainer uses): decoupled
+weight decay ``p *= 1 - lr * wd`` applied before the update, bias-corrected moments and ``eps``
+added to ``sqrt(v_hat)``. It runs on MindSpore's fused ``Adam`` kernel (``ApplyAdam``, one
+in-place kernel per tensor on CPU, GPU and Ascend), whose formula is
+``p -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``; passing it
+``eps * sqrt(1 - b2^t)`` makes that exactly PyTorch's ``lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
+(Neither ``nn.AdamWeightDecay`` (no bias correction) nor the fused ``AdamWeightDecay`` kernel
+has PyTorch's semantics.)
+
+Dropout masks are inputs, drawn on the host from NumPy keyed on (seed, step) (the same generator
+the eager path's dropout uses, see :mod:`ms_gpt2.compat`): a seeded run repeats exactly and a
+resumed run draws the masks the uninterrupted run drew at the same step. With dropout 0 no masks
+are drawn or passed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import mindspore
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+
+from ms_gpt2.attention import conv1d, merge_heads, split_heads
+from ms_gpt2.fast_decode import FLOAT32_MIN, gelu_new, layer_norm
+
+# Hugging Face parameter names of one block's weights, in the order Block holds them.
+BLOCK_PARAMS = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+                "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+                "mlp.c_proj.weight", "mlp.c_proj.bias")
+
+
+def hf_parameter_names(n_layer: int) -> list[str]:
+    """Every trainable GPT-2 weight by its Hugging Face name (the LM head is tied to ``wte``)."""
+    names = ["transformer.wte.weight", "transformer.wpe.weight"]
+    for i in range(n_layer):
+        names += [f"transformer.h.{i}.{name}" for name in BLOCK_PARAMS]
+    return names + ["transformer.ln_f.weight", "transformer.ln_f.bias"]
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """What the graph is compiled for; changing any of these means a new graph."""
+    n_layer: int
+    n_head: int
+    layer_norm_epsilon: float
+    pad_token_id: int
+    dropout: float = 0.0          # embd/attn/resid dropout (GPT-2 uses one value for all three here)
+    max_grad_norm: float = 0.0    # <= 0: no clipping
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    dtype: object = mindspore.float32  # the parameters' and activations' dtype (fp32 only for now)
+
+
+def _dropout(x, mask, scale):
+    """Inverted dropout with a given keep-mask: x * mask / (1 - p)."""
+    return ops.mul(ops.mul(x, ops.cast(mask, x.dtype)), scale)
+
+
+class Block(nn.Cell):
+    """One GPT-2 layer for training: (B, T, C) -> (B, T, C), dropout where GPT-2 has it."""
+
+    def __init__(self, params: list, cfg: StepConfig):
+        super().__init__()
+        (self.ln1_w, self.ln1_b, self.attn_w, self.attn_b, self.proj_w, self.proj_b,
+         self.ln2_w, self.ln2_b, self.fc_w, self.fc_b, self.mlp_w, self.mlp_b) = params
+        self.n_head = cfg.n_head
+        self.layer_norm, self.gelu = layer_norm(cfg.layer_norm_epsilon), gelu_new()
+        self.use_dropout = cfg.dropout > 0
+        self.scale = 1.0 / (1.0 - cfg.dropout) if cfg.dropout < 1 else 0.0
+
+    def construct(self, x, keep, masks):
+        # x: (B, T, C); keep: bool (B, 1, T, T), causal & padding; masks: this layer's 3 keep-masks or ()
+        h = self.layer_norm(x, self.ln1_w, self.ln1_b)[0]
+        q, k, v = ops.split(conv1d(h, self.attn_w, self.attn_b), x.shape[-1], axis=2)   # 3 x (B, T, C)
+        q, k, v = split_heads(q, self.n_head), split_heads(k, self.n_head), split_heads(v, self.n_head)
+        # ms_gpt2.attention.scaled_masked_attention, with GPT-2's attention dropout between the
+        # softmax and the product with V (where Hugging Face applies attn_pdrop)
+        scores = ops.div(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))), q.shape[-1] ** 0.5)  # (B, nh, T, T)
+        weights = ops.softmax(ops.masked_fill(scores, ops.logical_not(keep), FLOAT32_MIN), axis=-1)
+        if self.use_dropout:
+            weights = _dropout(weights, masks[0], self.scale)
+        attended = conv1d(merge_heads(ops.matmul(weights, v)), self.proj_w, self.proj_b)   # (B, T, C)
+        if self.use_dropout:
+            attended = _dropout(attended, masks[1], self.scale)
+        x = ops.add(x, attended)
+        h = self.layer_norm(x, self.ln2_w, self.ln2_b)[0]
+        mlp = conv1d(self.gelu(conv1d(h, self.fc_w, self.fc_b)), self.mlp_w, self.mlp_b)
+        if self.use_dropout:
+            mlp = _dropout(mlp, masks[2], self.scale)
+        return ops.add(x, mlp)
+
+
+class GPT2Loss(nn.Cell):
+    """GPT-2 forward + the tutorial's loss: (ids, attention_mask, labels, masks) -> (loss_sum, count).
+
+    The loss is next-token cross-entropy: logits at t scored against ``labels[t + 1]``, positions
+    whose label is ``[PAD]`` left out (as :class:`ms_gpt2.modeling.GPT2ForSummarization`). It is
+    returned as a sum and a token count so that gradients of the sum can be added up across
+    micro-batches or processes before the one division by the total count.
+    """
+
+    def __init__(self, params: dict, cfg: StepConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte, self.wpe = params["transformer.wte.weight"], params["transformer.wpe.weight"]
+        self.ln_f_w, self.ln_f_b = params["transformer.ln_f.weight"], params["transformer.ln_f.bias"]
+        self.blocks = nn.CellList([Block([params[f"transformer.h.{i}.{n}"] for n in BLOCK_PARAMS], cfg)
+                                   for i in range(cfg.n_layer)])
+        self.ln_f = layer_norm(cfg.layer_norm_epsilon)
+        self.logits_of = ops.MatMul(transpose_b=True)   # the LM head, tied to wte
+        self.use_dropout = cfg.dropout > 0
+        self.scale = 1.0 / (1.0 - cfg.dropout) if cfg.dropout < 1 else 0.0
+        n = self.wpe.shape[0]
+        self.causal = Tensor(np.tril(np.ones((n, n), np.bool_)))
+        self.pad = cfg.pad_token_id
+
+    def construct(self, input_ids, attention_mask, labels, masks):
+        B, T = input_ids.shape
+        C = self.wte.shape[1]
+        x = ops.add(ops.gather(self.wte, input_ids, 0), ops.slice(self.wpe, (0, 0), (T, C)))  # (B, T, C)
+        if self.use_dropout:
+            x = _dropout(x, masks[0], self.scale)
+        causal = ops.reshape(ops.slice(self.causal, (0, 0), (T, T)), (1, 1, T, T))
+        keep = ops.logical_and(causal, ops.reshape(ops.cast(attention_mask, mindspore.bool_), (B, 1, 1, T)))
+        for i, block in enumerate(self.blocks):
+            layer_masks = (masks[1 + 3 * i], masks[2 + 3 * i], masks[3 + 3 * i]) if self.use_dropout else ()
+            x = block(x, keep, layer_masks)
+        x = self.ln_f(x, self.ln_f_w, self.ln_f_b)[0]
+        # only positions 0..T-2 predict a label; the last one has nothing to score
+        x = ops.reshape(ops.slice(x, (0, 0, 0), (B, T - 1, C)), (B * (T - 1), C))
+        logits = ops.cast(self.logits_of(x, self.wte), mindspore.float32)             # (N, V), fp32 loss
+        targets = ops.reshape(ops.slice(labels, (0, 1), (B, T - 1)), (B * (T - 1), 1))
+        token_loss = ops.neg(ops.gather_elements(ops.log_softmax(logits, -1), 1, targets))  # (N, 1)
+        counted = ops.cast(ops.not_equal(targets, self.pad), mindspore.float32)
+        return ops.reduce_sum(ops.mul(token_loss, counted)), ops.reduce_sum(counted)
+
+
+class Reduce(nn.Cell):
+    """The data-parallel seam: ``(loss_sum, count, grads) -> (loss_sum, count, grads)``.
+
+    Called inside the step after the backward pass and *before* anything divides by the count or
+    clips, so a data-parallel version only has to sum three things over the processes (e.g.
+    ``ops.AllReduce(ReduceOp.SUM)`` over every gradient, the loss sum and the count): the mean,
+    the global norm, the clipping and the update that follow are then the same on every process
+    and equal to one process's over the whole global batch (token-weighted). One process: identity.
+    Replace it with ``TrainStep(..., reduce=MyAllReduce())``.
+    """
+
+    def construct(self, loss_sum, count, grads):
+        return loss_sum, count, grads
+
+
+_sq_sum = ops.MultitypeFuncGraph("sq_sum")
+_scale = ops.MultitypeFuncGraph("scale")
+
+
+@_sq_sum.register("Tensor")
+def _sq_sum_one(grad):
+    return ops.reduce_sum(ops.square(ops.cast(grad, mindspore.float32)))
+
+
+@_scale.register("Tensor", "Tensor")
+def _scale_one(factor, grad):
+    return ops.mul(grad, ops.cast(factor, grad.dtype))
+
+
+class TrainStep(nn.Cell):
+    """forward + backward + reduce + mean + clip + AdamW: ``(ids, attention_mask, labels, lr, masks)
+    -> (mean loss, global grad norm before clipping)``. Owns the weights and AdamW's state."""
+
+    def __init__(self, weights: dict, cfg: StepConfig, weight_decay: dict, reduce: nn.Cell | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.names = list(weights)
+        self.weights = ParameterTuple([weights[n] for n in self.names])
+        self.net = GPT2Loss(weights, cfg)
+        self.grad_fn = mindspore.value_and_grad(self.net, None, self.weights, has_aux=True)
+        self.reduce = reduce if reduce is not None else Reduce()
+        self.exp_avg = self.weights.clone(prefix="exp_avg", init="zeros")
+        self.exp_avg_sq = self.weights.clone(prefix="exp_avg_sq", init="zeros")
+        self.step = Parameter(Tensor(0.0, mindspore.float32), name="adamw_step", requires_grad=False)
+        self.decay = tuple(float(weight_decay[n]) for n in self.names)  # constants: no work where 0
+        self.beta1, self.beta2 = (Tensor(b, mindspore.float32) for b in cfg.betas)
+        self.eps = Tensor(cfg.eps, mindspore.float32)
+        self.max_norm = float(cfg.max_grad_norm or 0.0)
+        self.adam = ops.Adam()
+        self.map = ops.HyperMap()
+
+    def construct(self, input_ids, attention_mask, labels, lr, masks):
+        (loss_sum, count), grads = self.grad_fn(input_ids, attention_mask, labels, masks)
+        loss_sum, count, grads = self.reduce(loss_sum, count, grads)
+        count = ops.maximum(count, 1.0)
+        inv_count = ops.div(1.0, count)
+        grads = self.map(ops.partial(_scale, inv_count), grads)              # grads of the mean loss
+        norm = ops.sqrt(ops.addn(self.map(_sq_sum, grads)))                  # torch.nn.utils.clip_grad_norm_
+        if self.max_norm > 0:
+            factor = ops.minimum(ops.div(self.max_norm, ops.add(norm, 1e-6)), 1.0)
+            grads = self.map(ops.partial(_scale, factor), grads)
+        step = ops.add(self.step, 1.0)
+        step = ops.depend(step, ops.assign(self.step, step))
+        beta1_power, beta2_power = ops.pow(self.beta1, step), ops.pow(self.beta2, step)
+        eps_hat = ops.mul(self.eps, ops.sqrt(ops.sub(1.0, beta2_power)))    # makes ApplyAdam torch's AdamW
+        done = []
+        for i in range(len(self.decay)):  # unrolled at compile time; decay is a constant per tensor
+            param = self.weights[i]
+            if self.decay[i] > 0:  # PyTorch AdamW: decoupled decay first, p *= 1 - lr * wd
+                ops.assign(param, ops.mul(param, ops.sub(1.0, ops.mul(lr, self.decay[i]))))
+            done.append(self.adam(param, self.exp_avg[i], self.exp_avg_sq[i], beta1_power, beta2_power, lr,
+                                  self.beta1, self.beta2, eps_hat, grads[i])[0])
+        loss = ops.depend(ops.mul(loss_sum, inv_count), tuple(done))
+        return loss, norm
+
+
+def dropout_mask_shapes(cfg: StepConfig, batch: int, length: int, n_embd: int) -> list[tuple]:
+    """Shapes of the keep-masks one step consumes: embeddings, then per layer attention weights,
+    attention output, MLP output (Hugging Face's embd/attn/resid dropout sites)."""
+    hidden, attn = (batch, length, n_embd), (batch, cfg.n_head, length, length)
+    return [hidden] + [attn, hidden, hidden] * cfg.n_layer
+
+
+def dropout_masks(cfg: StepConfig, seed: int, step: int, batch: int, length: int, n_embd: int) -> tuple:
+    """The keep-masks for optimizer step ``step``: a function of (seed, step) only, so a resumed
+    run draws what the uninterrupted run drew."""
+    if cfg.dropout <= 0:
+        return ()
+    rng = np.random.default_rng([seed % 2**63, step, 0x6D735F67])
+    return tuple(Tensor(rng.random(shape, dtype=np.float32) >= np.float32(cfg.dropout))
+                 for shape in dropout_mask_shapes(cfg, batch, length, n_embd))
+
+
+def compile_step(step: TrainStep) -> TrainStep:
+    step.construct = mindspore.jit(step.construct)
+    return step

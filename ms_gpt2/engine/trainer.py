@@ -1,0 +1,196 @@
+"""The compiled step under the MindNLP (Hugging Face) ``Trainer``.
+
+The Trainer stays the driver: data loading, the LR schedule, callbacks, logging, evaluation,
+checkpoint saving and rotation, ``--resume``. Per optimizer step its loop (transformers 4.56
+``_inner_training_loop``) calls, in order::
+
+    training_step(model, inputs)            -> compiled step: forward, backward, reduce, clip, AdamW
+    accelerator.clip_grad_norm_(params, c)  -> returns the norm the graph measured (before clipping)
+    optimizer.step(); lr_scheduler.step()   -> the optimizer is a facade: step() does nothing,
+    model.zero_grad()                          the scheduler advances the lr fed to the next step
+    _maybe_log_save_evaluate(...)           -> model brought up to date before saving/evaluating
+
+so :class:`CompiledTrainerMixin` replaces ``training_step`` (it runs the graph at the
+scheduler's current lr, which is the lr an eager ``optimizer.step()`` would use) and
+:class:`EngineAdamW` stands in for the optimizer: a ``torch.optim.AdamW`` with the Trainer's
+parameter groups (so the scheduler and the no-decay rule for biases and LayerNorm weights are the
+Trainer's own), whose ``step``/``zero_grad`` are no-ops and whose ``state_dict``/``load_state_dict``
+carry the graph's moments and step count in AdamW's layout, so each checkpoint's
+``optimizer.pt`` holds them and ``--resume`` restores them.
+
+What the Trainer cannot host:
+
+* gradient accumulation (``gradient_accumulation_steps > 1``): its loop clips and steps after
+  several ``training_step`` calls, each of which here is already a whole update. Refused with a
+  one-line error; use ``--engine eager`` or a larger batch.
+* optimizers other than AdamW (``training.optim``), and the Trainer's loss hooks
+  (``compute_loss``, ``num_items_in_batch``): the graph has its own (token-mean) loss.
+* ``predict``: not synchronised (ms_gpt2 does not call it during training).
+"""
+from __future__ import annotations
+
+import logging
+
+from ms_gpt2 import runtime
+
+runtime.ensure()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402  (mindtorch)
+
+from ms_gpt2.engine import DEFAULT_ENGINE, ENGINES  # noqa: E402
+from ms_gpt2.engine.compiled import CompiledEngine  # noqa: E402
+from ms_gpt2.errors import UserError  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_OPTIM = ("adamw_torch", "adamw_torch_fused")
+
+
+class EngineError(UserError, ValueError):
+    """A setting the compiled engine cannot honour; the message names it."""
+
+
+class EngineAdamW(torch.optim.AdamW):
+    """The Trainer's optimizer when the compiled graph does the update (see the module docstring)."""
+
+    def attach(self, trainer) -> "EngineAdamW":
+        self._trainer = trainer
+        return self
+
+    def step(self, closure=None):  # the update already happened in the graph
+        return None
+
+    def zero_grad(self, set_to_none: bool = True):  # the graph keeps no gradients between steps
+        return None
+
+    def _params_by_name(self) -> dict:
+        return {name: p for name, p in self._trainer.model.named_parameters()}
+
+    def state_dict(self):
+        engine = getattr(self._trainer, "_engine", None)
+        if engine is not None:
+            by_name = self._params_by_name()
+            for name, entry in engine.optimizer_state().items():
+                self.state[by_name[name]] = {"step": torch.tensor(entry["step"], dtype=torch.float32),
+                                             "exp_avg": torch.tensor(entry["exp_avg"]),
+                                             "exp_avg_sq": torch.tensor(entry["exp_avg_sq"])}
+        return super().state_dict()
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        engine = getattr(self._trainer, "_engine", None)
+        if engine is not None:  # normally the engine is built later and reads engine_state() itself
+            engine.load_optimizer_state(self.engine_state())
+
+    def engine_state(self) -> dict:
+        """The loaded AdamW state by parameter name, as the engine takes it."""
+        state = {}
+        for name, p in self._params_by_name().items():
+            entry = self.state.get(p)
+            if entry:
+                state[name] = {"step": float(np.asarray(entry["step"].cpu().numpy() if hasattr(entry["step"], "cpu")
+                                                        else entry["step"])),
+                               "exp_avg": entry["exp_avg"].cpu().numpy(), "exp_avg_sq": entry["exp_avg_sq"].cpu().numpy()}
+        return state
+
+
+class CompiledTrainerMixin:
+    """Put before a ``Trainer`` class: the compiled step runs under its loop (module docstring)."""
+
+    _engine: CompiledEngine | None = None
+    _engine_dirty = False      # the graph's weights are newer than the model's
+    _engine_grad_norm = None
+    engine_reduce = None       # a ms_gpt2.engine.step.Reduce replacement (data parallel), or None
+
+    # -- set-up -----------------------------------------------------------------------------------
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        # The loop's clipping call: the graph has clipped already; report the norm it measured.
+        self.accelerator.clip_grad_norm_ = self._engine_clip_grad_norm
+
+    def _engine_clip_grad_norm(self, parameters, max_norm, norm_type=2):
+        return self._engine_grad_norm
+
+    def create_optimizer(self):
+        if str(getattr(self.args.optim, "value", self.args.optim)) not in SUPPORTED_OPTIM:
+            raise EngineError(f"training.optim={self.args.optim}: the compiled engine implements AdamW only "
+                              f"({', '.join(SUPPORTED_OPTIM)}); use --engine eager for other optimizers")
+        super().create_optimizer()  # the Trainer's own parameter groups (weight decay rule) and settings
+        groups = self.optimizer.param_groups
+        self.optimizer = EngineAdamW(groups, lr=groups[0]["lr"]).attach(self)
+        return self.optimizer
+
+    def _build_engine(self) -> CompiledEngine:
+        optimizer = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        decay = {names[id(p)]: float(g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+        group = optimizer.param_groups[0]
+        self.model.train()
+        engine = CompiledEngine(self.model, decay, max_grad_norm=self.args.max_grad_norm or 0.0,
+                                betas=group["betas"], eps=group["eps"], seed=self.args.seed, reduce=self.engine_reduce)
+        engine.load_optimizer_state(optimizer.engine_state())
+        log.info("compiled training engine: %d weights, dropout %s, AdamW state at step %d",
+                 len(engine.names), engine.cfg.dropout, engine.optimizer_steps)
+        return engine
+
+    # -- the step ---------------------------------------------------------------------------------
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self._engine is None:
+            self._engine = self._build_engine()
+        numpy = {k: v.cpu().numpy() for k, v in inputs.items() if hasattr(v, "cpu")}
+        loss, self._engine_grad_norm = self._engine.train_step(
+            numpy["input_ids"], numpy.get("attention_mask"), numpy.get("labels"), self._get_learning_rate(),
+            self.state.global_step)
+        self._engine_dirty = True
+        return torch.tensor(loss, device=self.args.device)
+
+    # -- keeping the Hugging Face model up to date --------------------------------------------------
+    def sync_model(self) -> None:
+        """Copy the graph's weights into ``self.model`` if they are newer."""
+        if self._engine is not None and self._engine_dirty:
+            self._engine.to_model(self.model)
+            self._engine_dirty = False
+
+    def _save_checkpoint(self, model, trial):
+        self.sync_model()
+        return super()._save_checkpoint(model, trial)
+
+    def evaluate(self, *args, **kwargs):
+        self.sync_model()
+        return super().evaluate(*args, **kwargs)
+
+    def _load_best_model(self):
+        self.sync_model()
+        super()._load_best_model()
+        self._engine = None  # the model now holds other weights: rebuild from it if training goes on
+
+    def train(self, *args, **kwargs):
+        if self.args.gradient_accumulation_steps != 1:
+            raise EngineError(f"training.gradient_accumulation_steps={self.args.gradient_accumulation_steps}: the "
+                              "compiled engine updates once per batch; raise per_device_train_batch_size or use "
+                              "--engine eager")
+        self.sync_model()
+        self._engine = None  # built at the first step, from the model as train() (or --resume) left it
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self.sync_model()
+
+
+def trainer_class(base, engine: str | None, data_parallel: bool = False):
+    """The Trainer class for ``engine`` ("compiled" or "eager") on top of ``base``; with
+    ``data_parallel``, one rank's of an msrun job (:mod:`ms_gpt2.engine.distributed`)."""
+    from ms_gpt2.engine import distributed
+
+    engine = DEFAULT_ENGINE if engine is None else engine
+    if engine not in ENGINES:
+        raise EngineError(f"engine={engine!r}: choose one of {', '.join(ENGINES)}")
+    if engine == "eager":
+        mixins = (distributed.DataParallelMixin,) if data_parallel else ()
+    else:
+        mixins = ((distributed.CompiledDataParallelMixin,) if data_parallel else ()) + (CompiledTrainerMixin,)
+    if not mixins:
+        return base
+    prefix = ("Compiled" if engine == "compiled" else "") + ("DataParallel" if data_parallel else "")
+    return type(f"{prefix}{base.__name__}", (*mixins, base), {})
