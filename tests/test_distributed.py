@@ -115,7 +115,9 @@ def _train_cli(five, vocab, out, *extra, env=None, timeout=300):
     return subprocess.run(cmd, env=env or _env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
-def test_two_msrun_workers_train_exactly_like_one_process_with_the_doubled_batch(five, char_vocab_dir, tmp_path):
+@pytest.mark.parametrize("engine", ["compiled", "eager"])
+def test_two_msrun_workers_train_exactly_like_one_process_with_the_doubled_batch(engine, five, char_vocab_dir,
+                                                                                 tmp_path):
     from ms_gpt2.config import load_config
     from ms_gpt2.training import train
 
@@ -126,12 +128,13 @@ def test_two_msrun_workers_train_exactly_like_one_process_with_the_doubled_batch
     # ~1e-8 in the weights) while elements above 1e-3 are still updated as Adam does.
     adam = ["training.adam_epsilon=1.0e-3"]
     done = _train_cli(five, char_vocab_dir, tmp_path / "dp", "--set", "training.per_device_train_batch_size=2",
-                      "--set", adam[0], "--nproc", "2")
+                      "--set", adam[0], "--nproc", "2", "--engine", engine)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["global_step"] == 4  # rank 0's result line
 
     config = load_config(REPO / "configs" / "smoke.yaml", TINY + [f"tokenizer.path={char_vocab_dir}",
                                                                   "training.per_device_train_batch_size=4"] + adam)
+    config["engine"] = engine
     one = train(config, five, tmp_path / "one")
     assert one.global_step == 4
 

@@ -29,7 +29,14 @@ class CompiledEngine:
 
     def __init__(self, model, weight_decay: dict, max_grad_norm: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8,
                  seed: int = 0, dtype=mindspore.float32, reduce=None):
+        from ms_gpt2.fast_decode import unsupported
+
         c = model.config
+        why = unsupported(model)  # the arithmetic the graph does not implement (activation, scaling, ...)
+        if why is None and not getattr(c, "tie_word_embeddings", True):
+            why = "tie_word_embeddings=False (the graph's LM head is the token embedding)"
+        if why:
+            raise NotImplementedError(f"the compiled engine does not implement {why}")
         if dtype != mindspore.float32:
             raise NotImplementedError("the compiled engine trains in float32 only (see docs/performance.md)")
         dropout = {float(c.resid_pdrop), float(c.embd_pdrop), float(c.attn_pdrop)}

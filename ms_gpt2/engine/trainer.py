@@ -137,7 +137,10 @@ class CompiledTrainerMixin:
     # -- the step ---------------------------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self._engine is None:
-            self._engine = self._build_engine()
+            try:
+                self._engine = self._build_engine()
+            except NotImplementedError as err:  # a model the graph does not compute: say so in one line
+                raise EngineError(f"{err}; train this model with --engine eager") from None
         numpy = {k: v.cpu().numpy() for k, v in inputs.items() if hasattr(v, "cpu")}
         loss, self._engine_grad_norm = self._engine.train_step(
             numpy["input_ids"], numpy.get("attention_mask"), numpy.get("labels"), self._get_learning_rate(),
