@@ -1,7 +1,8 @@
 """YAML run configs with command-line overrides, Hugging Face style: the file is the experiment.
 
-A config has five sections: ``model``, ``tokenizer``, ``data``, ``training`` (passed to
-``TrainingArguments`` as-is, so any of its fields can be set) and ``generation``. Any key can be
+A config has six sections: ``model``, ``tokenizer``, ``data``, ``training`` (passed to
+``TrainingArguments`` as-is, so any of its fields can be set), ``generation`` and ``pretrain``
+(``ms-gpt2 pretrain`` only). Any key can be
 overridden from the command line as ``--set section.key=value``, the value read as YAML
 (``--set training.learning_rate=3e-4``, ``--set tokenizer.path=null``).
 """
@@ -16,7 +17,7 @@ import yaml
 
 from ms_gpt2.errors import UserError
 
-SECTIONS = ("model", "tokenizer", "data", "training", "generation")
+SECTIONS = ("model", "tokenizer", "data", "training", "generation", "pretrain")
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "model": {"init_from": None, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12, "dropout": 0.1},
@@ -28,6 +29,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                  "logging_steps": 1},
     "generation": {"num_beams": 5, "no_repeat_ngram_size": 2, "max_new_tokens": 50,
                    "no_repeat_ngram_scope": "summary"},
+    "pretrain": {"text_field": None, "eval_fraction": 0.05,
+                 # objective: clm (GPT-2) | mlm-nsp (BERT, ms_gpt2.bert_pretraining); masking: dynamic | static
+                 "objective": "clm", "mlm_probability": 0.15, "masking": "dynamic"},
 }
 
 
