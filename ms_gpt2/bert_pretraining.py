@@ -17,10 +17,10 @@ the longer one loses its last token until it fits (longest first). ``token_type_
 and including the first ``[SEP]``, 1 after it through the second; ``attention_mask`` is 1 on real
 tokens; everything is padded with ``[PAD]`` to ``max_seq_len``.
 
-**Masking (MLM).** Of the non-special tokens (``[CLS]``/``[SEP]``/``[PAD]`` are never chosen),
-``pretrain.mlm_probability`` (15%) are chosen: ``floor(n * p)`` plus one more with probability
-``frac(n * p)`` (at least one), so the rate is exactly ``p`` in expectation and no example scores
-nothing. Of the chosen, 80% become ``[MASK]``, 10% a random non-special token, 10% stay; ``labels``
+**Masking (MLM).** Of the non-special tokens (``[CLS]``, ``[SEP]``, ``[PAD]`` and ``[UNK]``, not worth
+predicting, are never chosen), ``pretrain.mlm_probability`` (15%) are chosen: ``floor(n * p)`` plus
+one more with probability ``frac(n * p)`` (at least one), so the rate is exactly ``p`` in
+expectation and no example scores nothing. Of the chosen, 80% become ``[MASK]``, 10% a random non-special token, 10% stay; ``labels``
 hold the original id there and -100 everywhere else.
 
 **Randomness.** The pair table of epoch ``e`` comes from ``numpy.random.default_rng([seed, e])``;
