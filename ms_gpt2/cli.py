@@ -34,6 +34,8 @@ def _overrides(args) -> list[str]:
         sets.append(f"model.init_from={args.init_from}")
     if getattr(args, "text_field", None):
         sets.append(f"pretrain.text_field={args.text_field}")
+    if getattr(args, "objective", None):
+        sets.append(f"pretrain.objective={args.objective}")
     return sets
 
 
@@ -51,11 +53,50 @@ def _train(args) -> int:
     return 0
 
 
+PRETRAIN_OBJECTIVES = ("clm", "mlm-nsp")
+
+
+def add_objective_argument(p) -> None:
+    """``--objective`` for the ``pretrain`` command (see :func:`_pretrain_mlm_nsp` for the wiring)."""
+    p.add_argument("--objective", choices=PRETRAIN_OBJECTIVES, default=None,
+                   help="clm: GPT-2 causal LM (default); mlm-nsp: BERT masked LM + next-sentence prediction "
+                        "(same as --set pretrain.objective=...)")
+
+
+def pretrain_objective(config: dict) -> str:
+    from ms_gpt2.config import ConfigError
+
+    objective = config["pretrain"]["objective"]
+    if objective not in PRETRAIN_OBJECTIVES:
+        raise ConfigError(f"pretrain.objective must be one of {', '.join(PRETRAIN_OBJECTIVES)}, got {objective!r}")
+    return objective
+
+
+def _pretrain_mlm_nsp(args, config: dict | None = None) -> int:
+    """``pretrain --objective mlm-nsp``: BERT's MLM + NSP (ms_gpt2.bert_pretraining).
+
+    Called by ``_pretrain`` with the loaded config; called on its own, it builds the config from
+    ``args`` with the objective forced to mlm-nsp."""
+    from ms_gpt2.bert_pretraining import pretrain_mlm_nsp
+    from ms_gpt2.config import load_config
+
+    if config is None:
+        config = load_config(args.config, _overrides(args) + ["pretrain.objective=mlm-nsp"])
+    result = pretrain_mlm_nsp(config, args.data, args.output_dir, resume=args.resume, overwrite=args.overwrite)
+    print(json.dumps({"objective": "mlm-nsp", "model": str(result.model_dir), "global_step": result.global_step,
+                      "train_loss": result.train_loss, "loss_curve": str(result.loss_curve),
+                      "train_documents": result.train_documents, "eval_documents": result.eval_documents,
+                      "train_examples": result.train_examples, "eval": result.eval}, ensure_ascii=False))
+    return 0
+
+
 def _pretrain(args) -> int:
     from ms_gpt2.config import load_config
     from ms_gpt2.pretraining import pretrain
 
     config = load_config(args.config, _overrides(args))
+    if pretrain_objective(config) == "mlm-nsp":
+        return _pretrain_mlm_nsp(args, config)
     result = pretrain(config, args.data, args.output_dir, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps({"model": str(result.model_dir), "global_step": result.global_step,
                       "train_loss": result.train_loss, "loss_curve": str(result.loss_curve),
@@ -201,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="start over in an --output-dir that has checkpoints")
     p.add_argument("--init-from", metavar="MODEL_DIR",
                    help="continue pretraining a local GPT-2 checkpoint (same as --set model.init_from=MODEL_DIR)")
+    add_objective_argument(p)
     p.set_defaults(handler=_pretrain)
 
     for name, handler, text in [("summarize", _summarize, "beam-search summaries from a trained model"),

@@ -36,7 +36,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                  "logging_steps": 1},
     "generation": {"num_beams": 5, "no_repeat_ngram_size": 2, "max_new_tokens": 50,
                    "no_repeat_ngram_scope": "summary"},
-    "pretrain": {"text_field": None, "eval_fraction": 0.05},
+    "pretrain": {"text_field": None, "eval_fraction": 0.05,
+                 # objective: clm (GPT-2) | mlm-nsp (BERT, ms_gpt2.bert_pretraining); masking: dynamic | static
+                 "objective": "clm", "mlm_probability": 0.15, "masking": "dynamic"},
 }
 
 
