@@ -44,9 +44,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,17 +55,15 @@ runtime.ensure()
 import mindspore.dataset as msds  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402  (mindtorch)
-from mindnlp.transformers import BertConfig, BertForPreTraining, TrainerCallback, TrainingArguments  # noqa: E402
+from mindnlp.transformers import BertConfig, BertForPreTraining  # noqa: E402
 
-from ms_gpt2 import tokenization  # noqa: E402
-from ms_gpt2.checkpoints import save_pretrained  # noqa: E402
-from ms_gpt2.config import ConfigError, dump_config  # noqa: E402
-from ms_gpt2.corpus import CorpusReport, clean_copy, iter_documents, parse_document, scan_corpus, split_documents  # noqa: E402
+from ms_gpt2.config import ConfigError  # noqa: E402
+from ms_gpt2.rundir import atomic_write_text  # noqa: E402
+from ms_gpt2.corpus import clean_copy, iter_documents, parse_document, scan_corpus, split_documents  # noqa: E402
 from ms_gpt2.data import DataError, _text_lines  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.modeling import CheckpointError  # noqa: E402
-from ms_gpt2.training import (FINAL_MODEL, LOSS_CURVE, LOSS_LOG, LossLog, PipelineBatches,  # noqa: E402
-                              PipelineTrainer, _resume_checkpoint, plot_loss_curve)
+from ms_gpt2.training import fit, resolve_tokenizer, run_directory, run_seed, start  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -274,20 +270,6 @@ class ExampleBuilder:
         return ds.project(COLUMNS).batch(batch_size)
 
 
-class EpochToPipeline(TrainerCallback):
-    """Tells the batches which epoch starts, as the Trainer counts it (resumes included).
-
-    The Trainer calls ``set_epoch`` only on its DataLoader, and mindtorch's DataLoader has none, so
-    :class:`~ms_gpt2.training.PipelineBatches` would otherwise see epoch 0 forever.
-    """
-
-    def __init__(self, batches: PipelineBatches, updates_per_epoch: int):
-        self.batches, self.updates_per_epoch = batches, max(1, updates_per_epoch)
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self.batches.set_epoch(state.global_step // self.updates_per_epoch)
-
-
 # --------------------------------------------------------------------------------------------------
 # Model and evaluation
 # --------------------------------------------------------------------------------------------------
@@ -395,36 +377,24 @@ def _open_corpus(path, workdir, text_field, eval_fraction, skip_bad_lines):
     return report, clean_copy(report, workdir), n_train, n_eval
 
 
-def _resolve_tokenizer(config: dict, report: CorpusReport, readable: Path, n_train: int, output_dir: Path,
-                       resume_from: str | None):
-    """The checkpoint's vocabulary when resuming or continuing one, else tokenizer.path, else built."""
-    path = resume_from or config["tokenizer"]["path"] or config["model"]["init_from"]
-    if path:
-        return tokenization.load_tokenizer(path)
-    built = output_dir / "tokenizer"
-    if (built / "vocab.txt").is_file():
-        return tokenization.load_tokenizer(built)
-    texts = (d.text for d in itertools.islice(iter_documents(readable, report.text_field, skip_bad_lines=True), n_train))
-    return tokenization.build_tokenizer(texts, built, config["tokenizer"]["vocab_size"],
-                                        config["tokenizer"].get("min_frequency", 1))
-
-
 def pretrain_mlm_nsp(config: dict, data_path, output_dir, resume=None, overwrite: bool = False) -> MlmNspResult:
     """Train BertForPreTraining with MLM + NSP on a raw-text corpus as configured; evaluate; save."""
-    output_dir = Path(output_dir)
-    resume_from = _resume_checkpoint(output_dir, resume, overwrite)
-    if overwrite and not resume_from:
-        for stale in [*output_dir.glob("checkpoint-*"), output_dir / LOSS_LOG, output_dir / EVAL_FILE]:
-            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    seed = runtime.ensure().seed if runtime.ensure().seed is not None else 42
-    mcfg, dcfg, pcfg, tcfg = config["model"], config["data"], config["pretrain"], dict(config["training"])
+    with run_directory(output_dir) as output_dir:
+        return _pretrain_mlm_nsp(config, data_path, output_dir, resume, overwrite)
+
+
+def _pretrain_mlm_nsp(config: dict, data_path, output_dir: Path, resume, overwrite: bool) -> MlmNspResult:
+    resume_from = start(output_dir, resume, overwrite, outputs=[EVAL_FILE])
+    seed = run_seed()
+    mcfg, dcfg, pcfg = config["model"], config["data"], config["pretrain"]
     max_seq_len = dcfg["max_seq_len"]
     check_options(max_seq_len, pcfg["mlm_probability"], pcfg["masking"])
 
     report, readable, n_train, n_eval = _open_corpus(data_path, output_dir / "work", pcfg["text_field"],
                                                      pcfg["eval_fraction"], dcfg["skip_bad_lines"])
-    tokenizer = _resolve_tokenizer(config, report, readable, n_train, output_dir, resume_from)
+    texts = lambda: (d.text for d in itertools.islice(  # noqa: E731
+        iter_documents(readable, report.text_field, skip_bad_lines=True), n_train))
+    tokenizer = resolve_tokenizer(config, output_dir, resume_from, texts, bert_only="BERT pretraining")
     documents = read_sentences(_text_lines(readable, 0, report.documents), tokenizer, report.text_field)
     train_docs, eval_docs = documents[:n_train], documents[n_train:]
     options = dict(max_seq_len=max_seq_len, seed=seed, mlm_probability=pcfg["mlm_probability"],
@@ -444,25 +414,16 @@ def pretrain_mlm_nsp(config: dict, data_path, output_dir, resume=None, overwrite
         raise UserError(f"data.max_seq_len={max_seq_len} exceeds the model's n_positions="
                         f"{model.config.max_position_embeddings}")
 
-    batch_size = int(tcfg.pop("per_device_train_batch_size"))
-    n_batches = math.ceil(train_examples.n_examples / batch_size)
-    if tcfg.get("save_steps") == "epoch":
-        tcfg["save_steps"] = n_batches
-    batches = PipelineBatches(lambda: train_examples.pipeline(batches.epoch, batch_size, shuffle=dcfg["shuffle"]),
-                              n_batches, seed)
-    args = TrainingArguments(
-        output_dir=str(output_dir), per_device_train_batch_size=batch_size, seed=seed,
-        report_to=[], save_strategy="steps", save_safetensors=True, remove_unused_columns=False,
-        dataloader_num_workers=0, use_cpu=runtime.ensure().device == "cpu", **tcfg)
-    updates_per_epoch = math.ceil(n_batches / args.gradient_accumulation_steps)
-    dump_config(config, output_dir / "train_config.yaml")
-    trainer = PipelineTrainer(model=model, args=args, train_dataset=batches, processing_class=tokenizer,
-                              callbacks=[LossLog(output_dir / LOSS_LOG), EpochToPipeline(batches, updates_per_epoch)])
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    model_dir = save_pretrained(trainer.model, tokenizer, output_dir / FINAL_MODEL, None, config)
-    curve = plot_loss_curve(output_dir / LOSS_LOG, output_dir / LOSS_CURVE)
-    log.info("pretrained BERT (MLM + NSP) %d steps, final model in %s", result.global_step, model_dir)
+    def pipeline(batch_size, epoch):  # pairs and masks keyed by (seed, epoch, index)
+        return train_examples.pipeline(epoch, batch_size, shuffle=dcfg["shuffle"])
 
+    # eager: the compiled step is GPT-2's; one process: data parallel's loss weighting is GPT-2's
+    fitted = fit(config, model, tokenizer, pipeline, train_examples.n_examples, output_dir, resume_from,
+                 compiled_ok=False, data_parallel_ok=False)
+    trainer, model_dir, curve = fitted.trainer, fitted.model_dir, fitted.loss_curve
+    log.info("pretrained BERT (MLM + NSP) %d steps, final model in %s", fitted.global_step, model_dir)
+
+    batch_size = int(config["training"]["per_device_train_batch_size"])
     scores = {"train": evaluate(trainer.model, train_examples, batch_size, limit=TRAIN_EVAL_SAMPLE), "eval": None}
     if count_pairs(eval_docs):
         held_out = ExampleBuilder(eval_docs, tokenizer, **options, salt=EVAL_SALT,
@@ -470,10 +431,10 @@ def pretrain_mlm_nsp(config: dict, data_path, output_dir, resume=None, overwrite
         scores["eval"] = evaluate(trainer.model, held_out, batch_size)
     elif eval_docs:
         log.warning("the %d held-out documents have no sentence pairs; no held-out scores", len(eval_docs))
-    (output_dir / EVAL_FILE).write_text(json.dumps(scores, indent=2), encoding="utf-8")
+    atomic_write_text(output_dir / EVAL_FILE, json.dumps(scores, indent=2))
     for split, s in scores.items():
         if s:
             log.info("%s: MLM accuracy %.3f (majority %.3f), NSP accuracy %.3f, loss %.3f over %d examples", split,
                      s["mlm_accuracy"], s["mlm_majority_baseline"], s["nsp_accuracy"], s["loss"], s["examples"])
-    return MlmNspResult(output_dir, model_dir, result.global_step, result.training_loss, curve, len(train_docs),
+    return MlmNspResult(output_dir, model_dir, fitted.global_step, fitted.train_loss, curve, len(train_docs),
                         len(eval_docs), train_examples.n_examples, scores)

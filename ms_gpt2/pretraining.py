@@ -40,18 +40,17 @@ runtime.ensure()
 import mindspore.dataset as msds  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402  (mindtorch)
-from mindnlp.transformers import GPT2Config, GPT2LMHeadModel, GenerationConfig, TrainingArguments  # noqa: E402
+from mindnlp.transformers import GPT2Config, GPT2LMHeadModel, GenerationConfig  # noqa: E402
 
 from ms_gpt2 import tokenization  # noqa: E402
-from ms_gpt2.checkpoints import is_bert_vocabulary, load_tokenizer as load_checkpoint_tokenizer  # noqa: E402
-from ms_gpt2.checkpoints import save_pretrained  # noqa: E402
-from ms_gpt2.config import dump_config  # noqa: E402
+from ms_gpt2.checkpoints import is_bert_vocabulary  # noqa: E402
 from ms_gpt2.corpus import CorpusReport, clean_copy, iter_documents, parse_document, scan_corpus, split_documents  # noqa: E402
 from ms_gpt2.data import DataError, _text_lines  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.modeling import build_config, generation_config_for, load_model  # noqa: E402
-from ms_gpt2.training import (FINAL_MODEL, LOSS_CURVE, LOSS_LOG, LossLog, PipelineBatches,  # noqa: E402
-                              PipelineTrainer, _resume_checkpoint, plot_loss_curve)
+from ms_gpt2.engine import distributed  # noqa: E402
+from ms_gpt2.rundir import atomic_write_text  # noqa: E402
+from ms_gpt2.training import fit, rank0_first, resolve_tokenizer, run_directory, run_seed, start, workdir_for  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -185,18 +184,6 @@ class CorpusSource:
         return (d.text for d in itertools.islice(docs, self.n_train))
 
 
-def _resolve_tokenizer(config: dict, source: CorpusSource, output_dir: Path, resume_from: str | None):
-    """The checkpoint's vocabulary when resuming or continuing one, else tokenizer.path, else built."""
-    path = resume_from or config["tokenizer"]["path"] or config["model"]["init_from"]
-    if path:
-        return tokenization.load_tokenizer(path) if Path(path).is_file() else load_checkpoint_tokenizer(path)
-    built = output_dir / "tokenizer"
-    if (built / "vocab.txt").is_file():
-        return tokenization.load_tokenizer(built)
-    return tokenization.build_tokenizer(source.train_texts(), built, config["tokenizer"]["vocab_size"],
-                                        config["tokenizer"].get("min_frequency", 1))
-
-
 def _fresh_model_config(tokenizer, m: dict) -> GPT2Config:
     if is_bert_vocabulary(tokenizer):
         return build_config(tokenizer, m["n_positions"], m["n_embd"], m["n_layer"], m["n_head"], m["dropout"])
@@ -224,22 +211,23 @@ def _pack_split(source: CorpusSource, split: str, tokenizer, block_size: int) ->
 
 def pretrain(config: dict, data_path, output_dir, resume=None, overwrite: bool = False) -> PretrainResult:
     """Causal-LM training on a raw-text corpus as configured; returns where everything was written."""
-    output_dir = Path(output_dir)
-    resume_from = _resume_checkpoint(output_dir, resume, overwrite)
-    if overwrite and not resume_from:
-        for stale in [*output_dir.glob("checkpoint-*"), output_dir / LOSS_LOG, output_dir / EVAL_FILE]:
-            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    seed = runtime.ensure().seed if runtime.ensure().seed is not None else 42
-    mcfg, dcfg, pcfg, tcfg = config["model"], config["data"], config["pretrain"], dict(config["training"])
+    with run_directory(output_dir) as output_dir:
+        return _pretrain(config, data_path, output_dir, resume, overwrite)
+
+
+def _pretrain(config: dict, data_path, output_dir: Path, resume, overwrite: bool) -> PretrainResult:
+    resume_from = start(output_dir, resume, overwrite, outputs=[EVAL_FILE])
+    seed = run_seed()
+    mcfg, dcfg, pcfg = config["model"], config["data"], config["pretrain"]
     block_size = int(dcfg["max_seq_len"])
 
-    source = CorpusSource.open(data_path, output_dir / "work", pcfg["text_field"], pcfg["eval_fraction"],
-                               dcfg["skip_bad_lines"])
-    tokenizer = _resolve_tokenizer(config, source, output_dir, resume_from)
+    workdir = workdir_for(output_dir)
+    source = CorpusSource.open(data_path, workdir, pcfg["text_field"], pcfg["eval_fraction"], dcfg["skip_bad_lines"])
+    tokenizer = rank0_first(lambda: resolve_tokenizer(config, output_dir, resume_from, source.train_texts,
+                                                      bert_only=None))
 
     if resume_from or mcfg["init_from"]:
-        model = load_model(resume_from or mcfg["init_from"], GPT2LMHeadModel, vocab_size=len(tokenizer))
+        model = load_model(resume_from or mcfg["init_from"], GPT2LMHeadModel, tokenizer=tokenizer)
     else:
         runtime.seed_everything(seed)  # the initial weights follow --seed
         model = GPT2LMHeadModel(_fresh_model_config(tokenizer, mcfg))
@@ -255,29 +243,20 @@ def pretrain(config: dict, data_path, output_dir, resume=None, overwrite: bool =
         raise DataError(source.report.path, None, f"the training documents hold {packed.tokens} tokens, fewer than "
                                                   f"one block of data.max_seq_len={block_size}")
 
-    batch_size = int(tcfg.pop("per_device_train_batch_size"))
-    n_batches = math.ceil(len(packed.blocks) / batch_size)
-    if tcfg.get("save_steps") == "epoch":
-        tcfg["save_steps"] = n_batches
-    batches = PipelineBatches(lambda: block_pipeline(packed.blocks, batch_size, shuffle=dcfg["shuffle"]),
-                              n_batches, seed)
-    args = TrainingArguments(
-        output_dir=str(output_dir), per_device_train_batch_size=batch_size, seed=seed,
-        report_to=[], save_strategy="steps", save_safetensors=True, remove_unused_columns=False,
-        dataloader_num_workers=0, use_cpu=runtime.ensure().device == "cpu", **tcfg)
-    dump_config(config, output_dir / "train_config.yaml")
-    trainer = PipelineTrainer(model=model, args=args, train_dataset=batches, processing_class=tokenizer,
-                              callbacks=[LossLog(output_dir / LOSS_LOG)])
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    model_dir = save_pretrained(trainer.model, tokenizer, output_dir / FINAL_MODEL, generation_config, config)
-    curve = plot_loss_curve(output_dir / LOSS_LOG, output_dir / LOSS_CURVE)
-    log.info("pretrained %d steps, final model in %s", result.global_step, model_dir)
+    def pipeline(batch_size, epoch):  # the shuffle follows the seed PipelineBatches sets per epoch
+        return block_pipeline(packed.blocks, batch_size, shuffle=dcfg["shuffle"])
+
+    fitted = fit(config, model, tokenizer, pipeline, len(packed.blocks), output_dir, resume_from, generation_config)
+    log.info("pretrained %d steps, final model in %s", fitted.global_step, fitted.model_dir)
 
     scores = None
-    if source.n_eval:
-        scores = heldout_loss(trainer.model, _pack_split(source, "eval", tokenizer, block_size), batch_size)
-        (output_dir / EVAL_FILE).write_text(json.dumps(scores, indent=2), encoding="utf-8")
+    if source.n_eval and distributed.world()[0] == 0:
+        batch_size = int(config["training"]["per_device_train_batch_size"])
+        scores = heldout_loss(fitted.trainer.model, _pack_split(source, "eval", tokenizer, block_size), batch_size)
+        atomic_write_text(output_dir / EVAL_FILE, json.dumps(scores, indent=2))
         log.info("held-out loss %.4f, perplexity %.2f over %d tokens of %d documents", scores["loss"],
                  scores["perplexity"], scores["tokens"], scores["documents"])
-    return PretrainResult(output_dir, model_dir, result.global_step, result.training_loss, curve, source.n_train,
-                          source.n_eval, len(packed.blocks), len(packed.tail), scores)
+    if workdir != output_dir / "work":
+        shutil.rmtree(workdir, ignore_errors=True)
+    return PretrainResult(output_dir, fitted.model_dir, fitted.global_step, fitted.train_loss, fitted.loss_curve,
+                          source.n_train, source.n_eval, len(packed.blocks), len(packed.tail), scores)

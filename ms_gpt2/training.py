@@ -28,6 +28,7 @@ import re
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -269,46 +270,64 @@ class TrainResult:
     n_test: int
 
 
-def _checkpoint_tokenizer(init_from):
-    """The vocabulary a model.init_from checkpoint was trained with, or None if it carries none."""
+def _checkpoint_tokenizer(init_from, purpose: str | None):
+    """The vocabulary a model.init_from checkpoint was trained with, or None if it carries none.
+    ``purpose``: why a BERT vocabulary is required (BPE refused), or None when either kind serves."""
     from ms_gpt2.checkpoints import is_bert_vocabulary, load_tokenizer
 
     init_from = Path(init_from)
     if not any((init_from / name).is_file() for name in ("vocab.txt", "vocab.json")):
         return None
     tokenizer = load_tokenizer(init_from)
-    if not is_bert_vocabulary(tokenizer):
+    if purpose and not is_bert_vocabulary(tokenizer):
         raise tokenization.TokenizerError(
-            f"model.init_from {init_from}: its vocabulary is GPT-2 byte-level BPE (vocab.json); summarization "
-            f"training needs a BERT WordPiece vocab.txt ([PAD]/[CLS]/[SEP]), so start from a BERT-vocabulary GPT-2")
+            f"model.init_from {init_from}: its vocabulary is GPT-2 byte-level BPE (vocab.json); {purpose} "
+            f"needs a BERT WordPiece vocab.txt ([PAD]/[CLS]/[SEP]), so start from a BERT-vocabulary GPT-2")
     return tokenizer
 
 
-def _resolve_tokenizer(config: dict, source: NLPCCSource, output_dir: Path, resume_from: str | None):
-    """The vocabulary whose ids the model will learn: the checkpoint's when continuing one."""
+def _load_named_tokenizer(path, bert_only: bool):
+    """``tokenizer.path``: a BERT vocab.txt or directory; also a GPT-2 BPE directory unless ``bert_only``."""
+    from ms_gpt2.checkpoints import load_tokenizer
+
+    return tokenization.load_tokenizer(path) if bert_only or Path(path).is_file() else load_tokenizer(path)
+
+
+def resolve_tokenizer(config: dict, output_dir: Path, resume_from: str | None, texts,
+                      bert_only: str | None = "summarization training"):
+    """The vocabulary whose ids the model will learn, for every training job.
+
+    The resumed checkpoint's; else with ``model.init_from`` that checkpoint's own (a given
+    ``tokenizer.path`` must match it token for token); else ``tokenizer.path``; else a WordPiece
+    vocabulary built from ``texts()`` into ``OUTPUT_DIR/tokenizer`` -- on every fresh start, from
+    this data, never one an earlier run (maybe on another corpus) left there. ``bert_only``: why a
+    BERT vocabulary is required, or None when GPT-2 BPE serves too. Under data parallel, call it
+    through :func:`rank0_first`: the other ranks load what rank 0 built."""
+    from ms_gpt2.checkpoints import load_tokenizer
+
+    bert = bool(bert_only)
     if resume_from:  # the checkpoint carries the vocabulary its ids mean
-        return tokenization.load_tokenizer(resume_from)
+        return _load_named_tokenizer(resume_from, bert)
     path, init_from = config["tokenizer"]["path"], config["model"]["init_from"]
     if init_from:
-        own = _checkpoint_tokenizer(init_from)
+        own = _checkpoint_tokenizer(init_from, bert_only)
         if not path:
             if own is None:
                 raise tokenization.TokenizerError(
                     f"model.init_from {init_from}: no vocab.txt there; give the vocabulary this checkpoint was "
                     f"trained with (--tokenizer / tokenizer.path)")
             return own
-        given = tokenization.load_tokenizer(path)
+        given = _load_named_tokenizer(path, bert)
         if own is not None:
             tokenization.check_same_vocabulary(given, path, own, init_from)
         return given
     if path:
-        return tokenization.load_tokenizer(path)
-    # A fresh start builds the vocabulary from this data, never reusing one an earlier run
-    # (maybe on another corpus) left in output_dir.
+        return _load_named_tokenizer(path, bert)
     built = output_dir / "tokenizer"
+    if distributed.world()[0] != 0:  # data parallel: the vocabulary rank 0 just built (see rank0_first)
+        return load_tokenizer(built)
     shutil.rmtree(built, ignore_errors=True)
-    texts = (text for pair in records(source.lines("train")) for text in pair)
-    return tokenization.build_tokenizer(texts, built, config["tokenizer"]["vocab_size"],
+    return tokenization.build_tokenizer(texts(), built, config["tokenizer"]["vocab_size"],
                                         config["tokenizer"].get("min_frequency", 1))
 
 
@@ -343,70 +362,88 @@ def _checkpoints_newest_first(output_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def train(config: dict, data_path, output_dir, resume=None, overwrite: bool = False) -> TrainResult:
-    """Run the tutorial's fine-tuning as configured; returns where everything was written.
+@contextmanager
+def run_directory(output_dir):
+    """``with run_directory(out):`` -- this job owns ``out`` until the block ends.
 
-    Holds the output directory's lock throughout: a second run into it refuses (RunDirInUseError)."""
+    Rank 0 (the only process of a single-device run) holds the directory's lock throughout, so a
+    second run into it refuses (RunDirInUseError), and clears what a crashed run left: unfinished
+    ``.checkpoint-N.partial`` staging directories and a ``model/`` swap cut off half-way. The other
+    ranks of a data-parallel job only read from it."""
     output_dir = Path(output_dir)
-    if distributed.world()[0] != 0:  # data parallel: rank 0 holds the directory for the whole job
-        return _train_locked(config, data_path, output_dir, resume, overwrite)
+    if distributed.world()[0] != 0:
+        yield output_dir
+        return
     with RunLock(output_dir):
         for partial in output_dir.glob(f".{PREFIX_CHECKPOINT_DIR}-*.partial"):  # a crashed run's, unfinished
             log.warning("removing %s, a checkpoint a crashed run did not finish writing", partial)
             shutil.rmtree(partial, ignore_errors=True)
         recover_dir(output_dir / FINAL_MODEL)
-        return _train_locked(config, data_path, output_dir, resume, overwrite)
+        yield output_dir
 
 
-def _train_locked(config: dict, data_path, output_dir: Path, resume, overwrite: bool) -> TrainResult:
+def start(output_dir: Path, resume, overwrite: bool, outputs=()) -> str | None:
+    """The checkpoint to resume from (None: a fresh start). A fresh start with ``overwrite`` clears
+    the earlier run's checkpoints, loss log and ``outputs`` (rank 0)."""
     resume_from = _resume_checkpoint(output_dir, resume, overwrite)
-    rank, world_size = distributed.world()  # data parallel under msrun: rank 0 alone writes files
-    if overwrite and not resume_from and rank == 0:
-        for stale in [*output_dir.glob("checkpoint-*"), output_dir / LOSS_LOG]:
+    if overwrite and not resume_from and distributed.world()[0] == 0:
+        for stale in [*output_dir.glob("checkpoint-*"), output_dir / LOSS_LOG, *(output_dir / o for o in outputs)]:
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     output_dir.mkdir(parents=True, exist_ok=True)
-    seed = runtime.ensure().seed if runtime.ensure().seed is not None else 42
-    mcfg, dcfg, tcfg = config["model"], config["data"], dict(config["training"])
+    return resume_from
 
-    # Check every line once (format only: the tokenizer may not exist yet), then again with the
-    # tokenizer's length check, so a bad record fails here and never mid-epoch.
-    workdir = output_dir / "work" if rank == 0 else Path(tempfile.mkdtemp(prefix=f"ms_gpt2_rank{rank}_"))
-    source = NLPCCSource.open(data_path, workdir, dcfg["fraction"], dcfg["train_ratio"],
-                              dcfg["skip_bad_lines"])
-    if rank == 0:
-        tokenizer = _resolve_tokenizer(config, source, output_dir, resume_from)
-    distributed.barrier()  # the others load the vocabulary rank 0 built
-    if rank != 0:
-        tokenizer = _resolve_tokenizer(config, source, output_dir, resume_from)
-    source = NLPCCSource.open(data_path, workdir, dcfg["fraction"], dcfg["train_ratio"],
-                              dcfg["skip_bad_lines"], check=summary_fits(tokenizer, dcfg["max_seq_len"]))
-    distributed.maybe_fail_for_test()
 
-    if resume_from:
-        model = load_model(resume_from, GPT2ForSummarization, tokenizer=tokenizer)
-    elif mcfg["init_from"]:
-        model = load_model(mcfg["init_from"], GPT2ForSummarization, tokenizer=tokenizer)
-    else:
-        runtime.seed_everything(seed)  # the initial weights follow --seed
-        model = GPT2ForSummarization(build_config(tokenizer, mcfg["n_positions"], mcfg["n_embd"],
-                                                  mcfg["n_layer"], mcfg["n_head"], mcfg["dropout"]))
+def workdir_for(output_dir: Path) -> Path:
+    """Where clean copies of input files go: ``OUTPUT_DIR/work`` on rank 0, a private one elsewhere."""
+    rank = distributed.world()[0]
+    return output_dir / "work" if rank == 0 else Path(tempfile.mkdtemp(prefix=f"ms_gpt2_rank{rank}_"))
+
+
+def rank0_first(make):
+    """``make()`` on rank 0, then on the other ranks once rank 0 is done (e.g. a vocabulary it builds
+    and they load). Outside data parallel: just ``make()``."""
+    rank = distributed.world()[0]
+    result = make() if rank == 0 else None
+    distributed.barrier()
+    return make() if rank != 0 else result
+
+
+def run_seed() -> int:
+    seed = runtime.ensure().seed
+    return 42 if seed is None else seed
+
+
+@dataclass
+class Fitted:
+    trainer: object
+    global_step: int
+    train_loss: float
+    model_dir: Path
+    loss_curve: Path | None
+
+
+def fit(config: dict, model, tokenizer, make_pipeline, n_examples: int, output_dir: Path, resume_from: str | None,
+        generation_config=None, compiled_ok: bool = True, data_parallel_ok: bool = True) -> Fitted:
+    """Train ``model`` with the MindNLP Trainer on batches from ``make_pipeline(batch_size, epoch)``
+    (a batched MindSpore dataset of ``n_examples`` examples per epoch); the one set-up every job
+    (train, pretrain, pretrain --objective mlm-nsp) shares.
+
+    The engine is ``config["engine"]`` (the compiled step, or the eager one; ``compiled_ok=False``
+    for models the graph does not implement, which then train eagerly). Under msrun every rank
+    reads the same global batches of ``per_device_train_batch_size x world size`` and keeps its rows;
+    rank 0 alone writes ``train_config.yaml``, checkpoints, the loss log and curve, and ``model/``."""
+    rank, world_size = distributed.world()
+    if world_size > 1 and not data_parallel_ok:
+        raise UserError(f"data parallel (msrun, --nproc) trains GPT-2 only; run {type(model).__name__} in one process")
+    seed = run_seed()
+    tcfg = dict(config["training"])
     distributed.broadcast_parameters(model.parameters())  # every rank starts from rank 0's weights
-    if dcfg["max_seq_len"] > model.config.n_positions:
-        raise UserError(f"data.max_seq_len={dcfg['max_seq_len']} exceeds the model's n_positions={model.config.n_positions}")
-    gen = config["generation"]
-    generation_config = generation_config_for(tokenizer, gen["num_beams"], gen["no_repeat_ngram_size"], gen["max_new_tokens"])
-    model.generation_config = generation_config
-
     batch_size = int(tcfg.pop("per_device_train_batch_size"))
     global_batch = batch_size * world_size  # every rank reads the same global batches, keeps its rows
-    n_batches = math.ceil(source.n_train / global_batch)
+    n_batches = math.ceil(n_examples / global_batch)
     if tcfg.get("save_steps") == "epoch":
         tcfg["save_steps"] = n_batches  # the tutorial's save_steps = batches per epoch
-    train_lines = lambda: source.lines("train")  # noqa: E731
-    batches = PipelineBatches(
-        lambda: train_pipeline(train_lines(), tokenizer, dcfg["max_seq_len"], global_batch,
-                               shuffle=dcfg["shuffle"], summary_only_loss=dcfg["summary_only_loss"]),
-        n_batches, seed)
+    batches = PipelineBatches(lambda: make_pipeline(global_batch, batches.epoch), n_batches, seed)
     # Resuming mid-epoch: the Trainer would skip the trained batches by drawing and dropping them
     # through a new DataLoader (accelerate's skip_first_batches); PipelineBatches skips them in the
     # pipeline instead. ignore_data_skip keeps its meaning: start the epoch over.
@@ -422,8 +459,11 @@ def _train_locked(config: dict, data_path, output_dir: Path, resume, overwrite: 
         dataloader_num_workers=0, use_cpu=runtime.ensure().device == "cpu", ignore_data_skip=True, **tcfg)
     if rank == 0:
         dump_config(config, output_dir / "train_config.yaml")
+    engine = config.get("engine") if compiled_ok else "eager"
+    if not compiled_ok and config.get("engine") == "compiled":
+        log.info("%s trains on the eager engine (the compiled step is GPT-2's)", type(model).__name__)
     # the compiled step or the eager one, data-parallel when msrun started several workers
-    trainer_cls = trainer_class(PipelineTrainer, config.get("engine"), data_parallel=world_size > 1)
+    trainer_cls = trainer_class(PipelineTrainer, engine, data_parallel=world_size > 1)
     callbacks = [EpochProgress(batches)] + ([LossLog(output_dir / LOSS_LOG)] if rank == 0 else [])
     trainer = trainer_cls(model=model, args=args, train_dataset=batches, processing_class=tokenizer,
                           callbacks=callbacks)
@@ -433,8 +473,52 @@ def _train_locked(config: dict, data_path, output_dir: Path, resume, overwrite: 
     if rank == 0:
         model_dir = save_pretrained(trainer.model, tokenizer, model_dir, generation_config, config)
         curve = plot_loss_curve(output_dir / LOSS_LOG, output_dir / LOSS_CURVE)
-    elif workdir != output_dir / "work":
+    return Fitted(trainer, result.global_step, result.training_loss, model_dir, curve)
+
+
+def train(config: dict, data_path, output_dir, resume=None, overwrite: bool = False) -> TrainResult:
+    """Run the tutorial's fine-tuning as configured; returns where everything was written."""
+    with run_directory(output_dir) as output_dir:
+        return _train(config, data_path, output_dir, resume, overwrite)
+
+
+def _train(config: dict, data_path, output_dir: Path, resume, overwrite: bool) -> TrainResult:
+    resume_from = start(output_dir, resume, overwrite)
+    seed = run_seed()
+    mcfg, dcfg = config["model"], config["data"]
+
+    # Check every line once (format only: the tokenizer may not exist yet), then again with the
+    # tokenizer's length check, so a bad record fails here and never mid-epoch.
+    workdir = workdir_for(output_dir)
+    source = NLPCCSource.open(data_path, workdir, dcfg["fraction"], dcfg["train_ratio"],
+                              dcfg["skip_bad_lines"])
+    tokenizer = rank0_first(lambda: resolve_tokenizer(
+        config, output_dir, resume_from, lambda: (text for pair in records(source.lines("train")) for text in pair)))
+    source = NLPCCSource.open(data_path, workdir, dcfg["fraction"], dcfg["train_ratio"],
+                              dcfg["skip_bad_lines"], check=summary_fits(tokenizer, dcfg["max_seq_len"]))
+    distributed.maybe_fail_for_test()
+
+    if resume_from:
+        model = load_model(resume_from, GPT2ForSummarization, tokenizer=tokenizer)
+    elif mcfg["init_from"]:
+        model = load_model(mcfg["init_from"], GPT2ForSummarization, tokenizer=tokenizer)
+    else:
+        runtime.seed_everything(seed)  # the initial weights follow --seed
+        model = GPT2ForSummarization(build_config(tokenizer, mcfg["n_positions"], mcfg["n_embd"],
+                                                  mcfg["n_layer"], mcfg["n_head"], mcfg["dropout"]))
+    if dcfg["max_seq_len"] > model.config.n_positions:
+        raise UserError(f"data.max_seq_len={dcfg['max_seq_len']} exceeds the model's n_positions={model.config.n_positions}")
+    gen = config["generation"]
+    generation_config = generation_config_for(tokenizer, gen["num_beams"], gen["no_repeat_ngram_size"], gen["max_new_tokens"])
+    model.generation_config = generation_config
+
+    def pipeline(batch_size, epoch):  # the shuffle follows the seed PipelineBatches sets per epoch
+        return train_pipeline(source.lines("train"), tokenizer, dcfg["max_seq_len"], batch_size,
+                              shuffle=dcfg["shuffle"], summary_only_loss=dcfg["summary_only_loss"])
+
+    fitted = fit(config, model, tokenizer, pipeline, source.n_train, output_dir, resume_from, generation_config)
+    if workdir != output_dir / "work":
         shutil.rmtree(workdir, ignore_errors=True)
-    log.info("trained %d steps, final model in %s", result.global_step, model_dir)
-    return TrainResult(output_dir, model_dir, result.global_step, result.training_loss, curve,
+    log.info("trained %d steps, final model in %s", fitted.global_step, fitted.model_dir)
+    return TrainResult(output_dir, fitted.model_dir, fitted.global_step, fitted.train_loss, fitted.loss_curve,
                        source.n_train, source.n_test)

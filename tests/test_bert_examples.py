@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import DEMO_DATA
-from ms_gpt2.bert_pretraining import (IGNORE, IS_NEXT, NOT_NEXT, ExampleBuilder, EpochToPipeline, encode_pair,
+from ms_gpt2.bert_pretraining import (IGNORE, IS_NEXT, NOT_NEXT, ExampleBuilder, encode_pair,
                                       make_pairs, read_sentences, split_sentences, truncate_pair)
 from ms_gpt2.config import ConfigError
 from ms_gpt2.data import DataError, _text_lines
@@ -148,21 +148,3 @@ def test_nsp_needs_two_documents_and_options_are_checked(tokenizer):
         ExampleBuilder(one, tokenizer, MAX_LEN, seed=0, masking="sometimes")
     with pytest.raises(ConfigError, match=r"pretrain.mlm_probability must be in \(0, 1\)"):
         ExampleBuilder(one, tokenizer, MAX_LEN, seed=0, mlm_probability=1.5)
-
-
-def test_the_pipeline_learns_each_epoch_from_the_trainer_step_count():
-    class Batches:
-        epoch = 0
-
-        def set_epoch(self, epoch):
-            self.epoch = epoch
-
-    class State:
-        global_step = 0
-
-    batches, state = Batches(), State()
-    callback = EpochToPipeline(batches, updates_per_epoch=7)
-    for step, epoch in [(0, 0), (7, 1), (14, 2), (17, 2)]:  # 17: resumed mid-epoch 2
-        state.global_step = step
-        callback.on_epoch_begin(None, state, None)
-        assert batches.epoch == epoch
