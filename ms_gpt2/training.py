@@ -224,12 +224,41 @@ class LossLog(TrainerCallback):
     def __init__(self, path: Path):
         self.path = path
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        drop_torn_tail(self.path)  # a run killed mid-write left half a line: the next entry must start clean
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             entry = {"step": state.global_step, "epoch": logs.get("epoch"), "loss": logs["loss"],
                      "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm")}
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(entry) + "\n")
+
+
+def drop_torn_tail(path: Path) -> None:
+    """Cut a JSON-lines file back to its last complete line (what a SIGKILL during an append leaves)."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        log.warning("%s: dropping an incomplete last line (%d bytes) left by an interrupted run", path, len(data) - keep)
+        with open(path, "r+b") as handle:
+            handle.truncate(keep)
+
+
+def read_loss_log(path: Path) -> dict[int, float]:
+    """step -> loss from loss_log.jsonl; a resumed run re-logs a step: the latest entry wins. A torn
+    last line (a kill during an append) is skipped."""
+    by_step = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            log.warning("%s: skipping an incomplete line (an interrupted write)", path)
+            continue
+        by_step[entry["step"]] = entry["loss"]
+    return by_step
 
 
 def plot_loss_curve(log_path: Path, png_path: Path) -> Path | None:
@@ -240,10 +269,7 @@ def plot_loss_curve(log_path: Path, png_path: Path) -> Path | None:
 
     if not log_path.is_file():
         return None
-    by_step = {}
-    for line in log_path.read_text(encoding="utf-8").splitlines():
-        entry = json.loads(line)
-        by_step[entry["step"]] = entry["loss"]  # a resumed run re-logs a step: keep the latest
+    by_step = read_loss_log(log_path)
     if not by_step:
         return None
     steps = sorted(by_step)

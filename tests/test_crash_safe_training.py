@@ -164,3 +164,22 @@ def test_rotation_never_deletes_the_only_complete_checkpoint(straight, tmp_path)
     trainer.state = SimpleNamespace(best_model_checkpoint=None)
     trainer._rotate_checkpoints(use_mtime=True, output_dir=str(run))
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint-4"]
+
+
+def test_a_loss_log_line_torn_by_a_kill_is_dropped_before_the_run_goes_on(tmp_path):
+    """SIGKILL during LossLog's append leaves half a line; the resumed run's first entry must not
+    be glued onto it, and the curve must still plot."""
+    from ms_gpt2.training import LossLog, plot_loss_curve, read_loss_log
+
+    path = tmp_path / "loss_log.jsonl"
+    path.write_text('{"step": 1, "loss": 2.5}\n{"step": 2, "lo', encoding="utf-8")
+    callback = LossLog(path)
+    callback.on_train_begin(None, None, None)
+
+    class State:
+        global_step = 2
+
+    callback.on_log(None, State(), None, logs={"loss": 2.25, "epoch": 1.0})
+    assert path.read_text(encoding="utf-8").splitlines()[-1].startswith('{"step": 2, "epoch": 1.0, "loss": 2.25')
+    assert read_loss_log(path) == {1: 2.5, 2: 2.25}
+    assert plot_loss_curve(path, tmp_path / "curve.png").stat().st_size > 1000
