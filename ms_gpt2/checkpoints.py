@@ -58,10 +58,28 @@ def load_tokenizer(path):
                           f"or vocab.txt (BERT WordPiece)")
 
 
-def load_pretrained(path, cls=GPT2LMHeadModel):
-    """(model, tokenizer) from a local Hugging Face GPT-2 directory, on the current device, eval mode."""
-    tokenizer = load_tokenizer(path)  # (restores a directory an interrupted save left aside)
-    model = load_model(path, cls, vocab_size=len(tokenizer))
+FINAL_MODEL = "model"  # where ``ms-gpt2 train``/``pretrain`` put the final model in their output directory
+
+
+def resolve_model_dir(path) -> Path:
+    """``--model`` as the user means it: a training output directory stands for its final ``model/``."""
+    import logging
+
+    path = Path(path)
+    final = path / FINAL_MODEL
+    if path.is_dir() and not (path / "config.json").is_file() and (recover_dir(final) / "config.json").is_file():
+        logging.getLogger(__name__).info("%s is a training output directory; using its final model %s", path, final)
+        return final
+    return path
+
+
+def load_pretrained(path, cls=GPT2LMHeadModel, bert_only: str | None = None):
+    """(model, tokenizer) from a local Hugging Face GPT-2 directory (or a training output directory:
+    its ``model/``), on the current device, eval mode. ``bert_only``: what needs a BERT vocab.txt
+    (then a BPE one is refused), or None."""
+    path = resolve_model_dir(path)
+    tokenizer = tokenization.load_tokenizer(recover_dir(path)) if bert_only else load_tokenizer(path)
+    model = load_model(path, cls, tokenizer=tokenizer)  # every id the vocabulary has must have a row
     return model.to(runtime.ensure().torch_device).eval(), tokenizer
 
 

@@ -109,7 +109,6 @@ def _pretrain(args) -> int:
 def _summarize(args) -> int:
     from ms_gpt2 import tasks
 
-    args.model = tasks.resolve_model_dir(args.model)  # a training output dir means its model/
     config = tasks.run_config(args.model, args.config, _overrides(args))
     if args.text is not None:
         print(tasks.summarize(args.model, text=args.text, config=config)[0])
@@ -126,7 +125,6 @@ def _summarize(args) -> int:
 def _evaluate(args) -> int:
     from ms_gpt2 import tasks
 
-    args.model = tasks.resolve_model_dir(args.model)  # a training output dir means its model/
     config = tasks.run_config(args.model, args.config, _overrides(args))
     scores = tasks.evaluate(args.model, args.data, split=args.split, config=config, limit=args.limit,
                             summaries_out=args.summaries_out)

@@ -30,7 +30,7 @@ from ms_gpt2 import tokenization  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.examples import encode_prompt, prompt_pipeline  # noqa: E402
 from ms_gpt2.generation import NGRAM_SCOPES, NoRepeatNGramInContinuation, check_length  # noqa: E402
-from ms_gpt2.modeling import GPT2ForSummarization, load_model  # noqa: E402
+from ms_gpt2.modeling import GPT2ForSummarization  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,9 @@ class Summary:
 
 def load_summarizer(model_dir):
     """(model, tokenizer) from a directory written by ``ms-gpt2 train`` (or any GPT-2 + vocab.txt)."""
-    from ms_gpt2.rundir import recover_dir
+    from ms_gpt2.checkpoints import load_pretrained
 
-    tokenizer = tokenization.load_tokenizer(recover_dir(model_dir))  # after a save cut off mid-swap
-    model = load_model(model_dir, GPT2ForSummarization, vocab_size=len(tokenizer))
-    model = model.to(runtime.ensure().torch_device).eval()
-    return model, tokenizer
+    return load_pretrained(model_dir, GPT2ForSummarization, bert_only="summarization")
 
 
 def summarize_ids(model, tokenizer, prompt_ids: np.ndarray, num_beams=5, no_repeat_ngram_size=2,

@@ -15,23 +15,13 @@ from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.evaluation import language_model_loss, lead_baseline, rouge  # noqa: E402
 from ms_gpt2.examples import summary_fits, train_pipeline  # noqa: E402
 from ms_gpt2.summarization import load_summarizer, summarize_lines, summarize_text, write_jsonl  # noqa: E402
-from ms_gpt2.checkpoints import RUN_CONFIG  # noqa: E402
-from ms_gpt2.training import FINAL_MODEL, train  # noqa: E402
+from ms_gpt2.checkpoints import RUN_CONFIG, resolve_model_dir  # noqa: E402
+from ms_gpt2.training import train  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 DEMO_DATA = resources.demo_data()  # in the checkout, or shipped in the wheel
 SMOKE_CONFIG = resources.config("smoke.yaml")
-
-
-def resolve_model_dir(path) -> Path:
-    """``--model`` as the user means it: a training output directory stands for its final ``model/``."""
-    path = Path(path)
-    final = path / FINAL_MODEL
-    if path.is_dir() and not (path / "config.json").is_file() and (final / "config.json").is_file():
-        log.info("%s is a training output directory; using its final model %s", path, final)
-        return final
-    return path
 
 
 def run_config(model_dir, config_path=None, overrides=()) -> dict:

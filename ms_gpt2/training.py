@@ -43,7 +43,7 @@ from mindnlp.transformers import Trainer, TrainerCallback, TrainingArguments  # 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint  # noqa: E402
 
 from ms_gpt2 import tokenization  # noqa: E402
-from ms_gpt2.checkpoints import RUN_CONFIG, incomplete_reason, save_pretrained  # noqa: E402
+from ms_gpt2.checkpoints import FINAL_MODEL, RUN_CONFIG, incomplete_reason, save_pretrained  # noqa: E402
 from ms_gpt2.config import dump_config  # noqa: E402
 from ms_gpt2.data import NLPCCSource, records  # noqa: E402
 from ms_gpt2.engine import distributed  # noqa: E402
@@ -58,7 +58,6 @@ log = logging.getLogger(__name__)
 
 LOSS_LOG = "loss_log.jsonl"
 LOSS_CURVE = "loss_curve.png"
-FINAL_MODEL = "model"
 PAUSE_IN_SAVE_ENV = "MS_GPT2_TEST_PAUSE_IN_SAVE"
 
 

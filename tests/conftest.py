@@ -29,6 +29,18 @@ def _loopback_only(self, address):
 socket.socket.connect = _loopback_only
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _runtime_seed_per_module():
+    """``cli.main`` runs ``runtime.setup(seed=--seed or 42)``, and jobs seed from the runtime's seed: put
+    it back to 0 so no test depends on which tests ran before it (module fixtures included)."""
+    runtime.setup("cpu", seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _runtime_seed_per_test():
+    runtime.setup("cpu", seed=0)
+
+
 @pytest.fixture
 def seeded():
     runtime.seed_everything(0)
