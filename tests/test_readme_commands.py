@@ -47,6 +47,7 @@ def readme_commands(text: str) -> list[tuple[int, str]]:
 class Run:
     extra: tuple = ()  # appended to the README's arguments (tiny sizes)
     trained: bool = False  # needs the model the README's train line makes
+    pretrained: bool = False  # needs the model the README's pretrain line makes
 
 
 TUTORIAL_TRAIN = (".venv/bin/ms-gpt2 train --config configs/tutorial.yaml --data data/nlpcc2017/train_with_summ.txt "
@@ -57,9 +58,14 @@ TINY_TUTORIAL = ("--set", "model.n_positions=128", "--set", "model.n_embd=32", "
                  "--set", "data.max_summary_len=24", "--set", "training.per_device_train_batch_size=5",
                  "--set", "training.warmup_steps=0", "--set", "training.logging_steps=1",
                  "--set", "generation.max_new_tokens=8")
-BEAM_STREAMER = ("generate --num-beams crashes: the CLI streams, and Hugging Face generate refuses a streamer "
-                 "with beam search ('streamer cannot be used with beam search')")
 
+PRETRAIN_SMOKE = (".venv/bin/ms-gpt2 pretrain --config configs/pretrain_smoke.yaml --data data/demo/nlpcc_demo.jsonl "
+                  "--text-field article --output-dir runs/pt")
+# GPT-2 small / BERT geometry swapped for 1 layer, 32 wide, and two short epochs
+TINY_MODEL = ("--set", "model.n_positions=64", "--set", "model.n_embd=32", "--set", "model.n_layer=1",
+              "--set", "model.n_head=2", "--set", "data.max_seq_len=48", "--set", "training.num_train_epochs=2",
+              "--set", "training.per_device_train_batch_size=4", "--set", "training.warmup_steps=0",
+              "--set", "training.logging_steps=1", "--set", "tokenizer.vocab_size=800")
 SHORT = ("--max-new-tokens", "8")  # sampling and penalties run Hugging Face generate: about 2 tokens/s
 COMMANDS = {
     ".venv/bin/ms-gpt2 attention-demo --device ascend": "skip: needs an Ascend NPU (test_runtime.py checks the "
@@ -78,10 +84,29 @@ COMMANDS = {
     ".venv/bin/ms-gpt2 next-word --model gpt2 --text 'What is the fastest car in the'": Run(),
     ".venv/bin/ms-gpt2 generate --model gpt2 --prompt 'Hello, my dog' --max-new-tokens 40": Run(),
     ".venv/bin/ms-gpt2 generate --model gpt2 --prompt 'Hello, my dog' --num-beams 5 --no-repeat-ngram-size 2":
-        pytest.param(Run(), marks=pytest.mark.xfail(strict=True, reason=BEAM_STREAMER)),
+        Run(),
     ".venv/bin/ms-gpt2 generate --model gpt2 --prompt 'Hello, my dog' --sample --temperature 0.8 --top-k 50 "
     "--top-p 0.95 --seed 1": Run(extra=SHORT),
     ".venv/bin/ms-gpt2 generate --model runs/demo/model --prompt 青禾市 --repetition-penalty 1.3": Run(SHORT, trained=True),
+    ".venv/bin/ms-gpt2 pretrain --config configs/pretrain_gpt2_small.yaml --data corpus.txt "
+    "--tokenizer path/to/bert-base-chinese --output-dir runs/pt": Run(extra=TINY_MODEL),
+    PRETRAIN_SMOKE: Run(extra=TINY_MODEL),
+    ".venv/bin/ms-gpt2 train --config configs/smoke.yaml --init-from runs/pt/model --data data/demo/nlpcc_demo.jsonl "
+    "--output-dir runs/ft": Run(extra=("--set", "data.max_seq_len=48", "--set", "data.max_summary_len=20",
+                                       "--set", "training.num_train_epochs=1"), pretrained=True),
+    ".venv/bin/ms-gpt2 train --config configs/tutorial.yaml --init-from gpt2-chinese-cluecorpussmall "
+    "--data data/nlpcc2017/train_with_summ.txt --output-dir runs/uer-ft": "skip: needs the downloaded "
+    "uer/gpt2-chinese-cluecorpussmall checkpoint (the --init-from path is run by the runs/pt/model line)",
+    ".venv/bin/ms-gpt2 pretrain --config configs/pretrain_gpt2_small.yaml --init-from gpt2-chinese-cluecorpussmall "
+    "--data my_corpus.txt --output-dir runs/uer-pt": "skip: needs the downloaded uer/gpt2-chinese-cluecorpussmall "
+    "checkpoint",
+    ".venv/bin/ms-gpt2 train --nproc 8 --config configs/tutorial.yaml --data train.jsonl "
+    "--tokenizer path/to/bert-base-chinese --output-dir runs/tutorial-8npu": "skip: needs 8 devices "
+    "(tests/test_distributed.py runs train --nproc 2 on the CPU)",
+    ".venv/bin/ms-gpt2 pretrain --objective mlm-nsp --config configs/bert_tiny.yaml --data data/demo/nlpcc_demo.jsonl "
+    "--text-field article --output-dir runs/bert_tiny": Run(extra=TINY_MODEL),
+    ".venv/bin/ms-gpt2 pretrain --objective mlm-nsp --config my_bert.yaml --data corpus.txt "
+    "--tokenizer path/to/bert-base-chinese --output-dir runs/bert": Run(extra=TINY_MODEL),
 }
 COMMANDS = {shlex.join(shlex.split(command)): how for command, how in COMMANDS.items()}  # quoted as README_LINES
 
@@ -92,6 +117,8 @@ def paths(tmp_path_factory, char_vocab_dir) -> dict[str, str]:
     tmp = tmp_path_factory.mktemp("readme")
     rows = sorted((json.loads(line) for line in open(DEMO_DATA, encoding="utf-8")), key=lambda r: len(r["article"]))
     data = write_jsonl(tmp / "train_with_summ.txt", rows[:10])  # 9 train / 1 test at train_ratio 0.9
+    corpus = tmp / "corpus.txt"
+    corpus.write_text("".join(row["article"] + "\n" for row in rows[:10]), encoding="utf-8")
     return {
         "data/nlpcc2017/train_with_summ.txt": str(data),
         "path/to/bert-base-chinese": str(char_vocab_dir),
@@ -102,6 +129,12 @@ def paths(tmp_path_factory, char_vocab_dir) -> dict[str, str]:
         "gpt2": str(REPO / "tests" / "fixtures" / "gpt2-bpe-tiny"),
         # `make demo`'s model: the tiny model the README's train line made, a BERT vocabulary as the demo's
         "runs/demo/model": str(tmp / "runs" / "tutorial" / "model"),
+        # pretraining: the demo articles as plain text (one per line), and the same 10 records as JSON lines
+        "corpus.txt": str(corpus),
+        "data/demo/nlpcc_demo.jsonl": str(data),
+        "my_bert.yaml": str(REPO / "configs" / "bert_tiny.yaml"),
+        **{name: str(tmp / "runs" / name.split("/", 1)[1]) for name in
+           ("runs/pt", "runs/pt/model", "runs/ft", "runs/bert_tiny", "runs/bert")},
     }
 
 
@@ -120,6 +153,17 @@ def run_line(command: str, paths: dict, extra, monkeypatch, capsys) -> tuple[int
         code = exit_.code
     out, err = capsys.readouterr()
     return code, f"{' '.join(argv)}\n--- stdout\n{out[-2000:]}\n--- stderr\n{err[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def pretrain_run(paths):
+    """The README's pretrain line on the demo articles, on tiny settings: (exit code, output)."""
+    mp, cap = pytest.MonkeyPatch(), _Capture()
+    try:
+        with cap:
+            return run_line(PRETRAIN_SMOKE, paths, COMMANDS[shlex.join(shlex.split(PRETRAIN_SMOKE))].extra, mp, cap)
+    finally:
+        mp.undo()
 
 
 @pytest.fixture(scope="module")
@@ -174,10 +218,13 @@ def test_readme_command_runs(command, how, paths, request, monkeypatch, capsys):
         pytest.fail(f"README command not covered by {Path(__file__).name}; add it to COMMANDS: {command}")
     if command == TUTORIAL_TRAIN:
         code, output = request.getfixturevalue("tutorial_run")
+    elif command == shlex.join(shlex.split(PRETRAIN_SMOKE)):
+        code, output = request.getfixturevalue("pretrain_run")
     else:
-        if how.trained:
-            trained, output = request.getfixturevalue("tutorial_run")
-            assert trained == 0, "the README's train line failed:\n" + output
+        for needed, fixture in ((how.trained, "tutorial_run"), (how.pretrained, "pretrain_run")):
+            if needed:
+                made, output = request.getfixturevalue(fixture)
+                assert made == 0, f"the README line behind {fixture} failed:\n" + output
         code, output = run_line(command, paths, how.extra, monkeypatch, capsys)
     assert code == 0, output
 
