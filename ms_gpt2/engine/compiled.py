@@ -66,6 +66,9 @@ class CompiledEngine:
         labels = ids if labels is None else np.asarray(labels, np.int32)
         B, T = ids.shape
         masks = dropout_masks(self.cfg, self.seed, step_index, B, T, self.n_embd)
+        # jit treats a plain tuple argument as a constant: new masks would mean a new graph every
+        # step (recompiled, and the old one kept). mutable() makes it an ordinary input.
+        masks = mindspore.mutable(masks) if masks else masks
         loss, norm = self.step(Tensor(ids), Tensor(mask), Tensor(labels), Tensor(np.float32(lr)), masks)
         return float(loss.asnumpy()), float(norm.asnumpy())
 
