@@ -25,6 +25,8 @@ def test_the_wheel_ships_the_demo_files_and_an_installed_copy_finds_them(tmp_pat
     assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
     (wheel,) = (tmp_path / "dist").glob("ms_gpt2-*.whl")
     with zipfile.ZipFile(wheel) as archive:
+        modules = {p.relative_to(REPO).as_posix() for p in (REPO / "ms_gpt2").rglob("*.py")}
+        assert modules <= set(archive.namelist()), sorted(modules - set(archive.namelist()))  # every subpackage
         for inside, original in SHIPPED.items():
             assert archive.read(inside) == (REPO / original).read_bytes(), inside
         archive.extractall(tmp_path / "site")
