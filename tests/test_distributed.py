@@ -115,9 +115,9 @@ def _train_cli(five, vocab, out, *extra, env=None, timeout=300):
     return subprocess.run(cmd, env=env or _env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("engine", ["compiled", "eager"])
-def test_two_msrun_workers_train_exactly_like_one_process_with_the_doubled_batch(engine, five, char_vocab_dir,
-                                                                                 tmp_path):
+@pytest.mark.parametrize("engine,accumulation", [("compiled", 1), ("eager", 1), ("eager", 2)])
+def test_two_msrun_workers_train_exactly_like_one_process_with_the_doubled_batch(engine, accumulation, five,
+                                                                                 char_vocab_dir, tmp_path):
     from ms_gpt2.config import load_config
     from ms_gpt2.training import train
 
@@ -126,23 +126,24 @@ def test_two_msrun_workers_train_exactly_like_one_process_with_the_doubled_batch
     # of up to lr (seen: 2e-5 after 4 steps with eps 1e-8, 1.2e-5 with 1e-6). What data parallelism
     # changes is the gradient; adam_epsilon 1e-3 caps that amplification at lr/eps (rounding ~1e-9 ->
     # ~1e-8 in the weights) while elements above 1e-3 are still updated as Adam does.
-    adam = ["training.adam_epsilon=1.0e-3"]
+    adam = ["training.adam_epsilon=1.0e-3", f"training.gradient_accumulation_steps={accumulation}"]
+    steps = 4 // accumulation  # 2 epochs of the global batches [4 rows, 1 row]
     done = _train_cli(five, char_vocab_dir, tmp_path / "dp", "--set", "training.per_device_train_batch_size=2",
-                      "--set", adam[0], "--nproc", "2", "--engine", engine)
+                      "--set", adam[0], "--set", adam[1], "--nproc", "2", "--engine", engine)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1])["global_step"] == 4  # rank 0's result line
+    assert json.loads(done.stdout.strip().splitlines()[-1])["global_step"] == steps  # rank 0's result line
 
     config = load_config(REPO / "configs" / "smoke.yaml", TINY + [f"tokenizer.path={char_vocab_dir}",
                                                                   "training.per_device_train_batch_size=4"] + adam)
     config["engine"] = engine
     one = train(config, five, tmp_path / "one")
-    assert one.global_step == 4
+    assert one.global_step == steps
 
     def log(run):
         return [json.loads(line) for line in (tmp_path / run / "loss_log.jsonl").read_text().splitlines()]
 
     dp, single = log("dp"), log("one")
-    assert [e["step"] for e in dp] == [e["step"] for e in single] == [1, 2, 3, 4]  # one writer: no doubled lines
+    assert [e["step"] for e in dp] == [e["step"] for e in single] == list(range(1, steps + 1))  # one writer
     for a, b in zip(dp, single):
         # HF rounds logged losses to 4 decimals (abs_tol); the grad norm is not rounded and is a
         # function of the whole reduced gradient

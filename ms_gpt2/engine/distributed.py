@@ -193,11 +193,14 @@ class DataParallelMixin:
         earlier = [p.grad for p in params]
         for p in params:  # the Trainer's value_and_grad adds into .grad: collect this step's alone
             p.grad = None
-        # num_items_in_batch=None: the model's loss is this shard's own token mean; the weighting
-        # below turns it into the global one.
-        loss = super().training_step(model, shard.inputs, None)
+        # The model's loss is this shard's own token mean (num_items_in_batch = its own token count,
+        # so the Trainer does not divide by the accumulation steps either); the weighting below
+        # turns it into the global one: local tokens / all scored tokens of the (accumulated) global
+        # batch, which is num_items_in_batch (PipelineTrainer counts it on the global batches).
+        loss = super().training_step(model, shard.inputs, torch.tensor(max(shard.local_tokens, 1)))
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        reduced, loss = reduce_gradients(grads, loss, shard.weight)
+        total = int(num_items_in_batch) if num_items_in_batch is not None else shard.global_tokens
+        reduced, loss = reduce_gradients(grads, loss, shard.local_tokens / total if total else 0.0)
         for p, before, grad in zip(params, earlier, reduced):
             p.grad = grad if before is None else before + grad
         return loss
