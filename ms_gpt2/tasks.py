@@ -9,7 +9,7 @@ from ms_gpt2 import resources, runtime
 
 runtime.ensure()
 
-from ms_gpt2.config import load_config  # noqa: E402
+from ms_gpt2.config import article_loss_weight, load_config  # noqa: E402
 from ms_gpt2.data import NLPCCSource, records  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.evaluation import language_model_loss, lead_baseline, rouge  # noqa: E402
@@ -95,7 +95,7 @@ def evaluate(model_dir, data, split="all", config=None, limit=None, summaries_ou
     scores = rouge((s.reference, s.summary) for s in summaries)
     d = config["data"]
     batches = train_pipeline(lines(), tokenizer, d["max_seq_len"], batch_size=8,
-                             summary_only_loss=d["summary_only_loss"])
+                             article_loss_weight=article_loss_weight(d))
     scores.update(language_model_loss(model, batches.create_dict_iterator(num_epochs=1, output_numpy=True)))
     scores["lead"] = lead_baseline(records(lines()))  # same examples: does the model beat copying?
     scores.update({"split": split, "examples": min(limit or source.size(split), source.size(split))})
