@@ -30,7 +30,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "model": {"init_from": None, "n_positions": 1024, "n_embd": 768, "n_layer": 12, "n_head": 12, "dropout": 0.1},
     "tokenizer": {"path": None, "vocab_size": 21128, "min_frequency": 1},
     "data": {"fraction": 1.0, "train_ratio": 0.9, "max_seq_len": 1024, "max_summary_len": 100,
-             "summary_only_loss": False, "skip_bad_lines": False, "shuffle": True},
+             # the article tokens' loss weight λ (0 = summary only, 1 = whole sequence); null: from
+             # summary_only_loss, its older alias (true = 0; false or null = 1)
+             "article_loss_weight": None, "summary_only_loss": None, "skip_bad_lines": False, "shuffle": True},
     "training": {"per_device_train_batch_size": 1, "num_train_epochs": 1, "learning_rate": 1.5e-4,
                  "warmup_steps": 100, "max_grad_norm": 1.0, "save_steps": "epoch", "save_total_limit": 3,
                  "logging_steps": 1},
@@ -143,7 +145,26 @@ def load_config(path=None, overrides: Iterable[str] = ()) -> dict:
         _merge(config, loaded, "")
     for text in overrides:
         _merge(config, parse_override(text), "")
+    article_loss_weight(config["data"])  # inconsistent or out-of-range settings fail here, before any work
     return config
+
+
+def article_loss_weight(data: dict) -> float:
+    """λ, the weight of the article tokens' loss against the summary tokens' (1), from the ``data``
+    section: ``article_loss_weight``, or its alias ``summary_only_loss`` (true = 0, false = 1).
+    Neither set: 1, the tutorial's whole-sequence loss. Both set and disagreeing: ConfigError."""
+    weight, alias = data.get("article_loss_weight"), data.get("summary_only_loss")
+    if alias is not None and not isinstance(alias, bool):
+        raise ConfigError(f"data.summary_only_loss must be true or false, got {alias!r}")
+    if weight is None:
+        return 0.0 if alias else 1.0
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
+        raise ConfigError(f"data.article_loss_weight must be a number in [0, 1] (0 = summary only, "
+                          f"1 = whole sequence), got {weight!r}")
+    if alias is not None and float(weight) != (0.0 if alias else 1.0):
+        raise ConfigError(f"data.article_loss_weight={weight} contradicts data.summary_only_loss={str(alias).lower()} "
+                          f"(its alias for {0 if alias else 1}); set only one (summary_only_loss: null)")
+    return float(weight)
 
 
 def dump_config(config: dict, path) -> None:

@@ -67,7 +67,8 @@ def language_model_loss(model, batches) -> dict:
     """Token-weighted mean loss and perplexity over batches of training-format examples.
 
     Uses the model's own loss (the training objective), weighting each batch by its number of
-    scored tokens so the result does not depend on how examples were batched.
+    scored tokens (their summed ``loss_weights`` when the batches carry them: the article tokens
+    then count λ each) so the result does not depend on how examples were batched.
     """
     from ms_gpt2 import runtime
 
@@ -79,11 +80,13 @@ def language_model_loss(model, batches) -> dict:
     total, tokens = 0.0, 0
     with torch.no_grad():
         for row in batches:
-            labels = row["labels"]
-            n = int((labels[:, 1:] != pad).sum())
+            labels, weights = row["labels"], row.get("loss_weights")
+            scored = labels[:, 1:] != pad
+            n = int(scored.sum()) if weights is None else float((weights[:, 1:].astype(np.float64) * scored).sum())
             if n == 0:
                 continue
-            batch = {k: torch.tensor(v.astype(np.int64)).to(model.device) for k, v in row.items()}
+            batch = {k: torch.tensor(v.astype(np.float32 if k == "loss_weights" else np.int64)).to(model.device)
+                     for k, v in row.items()}
             total += float(model(**batch).loss) * n
             tokens += n
     if tokens == 0:

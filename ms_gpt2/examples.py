@@ -4,8 +4,13 @@ Training example: ``[CLS] article [SEP] summary [SEP] [PAD]...`` of exactly ``ma
 tokens, built by the tokenizer's sentence-pair call with ``truncation="only_first"``: only the
 article is cut. (The tutorial passes the summary as ``text_pari=``, a typo the tokenizer
 swallows, so its examples contain no summary at all; here it is ``text_pair``, and a test checks
-the summary is in every example.) ``labels`` are the ``input_ids`` (the model shifts them), with
-the article part blanked to ``[PAD]`` when the loss should cover the summary only.
+the summary is in every example.) ``labels`` are the ``input_ids`` (the model shifts them).
+
+**Loss weights** (``data.article_loss_weight``, λ): the loss is ``Σ w_t·ce_t / Σ w_t`` over the
+scored targets, ``w = 1`` for the summary tokens and the final ``[SEP]``, ``λ`` for
+``[CLS] article [SEP]`` and 0 for ``[PAD]``. λ = 1 is the tutorial's whole-sequence loss and needs
+no weights; λ = 0 (``summary_only_loss``) blanks the article's labels to ``[PAD]``, which the loss
+ignores; only 0 < λ < 1 adds a float ``loss_weights`` column (weights by label position).
 
 Test example: ``[CLS] article [SEP]`` with the article cut to ``max_seq_len - max_summary_len``,
 leaving room for the generated summary.
@@ -33,7 +38,10 @@ def summary_fits(tokenizer, max_seq_len: int) -> RecordCheck:
 
 
 def encode_example(tokenizer, article: str, summary: str, max_seq_len: int,
-                   summary_only_loss: bool = False) -> dict[str, np.ndarray]:
+                   summary_only_loss: bool = False, article_loss_weight: float | None = None) -> dict[str, np.ndarray]:
+    """One training example; ``article_loss_weight`` (λ, see the module docstring) overrides
+    ``summary_only_loss`` (its λ = 0 / 1 alias) when given."""
+    weight = (0.0 if summary_only_loss else 1.0) if article_loss_weight is None else float(article_loss_weight)
     enc = tokenizer(text=article, text_pair=summary, padding="max_length", truncation="only_first",
                     max_length=max_seq_len, return_token_type_ids=False)
     ids = np.asarray(enc["input_ids"], dtype=np.int32)
@@ -41,11 +49,22 @@ def encode_example(tokenizer, article: str, summary: str, max_seq_len: int,
         raise DataError("<example>", None, summary_fits(tokenizer, max_seq_len)(article, summary) or
                         f"example is {len(ids)} tokens, over max_seq_len={max_seq_len}")
     labels = ids.copy()
-    if summary_only_loss:
+    example = {"input_ids": ids, "attention_mask": np.asarray(enc["attention_mask"], dtype=np.int32),
+               "labels": labels}
+    if weight < 1:
         first_sep = int(np.argmax(ids == tokenizer.sep_token_id))
-        labels[: first_sep + 1] = tokenizer.pad_token_id  # ignored by the loss, like padding
-    return {"input_ids": ids, "attention_mask": np.asarray(enc["attention_mask"], dtype=np.int32),
-            "labels": labels}
+        if weight == 0:
+            labels[: first_sep + 1] = tokenizer.pad_token_id  # ignored by the loss, like padding
+        else:
+            weights = (ids != tokenizer.pad_token_id).astype(np.float32)
+            weights[: first_sep + 1] = np.float32(weight)
+            example["loss_weights"] = weights
+    return example
+
+
+def article_weighted(article_loss_weight: float | None) -> bool:
+    """Whether examples at this λ carry a ``loss_weights`` column (only 0 < λ < 1 does)."""
+    return article_loss_weight is not None and 0 < float(article_loss_weight) < 1
 
 
 def encode_prompt(tokenizer, article: str, max_prompt_len: int | None = None, end_with_sep: bool = True) -> np.ndarray:
@@ -68,22 +87,28 @@ def _strings(*arrays):
 
 
 def train_pipeline(lines, tokenizer, max_seq_len: int, batch_size: int, shuffle: bool = False,
-                   summary_only_loss: bool = False, buffer_size: int = 10_000):
+                   summary_only_loss: bool = False, buffer_size: int = 10_000,
+                   article_loss_weight: float | None = None):
     """TextFileDataset -> map(read) -> map(tokenize) -> [shuffle] -> batch, the tutorial's shape.
+
+    Columns: input_ids, attention_mask, labels, and loss_weights when 0 < ``article_loss_weight`` < 1.
 
     Examples are shuffled before batching (the tutorial shuffles whole batches afterwards, which
     keeps the same examples together every epoch). The shuffle follows
     ``mindspore.dataset.config``'s seed, set by the caller.
     """
+    columns = ["input_ids", "attention_mask", "labels"]
+    if article_weighted(article_loss_weight):
+        columns.append("loss_weights")
+
     def tokenize(article, summary):
         a, s = _strings(article, summary)
-        ex = encode_example(tokenizer, a, s, max_seq_len, summary_only_loss)
-        return ex["input_ids"], ex["attention_mask"], ex["labels"]
+        ex = encode_example(tokenizer, a, s, max_seq_len, summary_only_loss, article_loss_weight)
+        return tuple(ex[c] for c in columns)
 
     ds = lines.map(read_map, input_columns=["text"], output_columns=["article", "summary"])
-    ds = ds.map(tokenize, input_columns=["article", "summary"],
-                output_columns=["input_ids", "attention_mask", "labels"])
-    ds = ds.project(["input_ids", "attention_mask", "labels"])
+    ds = ds.map(tokenize, input_columns=["article", "summary"], output_columns=columns)
+    ds = ds.project(columns)
     if shuffle:
         ds = ds.shuffle(buffer_size)
     return ds.batch(batch_size)

@@ -34,16 +34,22 @@ class GPT2ForSummarization(GPT2LMHeadModel):
     is how both padding and (optionally) the article are left out of the loss.
     """
 
-    def forward(self, input_ids=None, attention_mask=None, labels=None, num_items_in_batch=None, **kwargs):
-        """``num_items_in_batch`` (the Trainer's, under gradient accumulation): the number of scored
-        tokens in the whole accumulated batch; the loss is then this micro-batch's share of the
-        token mean over all of it (sum / num_items_in_batch), so the micro-batches' gradients add
-        up to the full batch's. Without it, the mean over this batch's scored tokens."""
+    def forward(self, input_ids=None, attention_mask=None, labels=None, num_items_in_batch=None,
+                loss_weights=None, **kwargs):
+        """``num_items_in_batch`` (the Trainer's, under gradient accumulation): the (weighted) number
+        of scored tokens in the whole accumulated batch; the loss is then this micro-batch's share of
+        the token mean over all of it (sum / num_items_in_batch), so the micro-batches' gradients add
+        up to the full batch's. Without it, the mean over this batch's scored tokens.
+        ``loss_weights`` (B, T) float, by label position (``data.article_loss_weight``): the loss
+        is then the weighted mean Σ w·ce / Σ w."""
         kwargs["return_dict"] = True
         outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         if labels is not None:
-            total, count = token_loss_sum(outputs.logits, labels, self.config.pad_token_id)
-            denominator = count.clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+            total, count = token_loss_sum(outputs.logits, labels, self.config.pad_token_id, loss_weights)
+            if num_items_in_batch is None:
+                denominator = count.clamp(min=1) if loss_weights is None else count.clamp(min=1e-6)  # 0/… = 0
+            else:
+                denominator = num_items_in_batch
             if torch.is_tensor(denominator):
                 denominator = denominator.to(total.dtype)
             # item assignment: a ModelOutput ignores setattr on a field that was None
@@ -51,23 +57,33 @@ class GPT2ForSummarization(GPT2LMHeadModel):
         return outputs
 
 
-def loss_token_count(labels, pad_id: int):
-    """How many targets the loss scores in ``labels`` (B, T): positions 1.. that are not [PAD]."""
-    return (labels[..., 1:] != pad_id).sum()
+def loss_token_count(labels, pad_id: int, weights=None):
+    """How many targets the loss scores in ``labels`` (B, T): positions 1.. that are not [PAD];
+    with ``weights`` (B, T, by label position), the sum of their weights (float)."""
+    scored = labels[..., 1:] != pad_id
+    if weights is None:
+        return scored.sum()
+    return (weights[..., 1:].float() * scored.float()).sum()
 
 
-def token_loss_sum(logits, labels, pad_id: int):
+def token_loss_sum(logits, labels, pad_id: int, weights=None):
     """(sum of next-token cross-entropies over the scored targets, their count), as float32 / int.
 
     Logits at position t are scored against the label at t + 1; labels equal to ``pad_id`` (the
     padding, and the article under ``summary_only_loss``) are not scored. A batch's mean loss is
     sum / count; over several micro-batches or devices, add the sums and the counts first.
+    With ``weights`` (B, T, float, by label position): (Σ w·ce, Σ w) over the scored targets.
     """
     shifted = logits[..., :-1, :]                                # (B, T-1, V) predictions for t+1
     targets = labels[..., 1:].to(torch.long)                     # (B, T-1)
-    total = F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]).float(), targets.reshape(-1),
-                            ignore_index=pad_id, reduction="sum")
-    return total, loss_token_count(labels, pad_id)
+    if weights is None:
+        total = F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]).float(), targets.reshape(-1),
+                                ignore_index=pad_id, reduction="sum")
+        return total, loss_token_count(labels, pad_id)
+    per_token = F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]).float(), targets.reshape(-1),
+                                ignore_index=pad_id, reduction="none")
+    w = (weights[..., 1:].float() * (targets != pad_id).float()).reshape(-1)
+    return (per_token * w).sum(), w.sum()
 
 
 def build_config(tokenizer, n_positions=1024, n_embd=768, n_layer=12, n_head=12, dropout=0.1) -> GPT2Config:

@@ -9,7 +9,7 @@ from ms_gpt2 import resources, runtime
 
 runtime.ensure()
 
-from ms_gpt2.config import load_config  # noqa: E402
+from ms_gpt2.config import article_loss_weight, load_config  # noqa: E402
 from ms_gpt2.data import NLPCCSource, records  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.evaluation import language_model_loss, lead_baseline, rouge  # noqa: E402
@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 DEMO_DATA = resources.demo_data()  # in the checkout, or shipped in the wheel
 SMOKE_CONFIG = resources.config("smoke.yaml")
+PRETRAIN_SMOKE_CONFIG = resources.config("pretrain_smoke.yaml")
+DEMO_ARTICLE_LOSS_WEIGHT = 0.5  # the demo's fine-tuning objective: summary tokens 1, article tokens 0.5
 
 
 def run_config(model_dir, config_path=None, overrides=()) -> dict:
@@ -85,7 +87,7 @@ def evaluate(model_dir, data, split="all", config=None, limit=None, summaries_ou
     scores = rouge((s.reference, s.summary) for s in summaries)
     d = config["data"]
     batches = train_pipeline(lines(), tokenizer, d["max_seq_len"], batch_size=8,
-                             summary_only_loss=d["summary_only_loss"])
+                             article_loss_weight=article_loss_weight(d))
     scores.update(language_model_loss(model, batches.create_dict_iterator(num_epochs=1, output_numpy=True)))
     scores["lead"] = lead_baseline(records(lines()))  # same examples: does the model beat copying?
     scores.update({"split": split, "examples": min(limit or source.size(split), source.size(split))})
@@ -93,30 +95,81 @@ def evaluate(model_dir, data, split="all", config=None, limit=None, summaries_ou
 
 
 def demo(output_dir="runs/demo", data=DEMO_DATA, config_path=SMOKE_CONFIG, overrides=(), train_sample=4,
-         print_fn=print) -> dict:
-    """Train the smoke config on the bundled corpus, then summarize and score the held-out split."""
+         print_fn=print, pretrain_config_path=PRETRAIN_SMOKE_CONFIG, loss_weight=DEMO_ARTICLE_LOSS_WEIGHT,
+         pretrain_overrides=()) -> dict:
+    """The recipe end to end on the bundled corpus: pretrain on the articles, fine-tune from that
+    with the auxiliary LM objective (``loss_weight``: ``data.article_loss_weight``), fine-tune from scratch with the
+    same settings and vocabulary, and score both on the held-out split beside the Lead baseline.
+
+    The vocabulary is built once from the fine-tuning training split (articles and summaries) and
+    used by all three runs, so the comparison is fair. The pretraining corpus is the articles only;
+    its held-out documents (the last ``pretrain.eval_fraction`` of the file) are the fine-tuning test
+    articles, which are thus never trained on. ``overrides`` apply to both fine-tunes (after the
+    demo's λ), ``pretrain_overrides`` to pretraining."""
+    from ms_gpt2 import tokenization
+    from ms_gpt2.pretraining import pretrain
+
     output_dir = Path(output_dir)
-    config = load_config(config_path, overrides)
-    print_fn(f"== training {config_path} on {data} -> {output_dir}")
-    result = train(config, data, output_dir, overwrite=True)
-    print_fn(f"   {result.global_step} steps, final training loss {result.train_loss:.3f}; "
-             f"model in {result.model_dir}, loss curve {result.loss_curve}")
-    print_fn(f"== summaries of the {result.n_test} held-out test articles (beam search)")
-    scores = {}
-    for split, limit in (("test", None), ("train", train_sample)):  # train: does it fit what it saw?
-        scores[split] = evaluate(result.model_dir, data, split=split, config=config, limit=limit,
-                                 summaries_out=output_dir / f"summaries_{split}.jsonl")
-        if split == "test":
-            for line in (output_dir / "summaries_test.jsonl").read_text(encoding="utf-8").splitlines():
-                item = json.loads(line)
-                print_fn(f"-- article:   {item['article'][:60]}...\n   reference: {item['reference']}\n"
-                         f"   generated: {item['summary']}")
-    print_fn("== scores (character-level ROUGE F1; loss/perplexity of the training objective)\n"
-             "   A tiny model fitted to a few dozen articles: the train split shows it learned; the test\n"
-             "   split shows the pipeline runs, not summary quality (that needs NLPCC2017 and GPT-2 small).")
-    for split, s in scores.items():
-        print_fn(f"   {split:5s} n={s['examples']:3d}  ROUGE-1 {s['rouge-1']['f1']:.3f}  ROUGE-2 {s['rouge-2']['f1']:.3f}  "
-                 f"ROUGE-L {s['rouge-l']['f1']:.3f}  loss {s['loss']:.3f}  ppl {s['perplexity']:.1f}")
-    (output_dir / "scores.json").write_text(json.dumps(scores, indent=2, ensure_ascii=False), encoding="utf-8")
+    config = load_config(config_path, ["data.summary_only_loss=null", f"data.article_loss_weight={loss_weight}",
+                                       *overrides])
+    lam = article_loss_weight(config["data"])
+    output_dir.mkdir(parents=True, exist_ok=True)
+    source = _source(config, data, output_dir / "work")
+    vocab = output_dir / "tokenizer"
+    if config["tokenizer"]["path"]:
+        vocab = Path(config["tokenizer"]["path"])
+    else:
+        print_fn(f"== vocabulary: WordPiece from the {source.n_train} training articles and summaries -> {vocab}")
+        texts = (text for pair in records(source.lines("train")) for text in pair)
+        tokenization.build_tokenizer(texts, vocab, config["tokenizer"]["vocab_size"],
+                                     config["tokenizer"].get("min_frequency", 1))
+
+    pconfig = load_config(pretrain_config_path, ["pretrain.text_field=article", f"tokenizer.path={vocab}",
+                                                 *pretrain_overrides])
+    print_fn(f"== 1. pretraining {pretrain_config_path} on the articles of {data} -> {output_dir / 'pretrain'}")
+    pre = pretrain(pconfig, data, output_dir / "pretrain", overwrite=True)
+    print_fn(f"   {pre.global_step} steps on {pre.train_blocks} blocks of {pconfig['data']['max_seq_len']} tokens "
+             f"({pre.train_documents} articles), final training loss {pre.train_loss:.3f}")
+    if pre.eval:
+        print_fn(f"   held-out articles ({pre.eval_documents}): loss {pre.eval['loss']:.3f}, "
+                 f"ppl {pre.eval['perplexity']:.1f}")
+
+    runs = {"scratch": [], "pretrained": [f"model.init_from={pre.model_dir}"]}
+    results, scores = {}, {}
+    for step, (name, extra) in enumerate(runs.items(), start=2):
+        run_config = load_config(config_path, ["data.summary_only_loss=null", f"data.article_loss_weight={lam}",
+                                               *overrides, f"tokenizer.path={vocab}", *extra])
+        print_fn(f"== {step}. fine-tuning {name} ({config_path}, article_loss_weight {lam:g}) -> {output_dir / name}")
+        results[name] = train(run_config, data, output_dir / name, overwrite=True)
+        print_fn(f"   {results[name].global_step} steps, final training loss {results[name].train_loss:.3f}")
+        scores[name] = {}
+        for split, limit in (("test", None), ("train", train_sample)):  # train: does it fit what it saw?
+            scores[name][split] = evaluate(results[name].model_dir, data, split=split, config=run_config, limit=limit,
+                                           summaries_out=output_dir / name / f"summaries_{split}.jsonl")
+
+    n_test = results["scratch"].n_test
+    print_fn(f"== summaries of the {n_test} held-out test articles (beam search)")
+    generated = {name: [json.loads(line) for line in (output_dir / name / "summaries_test.jsonl")
+                        .read_text(encoding="utf-8").splitlines()] for name in runs}
+    for scratch, pretrained in zip(generated["scratch"], generated["pretrained"]):
+        print_fn(f"-- article:    {scratch['article'][:60]}...\n   reference:  {scratch['reference']}\n"
+                 f"   scratch:    {scratch['summary']}\n   pretrained: {pretrained['summary']}")
+    print_fn(f"== scores (character-level ROUGE F1; loss/perplexity of the training objective, article tokens "
+             f"weighted {lam:g})\n   A tiny model and a few dozen articles: the test split shows the pipeline "
+             f"runs and how the\n   two starts compare here, not summary quality (that needs NLPCC2017 and GPT-2 small).")
+    lead = dict(scores["scratch"]["test"]["lead"], examples=n_test)
+    rows = [("scratch test", scores["scratch"]["test"]), ("pretrained test", scores["pretrained"]["test"]),
+            ("lead test", lead), ("scratch train", scores["scratch"]["train"]),
+            ("pretrained train", scores["pretrained"]["train"])]
+    for label, s in rows:
+        line = (f"   {label:16s} n={s['examples']:3d}  ROUGE-1 {s['rouge-1']['f1']:.3f}  ROUGE-2 {s['rouge-2']['f1']:.3f}  "
+                f"ROUGE-L {s['rouge-l']['f1']:.3f}")
+        print_fn(line + (f"  loss {s['loss']:.3f}  ppl {s['perplexity']:.1f}" if "loss" in s else ""))
+    summary = {"article_loss_weight": lam, "pretrain": {"steps": pre.global_step, "train_loss": pre.train_loss,
+                                                        "heldout": pre.eval},
+               **{name: {"steps": results[name].global_step, "train_loss": results[name].train_loss, **per}
+                  for name, per in scores.items()},
+               "lead": {"test": scores["scratch"]["test"]["lead"]}}
+    (output_dir / "scores.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
     print_fn(f"== wrote {output_dir / 'scores.json'}")
-    return scores
+    return summary

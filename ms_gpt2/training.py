@@ -44,7 +44,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from ms_gpt2 import tokenization  # noqa: E402
 from ms_gpt2.checkpoints import FINAL_MODEL, RUN_CONFIG, incomplete_reason, save_pretrained  # noqa: E402
-from ms_gpt2.config import dump_config  # noqa: E402
+from ms_gpt2.config import article_loss_weight, dump_config  # noqa: E402
 from ms_gpt2.data import NLPCCSource, records  # noqa: E402
 from ms_gpt2.engine import distributed  # noqa: E402
 from ms_gpt2.engine.trainer import trainer_class  # noqa: E402
@@ -101,7 +101,8 @@ class PipelineBatches(torch.utils.data.IterableDataset):
         self.position = self.skip
         for row in pipeline.create_dict_iterator(num_epochs=1, output_numpy=True):
             self.position += 1
-            yield {key: torch.tensor(value.astype(np.int64)) for key, value in row.items()}
+            yield {key: torch.tensor(value.astype(np.float32 if key == "loss_weights" else np.int64))
+                   for key, value in row.items()}
 
 
 class CrashSafeCheckpoints:
@@ -186,7 +187,7 @@ class PipelineTrainer(CrashSafeCheckpoints, Trainer):
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         if num_items is not None and batches:
             pad_id = self.accelerator.unwrap_model(self.model).config.pad_token_id
-            num_items = sum(loss_token_count(batch["labels"], pad_id) for batch in batches)
+            num_items = sum(loss_token_count(batch["labels"], pad_id, batch.get("loss_weights")) for batch in batches)
             if self.args.average_tokens_across_devices:
                 num_items = self.accelerator.gather(num_items).sum()
             num_items = num_items.to(device)
@@ -539,7 +540,7 @@ def _train(config: dict, data_path, output_dir: Path, resume, overwrite: bool) -
 
     def pipeline(batch_size, epoch):  # the shuffle follows the seed PipelineBatches sets per epoch
         return train_pipeline(source.lines("train"), tokenizer, dcfg["max_seq_len"], batch_size,
-                              shuffle=dcfg["shuffle"], summary_only_loss=dcfg["summary_only_loss"])
+                              shuffle=dcfg["shuffle"], article_loss_weight=article_loss_weight(dcfg))
 
     fitted = fit(config, model, tokenizer, pipeline, source.n_train, output_dir, resume_from, generation_config)
     if workdir != output_dir / "work":

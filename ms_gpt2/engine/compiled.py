@@ -58,18 +58,21 @@ class CompiledEngine:
                                            reduce))
 
     # -- training ---------------------------------------------------------------------------------
-    def train_step(self, input_ids, attention_mask, labels, lr: float, step_index: int):
+    def train_step(self, input_ids, attention_mask, labels, lr: float, step_index: int, loss_weights=None):
         """One optimizer step on one batch (NumPy or torch integers, (B, T)); -> (mean loss, grad norm)
-        as Python floats. ``step_index`` (the global step) keys the dropout masks."""
+        as Python floats. ``step_index`` (the global step) keys the dropout masks. ``loss_weights``
+        (float (B, T), by label position): the loss is the weighted token mean; None = all ones."""
         ids = np.asarray(input_ids, np.int32)
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, np.int32)
         labels = ids if labels is None else np.asarray(labels, np.int32)
         B, T = ids.shape
+        weights = np.ones((B, T), np.float32) if loss_weights is None else np.asarray(loss_weights, np.float32)
         masks = dropout_masks(self.cfg, self.seed, step_index, B, T, self.n_embd)
         # jit treats a plain tuple argument as a constant: new masks would mean a new graph every
         # step (recompiled, and the old one kept). mutable() makes it an ordinary input.
         masks = mindspore.mutable(masks) if masks else masks
-        loss, norm = self.step(Tensor(ids), Tensor(mask), Tensor(labels), Tensor(np.float32(lr)), masks)
+        loss, norm = self.step(Tensor(ids), Tensor(mask), Tensor(labels), Tensor(weights), Tensor(np.float32(lr)),
+                               masks)
         return float(loss.asnumpy()), float(norm.asnumpy())
 
     # -- weights ----------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ How a step stays equal to one process's step on the whole global batch:
   sees, no example is seen twice per epoch, and every rank agrees on the number of steps. A last,
   short global batch may leave a rank nothing: it then runs a placeholder row that counts for 0.
 * **Gradients.** Our loss is a mean over scored (non-``[PAD]``) tokens and ranks hold different
-  numbers of them, so per-rank means must not be averaged. Each rank's gradient of its local mean is
+  numbers of them (their summed ``loss_weights`` when examples carry them: then "tokens" below
+  means that weight), so per-rank means must not be averaged. Each rank's gradient of its local mean is
   weighted by ``local_tokens / global_tokens`` and the weighted gradients (and losses) are summed
   over ranks (:func:`reduce_gradients`), before the Trainer clips: the sum is the gradient of the
   global token mean. The compiled engine reduces (loss sum, count, grads) instead
@@ -143,20 +144,26 @@ class Shard:
     """This rank's rows of a global batch and what they weigh."""
 
     inputs: dict
-    local_tokens: int
-    global_tokens: int
+    local_tokens: float   # scored tokens (their summed loss weights when the batch has loss_weights)
+    global_tokens: float
 
     @property
     def weight(self) -> float:
         return self.local_tokens / self.global_tokens if self.global_tokens else 0.0
 
 
-def scored_tokens(labels, pad_token_id: int) -> int:
-    """How many label positions the shifted loss scores (position t+1 of each row, not [PAD])."""
+def scored_tokens(labels, pad_token_id: int, weights=None) -> float:
+    """How many label positions the shifted loss scores (position t+1 of each row, not [PAD]);
+    with ``weights`` (``loss_weights``, by label position), the sum of their weights."""
     import numpy as np
 
-    labels = labels.asnumpy() if hasattr(labels, "asnumpy") else np.asarray(labels)
-    return int((labels[..., 1:] != pad_token_id).sum())
+    def numpy(x):
+        return x.asnumpy() if hasattr(x, "asnumpy") else np.asarray(x)
+
+    scored = numpy(labels)[..., 1:] != pad_token_id
+    if weights is None:
+        return int(scored.sum())
+    return float((numpy(weights)[..., 1:].astype(np.float64) * scored).sum())
 
 
 def shard_batch(inputs: dict, per_device: int, pad_token_id: int, rank: int | None = None,
@@ -168,13 +175,13 @@ def shard_batch(inputs: dict, per_device: int, pad_token_id: int, rank: int | No
     """
     if rank is None or size is None:
         rank, size = world()
-    total = scored_tokens(inputs["labels"], pad_token_id)
+    total = scored_tokens(inputs["labels"], pad_token_id, inputs.get("loss_weights"))
     rows = len(inputs["labels"])
     start, stop = rank * per_device, min((rank + 1) * per_device, rows)
     if start >= rows:
         return Shard({k: v[:1] for k, v in inputs.items()}, 0, total)
     local = {k: v[start:stop] for k, v in inputs.items()}
-    return Shard(local, scored_tokens(local["labels"], pad_token_id), total)
+    return Shard(local, scored_tokens(local["labels"], pad_token_id, local.get("loss_weights")), total)
 
 
 class DataParallelMixin:

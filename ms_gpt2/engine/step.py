@@ -99,12 +99,14 @@ class Block(nn.Cell):
 
 
 class GPT2Loss(nn.Cell):
-    """GPT-2 forward + the tutorial's loss: (ids, attention_mask, labels, masks) -> (loss_sum, count).
+    """GPT-2 forward + the tutorial's loss: (ids, attention_mask, labels, weights, masks) -> (loss_sum, count).
 
     The loss is next-token cross-entropy: logits at t scored against ``labels[t + 1]``, positions
-    whose label is ``[PAD]`` left out (as :class:`ms_gpt2.modeling.GPT2ForSummarization`). It is
-    returned as a sum and a token count so that gradients of the sum can be added up across
-    micro-batches or processes before the one division by the total count.
+    whose label is ``[PAD]`` left out (as :class:`ms_gpt2.modeling.GPT2ForSummarization`), each
+    token's loss weighted by ``weights[t + 1]`` (float (B, T), by label position; all ones = the
+    plain token mean; ``data.article_loss_weight``). It is returned as a (weighted) sum and a
+    (weighted) token count so that gradients of the sum can be added up across micro-batches or
+    processes before the one division by the total count.
     """
 
     def __init__(self, params: dict, cfg: StepConfig):
@@ -122,7 +124,7 @@ class GPT2Loss(nn.Cell):
         self.causal = Tensor(np.tril(np.ones((n, n), np.bool_)))
         self.pad = cfg.pad_token_id
 
-    def construct(self, input_ids, attention_mask, labels, masks):
+    def construct(self, input_ids, attention_mask, labels, weights, masks):
         B, T = input_ids.shape
         C = self.wte.shape[1]
         x = ops.add(ops.gather(self.wte, input_ids, 0), ops.slice(self.wpe, (0, 0), (T, C)))  # (B, T, C)
@@ -140,6 +142,7 @@ class GPT2Loss(nn.Cell):
         targets = ops.reshape(ops.slice(labels, (0, 1), (B, T - 1)), (B * (T - 1), 1))
         token_loss = ops.neg(ops.gather_elements(ops.log_softmax(logits, -1), 1, targets))  # (N, 1)
         counted = ops.cast(ops.not_equal(targets, self.pad), mindspore.float32)
+        counted = ops.mul(counted, ops.reshape(ops.slice(weights, (0, 1), (B, T - 1)), (B * (T - 1), 1)))
         return ops.reduce_sum(ops.mul(token_loss, counted)), ops.reduce_sum(counted)
 
 
@@ -173,7 +176,7 @@ def _scale_one(factor, grad):
 
 
 class TrainStep(nn.Cell):
-    """forward + backward + reduce + mean + clip + AdamW: ``(ids, attention_mask, labels, lr, masks)
+    """forward + backward + reduce + mean + clip + AdamW: ``(ids, attention_mask, labels, weights, lr, masks)
     -> (mean loss, global grad norm before clipping)``. Owns the weights and AdamW's state."""
 
     def __init__(self, weights: dict, cfg: StepConfig, weight_decay: dict, reduce: nn.Cell | None = None):
@@ -194,8 +197,8 @@ class TrainStep(nn.Cell):
         self.adam = ops.Adam()
         self.map = ops.HyperMap()
 
-    def construct(self, input_ids, attention_mask, labels, lr, masks):
-        (loss_sum, count), grads = self.grad_fn(input_ids, attention_mask, labels, masks)
+    def construct(self, input_ids, attention_mask, labels, weights, lr, masks):
+        (loss_sum, count), grads = self.grad_fn(input_ids, attention_mask, labels, weights, masks)
         loss_sum, count, grads = self.reduce(loss_sum, count, grads)
         count = ops.maximum(count, 1.0)
         inv_count = ops.div(1.0, count)

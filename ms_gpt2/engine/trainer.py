@@ -144,7 +144,7 @@ class CompiledTrainerMixin:
         numpy = {k: v.cpu().numpy() for k, v in inputs.items() if hasattr(v, "cpu")}
         loss, self._engine_grad_norm = self._engine.train_step(
             numpy["input_ids"], numpy.get("attention_mask"), numpy.get("labels"), self._get_learning_rate(),
-            self.state.global_step)
+            self.state.global_step, numpy.get("loss_weights"))
         self._engine_dirty = True
         return torch.tensor(loss, device=self.args.device)
 
