@@ -50,7 +50,7 @@ def run_dir(tmp_path):
 
 
 def test_summarize_and_evaluate_accept_a_training_output_directory(run_dir, tmp_path, capsys, caplog):
-    caplog.set_level(logging.INFO, logger="ms_gpt2.tasks")
+    caplog.set_level(logging.INFO, logger="ms_gpt2.checkpoints")
     code, out, err = run(capsys, "summarize", "--model", str(run_dir), "--text", GOOD["article"], *TINY)
     assert code == 0, err[-2000:]
     assert len(out.splitlines()) == 1  # the summary (of a random tiny model: any text)
