@@ -62,7 +62,8 @@ BEAM_STREAMER = ("generate --num-beams crashes: the CLI streams, and Hugging Fac
 
 # BERT (MLM + NSP) lines: 1 layer, 32 wide, 3 steps of pairs of at most 32 tokens.
 TINY_BERT = ("--set", "model.n_embd=32", "--set", "model.n_layer=1", "--set", "model.n_head=2",
-             "--set", "data.max_seq_len=32", "--set", "training.max_steps=3", "--set", "training.save_steps=3", "--set", "training.logging_steps=1")
+             "--set", "data.max_seq_len=32", "--set", "training.max_steps=3", "--set", "training.save_steps=3",
+             "--set", "training.logging_steps=1")
 SHORT = ("--max-new-tokens", "8")  # sampling and penalties run Hugging Face generate: about 2 tokens/s
 COMMANDS = {
     ".venv/bin/ms-gpt2 attention-demo --device ascend": "skip: needs an Ascend NPU (test_runtime.py checks the "
