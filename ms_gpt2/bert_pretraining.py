@@ -274,17 +274,10 @@ class ExampleBuilder:
 # Model and evaluation
 # --------------------------------------------------------------------------------------------------
 
-def vocab_id_range(tokenizer) -> int:
-    # Embedding rows the ids need: largest id + 1, not len(tokenizer) (a vocab.txt with repeated
-    # lines has fewer distinct tokens than ids). tokenization.vocab_id_range does this on another
-    # branch; fold this into it on merge.
-    return max(tokenizer.get_vocab().values()) + 1
-
-
 def bert_config(tokenizer, m: dict) -> BertConfig:
     """BERT geometry from the ``model:`` keys; the FFN is 4x the width, as in BERT and GPT-2."""
-    return BertConfig(vocab_size=vocab_id_range(tokenizer), hidden_size=m["n_embd"], num_hidden_layers=m["n_layer"],
-                      num_attention_heads=m["n_head"], intermediate_size=4 * m["n_embd"],
+    return BertConfig(vocab_size=tokenization.vocab_id_range(tokenizer), hidden_size=m["n_embd"],
+                      num_hidden_layers=m["n_layer"], num_attention_heads=m["n_head"], intermediate_size=4 * m["n_embd"],
                       max_position_embeddings=m["n_positions"], hidden_dropout_prob=m["dropout"],
                       attention_probs_dropout_prob=m["dropout"], type_vocab_size=2,
                       pad_token_id=tokenizer.pad_token_id)
@@ -406,7 +399,7 @@ def _pretrain_mlm_nsp(config: dict, data_path, output_dir: Path, resume, overwri
              len(train_docs), train_examples.n_examples, pcfg["masking"], len(eval_docs))
 
     if resume_from or mcfg["init_from"]:
-        model = load_bert(resume_from or mcfg["init_from"], vocab_size=vocab_id_range(tokenizer))
+        model = load_bert(resume_from or mcfg["init_from"], vocab_size=tokenization.vocab_id_range(tokenizer))
     else:
         runtime.seed_everything(seed)  # the initial weights follow --seed
         model = BertForPreTraining(bert_config(tokenizer, mcfg))

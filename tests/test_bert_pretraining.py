@@ -1,94 +1,93 @@
-"""BERT MLM + NSP pretraining end to end on the bundled corpus: train, score, reload the checkpoint."""
-import argparse
+"""BERT MLM + NSP pretraining end to end through ``ms-gpt2 pretrain --objective mlm-nsp`` on the bundled
+corpus: train, check that it learned (accuracy above chance on its training data), reload the checkpoint."""
 import json
 
 import numpy as np
 import pytest
 
 from conftest import DEMO_DATA
-from ms_gpt2 import runtime
-from ms_gpt2.cli import _pretrain_mlm_nsp, pretrain_objective
+from ms_gpt2 import cli
+from ms_gpt2.cli import pretrain_objective
 from ms_gpt2.config import ConfigError, load_config
 
-# A tiny BERT: 1 layer, width 128 (a step costs about what width 32 does: per-op overhead dominates on
-# CPU), pairs of at most 40 tokens, on the first 16 articles of the bundled corpus (15 trained on,
-# 1 held out; 39 pairs): 10 epochs of 3 batches = 30 steps.
-N_ARTICLES, EPOCHS = 16, 10
-TINY = ["model.n_positions=64", "model.n_embd=128", "model.n_layer=1", "model.n_head=2", "model.dropout=0.0",
-        "data.max_seq_len=40", "training.per_device_train_batch_size=16", f"training.num_train_epochs={EPOCHS}",
-        "training.learning_rate=5.0e-3", "training.warmup_steps=10", "training.logging_steps=10",
-        "training.lr_scheduler_type=constant_with_warmup",
-        "training.save_steps=epoch", "training.save_total_limit=1"]
+# A tiny BERT (1 layer, width 64) on the first 10 articles of the bundled corpus (9 trained on, 1 held
+# out; 23 sentence pairs, one batch): 60 full-batch steps. Static masking repeats epoch 0's pairs and
+# masks, the examples the training-data scores are taken on, so a model that learns must fit them.
+# Measured (2 shared CPU cores, about 85 s): MLM accuracy 1.00 (chance 0.059), NSP 1.00 (chance 0.609); the
+# same run with dynamic masking (new pairs and masks each epoch) stays near chance: MLM 0.066.
+N_ARTICLES, EPOCHS, BATCH = 10, 60, 24
+TINY = ["model.n_positions=48", "model.n_embd=64", "model.n_layer=1", "model.n_head=2", "model.dropout=0.0",
+        "data.max_seq_len=48", f"training.per_device_train_batch_size={BATCH}", f"training.num_train_epochs={EPOCHS}",
+        "training.learning_rate=3.0e-3", "training.warmup_steps=5", "training.logging_steps=10",
+        "training.lr_scheduler_type=constant_with_warmup", "pretrain.masking=static",
+        f"training.save_steps={EPOCHS // 2}", "training.save_total_limit=1"]
 
 
-def tokenizer_of(run):
-    from ms_gpt2.tokenization import load_tokenizer
-
-    return load_tokenizer(run / "model")
-
-
-def cli_args(output_dir, sets, **kw):
-    values = dict(config=None, set=sets, tokenizer=None, skip_bad_lines=False, text_field="article",
-                  data=str(DEMO_DATA), output_dir=str(output_dir), resume=None, overwrite=False)
-    values.update(kw)
-    return argparse.Namespace(**values)
+def pretrain_argv(output_dir, data, sets, *extra):
+    argv = ["pretrain", "--objective", "mlm-nsp", "--device", "cpu", "--seed", "0", "--data", str(data),
+            "--output-dir", str(output_dir), *extra]
+    for item in sets:
+        argv += ["--set", item]
+    return argv
 
 
-def test_tiny_bert_trains_scores_and_its_checkpoint_reproduces_the_scores(char_vocab_dir, tmp_path, capsys):
+def test_tiny_bert_learns_mlm_and_nsp_and_its_checkpoint_reproduces_the_scores(char_vocab_dir, tmp_path, capsys):
     from mindnlp.transformers import BertForPreTraining
 
+    from ms_gpt2 import runtime
     from ms_gpt2.bert_pretraining import ExampleBuilder, evaluate, read_sentences
     from ms_gpt2.data import _text_lines
     from ms_gpt2.tokenization import load_tokenizer
 
     data = tmp_path / "articles.jsonl"
     data.write_text("".join(open(DEMO_DATA, encoding="utf-8").readlines()[:N_ARTICLES]), encoding="utf-8")
-    runtime.seed_everything(0)
     run = tmp_path / "run"
-    assert _pretrain_mlm_nsp(cli_args(run, TINY, tokenizer=str(char_vocab_dir), data=str(data))) == 0
+    assert cli.main(pretrain_argv(run, data, TINY, "--text-field", "article", "--tokenizer", str(char_vocab_dir))) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     scores = json.loads((run / "eval.json").read_text())
     assert printed["eval"] == scores and printed["objective"] == "mlm-nsp"
     assert (printed["train_documents"], printed["eval_documents"]) == (N_ARTICLES - 1, 1)
     pairs = printed["train_examples"]
-    assert printed["global_step"] == EPOCHS * -(-pairs // 16)
+    assert printed["global_step"] == EPOCHS * -(-pairs // BATCH)
 
     train = scores["train"]
     print("training-data scores:", json.dumps(train))
-    # UNFINISHED: the issue asks for MLM/NSP accuracy clearly above chance on the training data. With
-    # 198 steps (66 epochs) this setup reached MLM loss 4.15 but MLM accuracy 0.042 (majority
-    # baseline 0.047) and NSP 0.564 (= its majority baseline): not yet. Until tuned, this test checks
-    # only that the MLM loss falls below a uniform guess's, log(vocab_size).
-    assert train["mlm_loss"] < np.log(len(tokenizer_of(run)))
+    # Learned, clearly: chance is always answering the commonest masked token (MLM) / the commoner
+    # next-sentence label (NSP), counted on these very examples.
+    assert train["mlm_accuracy"] >= train["mlm_majority_baseline"] + 0.5
+    assert train["nsp_accuracy"] >= train["nsp_majority_baseline"] + 0.25
+    assert train["mlm_loss"] < 0.5 * np.log(len(load_tokenizer(run / "model")))  # uniform guess: log V
     assert train["examples"] == pairs and abs(train["loss"] - train["mlm_loss"] - train["nsp_loss"]) < 1e-9
     held_out = scores["eval"]
     assert held_out["examples"] > 0 and 0 <= held_out["mlm_accuracy"] <= 1 and 0 <= held_out["nsp_accuracy"] <= 1
     log = [json.loads(line) for line in (run / "loss_log.jsonl").read_text().splitlines()]
-    assert log[-1]["loss"] < log[0]["loss"] and (run / "loss_curve.png").is_file()
+    assert log[-1]["loss"] < log[0]["loss"] / 2 and (run / "loss_curve.png").is_file()
 
     # Hugging Face layout: from_pretrained gives the trained weights back; scoring it reproduces eval.json
     model = BertForPreTraining.from_pretrained(str(run / "model"), local_files_only=True)
     tokenizer = load_tokenizer(run / "model")
     documents = read_sentences(_text_lines(data, 0, N_ARTICLES - 1), tokenizer, "article")
-    again = evaluate(model, ExampleBuilder(documents, tokenizer, 40, seed=runtime.ensure().seed), batch_size=16)
+    again = evaluate(model, ExampleBuilder(documents, tokenizer, 48, seed=runtime.ensure().seed, masking="static"),
+                     batch_size=BATCH)
     for key in ("mlm_accuracy", "nsp_accuracy", "examples", "masked_tokens"):
         assert again[key] == train[key], key
     assert abs(again["loss"] - train["loss"]) < 1e-5
 
 
-def test_objective_and_options_are_checked_before_any_data_is_read(tmp_path):
+def test_objective_and_options_are_checked_before_any_data_is_read(tmp_path, capsys):
     with pytest.raises(ConfigError, match="pretrain.objective must be one of clm, mlm-nsp, got 'mlm'"):
         pretrain_objective(load_config(None, ["pretrain.objective=mlm"]))
     assert pretrain_objective(load_config(None)) == "clm"  # GPT's stays the default
-    with pytest.raises(ConfigError, match="pretrain.masking must be dynamic or static, got 'sometimes'"):
-        _pretrain_mlm_nsp(cli_args(tmp_path, ["pretrain.masking=sometimes"], data=str(tmp_path / "missing.txt")))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(pretrain_argv(tmp_path / "run", tmp_path / "missing.txt", ["pretrain.masking=sometimes"]))
+    assert exit_.value.code == 2
+    assert "pretrain.masking must be dynamic or static, got 'sometimes'" in capsys.readouterr().err
 
 
-def test_a_corpus_without_two_sentence_documents_is_named(char_vocab_dir, tmp_path):
-    from ms_gpt2.data import DataError
-
+def test_a_corpus_without_two_sentence_documents_is_named(char_vocab_dir, tmp_path, capsys):
     path = tmp_path / "one_sentence_each.txt"
     path.write_text("第一篇只有一句。\n第二篇也只有一句\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"one_sentence_each.txt: no training document has two sentences"):
-        _pretrain_mlm_nsp(cli_args(tmp_path / "run", TINY, tokenizer=str(char_vocab_dir), data=str(path),
-                                   text_field=None))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(pretrain_argv(tmp_path / "run", path, TINY, "--tokenizer", str(char_vocab_dir)))
+    assert exit_.value.code == 2
+    assert "one_sentence_each.txt: no training document has two sentences" in capsys.readouterr().err

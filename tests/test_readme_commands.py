@@ -66,6 +66,10 @@ TINY_MODEL = ("--set", "model.n_positions=64", "--set", "model.n_embd=32", "--se
               "--set", "model.n_head=2", "--set", "data.max_seq_len=48", "--set", "training.num_train_epochs=2",
               "--set", "training.per_device_train_batch_size=4", "--set", "training.warmup_steps=0",
               "--set", "training.logging_steps=1", "--set", "tokenizer.vocab_size=800")
+# BERT (MLM + NSP) lines: 1 layer, 32 wide, 3 steps of pairs of at most 32 tokens.
+TINY_BERT = ("--set", "model.n_embd=32", "--set", "model.n_layer=1", "--set", "model.n_head=2",
+             "--set", "data.max_seq_len=32", "--set", "training.max_steps=3", "--set", "training.save_steps=3",
+             "--set", "training.logging_steps=1")
 SHORT = ("--max-new-tokens", "8")  # sampling and penalties run Hugging Face generate: about 2 tokens/s
 COMMANDS = {
     ".venv/bin/ms-gpt2 attention-demo --device ascend": "skip: needs an Ascend NPU (test_runtime.py checks the "
@@ -104,9 +108,9 @@ COMMANDS = {
     "--tokenizer path/to/bert-base-chinese --output-dir runs/tutorial-8npu": "skip: needs 8 devices "
     "(tests/test_distributed.py runs train --nproc 2 on the CPU)",
     ".venv/bin/ms-gpt2 pretrain --objective mlm-nsp --config configs/bert_tiny.yaml --data data/demo/nlpcc_demo.jsonl "
-    "--text-field article --output-dir runs/bert_tiny": Run(extra=TINY_MODEL),
+    "--text-field article --output-dir runs/bert_tiny": Run(extra=TINY_BERT),
     ".venv/bin/ms-gpt2 pretrain --objective mlm-nsp --config my_bert.yaml --data corpus.txt "
-    "--tokenizer path/to/bert-base-chinese --output-dir runs/bert": Run(extra=TINY_MODEL),
+    "--tokenizer path/to/bert-base-chinese --output-dir runs/bert": Run(extra=TINY_BERT),
 }
 COMMANDS = {shlex.join(shlex.split(command)): how for command, how in COMMANDS.items()}  # quoted as README_LINES
 
@@ -117,24 +121,27 @@ def paths(tmp_path_factory, char_vocab_dir) -> dict[str, str]:
     tmp = tmp_path_factory.mktemp("readme")
     rows = sorted((json.loads(line) for line in open(DEMO_DATA, encoding="utf-8")), key=lambda r: len(r["article"]))
     data = write_jsonl(tmp / "train_with_summ.txt", rows[:10])  # 9 train / 1 test at train_ratio 0.9
-    corpus = tmp / "corpus.txt"
-    corpus.write_text("".join(row["article"] + "\n" for row in rows[:10]), encoding="utf-8")
+    corpus = tmp / "corpus.txt"  # plain text, one document per line
+    corpus.write_text("".join(row["article"].replace("\n", " ") + "\n" for row in rows[:10]), encoding="utf-8")
+    my_bert = tmp / "my_bert.yaml"  # the defaults, which read plain text
+    my_bert.write_text("pretrain:\n  text_field: null\n", encoding="utf-8")
     return {
         "data/nlpcc2017/train_with_summ.txt": str(data),
         "path/to/bert-base-chinese": str(char_vocab_dir),
         "runs/tutorial": str(tmp / "runs" / "tutorial"),
         "runs/tutorial/model": str(tmp / "runs" / "tutorial" / "model"),
         "summaries.jsonl": str(tmp / "summaries.jsonl"),
+        "corpus.txt": str(corpus),
+        "my_bert.yaml": str(my_bert),
+        "runs/bert_tiny": str(tmp / "runs" / "bert_tiny"),
+        "runs/bert": str(tmp / "runs" / "bert"),
         # a GPT-2 checkpoint directory with the gpt2 family's byte-level BPE tokenizer, 2 layers, 32 wide
         "gpt2": str(REPO / "tests" / "fixtures" / "gpt2-bpe-tiny"),
         # `make demo`'s model: the tiny model the README's train line made, a BERT vocabulary as the demo's
         "runs/demo/model": str(tmp / "runs" / "tutorial" / "model"),
-        # pretraining: the demo articles as plain text (one per line), and the same 10 records as JSON lines
-        "corpus.txt": str(corpus),
+        # pretraining reads the same 10 records as JSON lines (corpus.txt: their articles as plain text)
         "data/demo/nlpcc_demo.jsonl": str(data),
-        "my_bert.yaml": str(REPO / "configs" / "bert_tiny.yaml"),
-        **{name: str(tmp / "runs" / name.split("/", 1)[1]) for name in
-           ("runs/pt", "runs/pt/model", "runs/ft", "runs/bert_tiny", "runs/bert")},
+        **{name: str(tmp / "runs" / name.split("/", 1)[1]) for name in ("runs/pt", "runs/pt/model", "runs/ft")},
     }
 
 
