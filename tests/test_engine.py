@@ -132,8 +132,140 @@ def test_engine_switch_and_what_the_compiled_engine_refuses(eight, char_vocab_di
     config["engine"] = "jit"
     with pytest.raises(UserError, match="engine='jit': choose one of compiled, eager"):
         train(config, eight, tmp_path / "a")
-    config = load("configs/smoke.yaml", TINY + [f"tokenizer.path={char_vocab_dir}",
-                                                "training.gradient_accumulation_steps=2"])
-    with pytest.raises(UserError, match="gradient_accumulation_steps=2: the compiled engine"):
-        train(config, eight, tmp_path / "b")
-    assert not list((tmp_path / "b").glob("checkpoint-*"))
+
+
+def _tiny_engine(accumulation=1, dropout=0.0, seed=0, reduce=None):
+    from mindnlp.transformers import GPT2Config
+
+    from ms_gpt2.engine.compiled import CompiledEngine
+    from ms_gpt2.modeling import GPT2ForSummarization
+
+    runtime.seed_everything(0)
+    model = GPT2ForSummarization(GPT2Config(vocab_size=40, n_positions=16, n_embd=32, n_layer=2, n_head=2,
+                                            resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+                                            pad_token_id=0))
+    model.train()
+    return CompiledEngine(model, {"transformer.wte.weight": 0.1}, max_grad_norm=0.5, seed=seed, reduce=reduce,
+                          accumulation=accumulation)
+
+
+def _uneven_batch():
+    """4 rows of 12 ids, [PAD]-ended at different lengths: the halves score 16 and 14 tokens."""
+    ids = np.random.default_rng(1).integers(1, 40, (4, 12))
+    ids[0, 6:] = 0
+    ids[3, 4:] = 0
+    return ids
+
+
+def test_accumulate_then_apply_is_the_whole_batch_step():
+    """2 micro-batches accumulated then applied == one fused step on both: loss (token mean over the
+    whole batch, not the mean of the halves' means), grad norm, weights; the accumulators are zero
+    after each apply (step 2 would double-count step 1's gradients otherwise)."""
+    ids = _uneven_batch()
+    whole, accumulated = _tiny_engine(), _tiny_engine(accumulation=2)
+    # lr 1e-3: AdamW moves a weight whose gradient is ~0 by up to lr either way, so float-order
+    # noise in such a gradient shows as an lr-sized weight difference (at 1e-2: 1.07e-5, 1 of 4096)
+    for step in range(2):
+        expected = whole.train_step(ids, None, None, 1e-3, step)
+        accumulated.accumulate(ids[:2], None, None, step, 0)
+        accumulated.accumulate(ids[2:], None, None, step, 1)
+        got = accumulated.apply(1e-3)
+        np.testing.assert_allclose(got, expected, rtol=1e-5)
+        assert float(accumulated.step.acc_count.asnumpy()) == 0.0
+        assert all(not np.any(g.asnumpy()) for g in accumulated.step.acc_grads)
+    w1, w2 = whole.weights(), accumulated.weights()
+    for key in w1:
+        np.testing.assert_allclose(w2[key], w1[key], rtol=0, atol=1e-5, err_msg=key)
+    assert whole.optimizer_steps == accumulated.optimizer_steps == 2
+
+
+def test_accumulation_reduces_once_per_optimizer_step():
+    """The reduce hook sees the group's summed (loss, count, grads) once, in the apply graph: a hook
+    that adds one token of zero loss to the count gives sum / (N + 1); per micro-batch it would
+    give sum / (N + 2)."""
+    from mindspore import nn, ops
+
+    class OneMoreToken(nn.Cell):
+        def construct(self, loss_sum, count, grads):
+            return loss_sum, ops.add(count, 1.0), grads
+
+    ids = _uneven_batch()
+    n = int(np.sum(ids[:, 1:] != 0))
+    mean, _ = _tiny_engine().train_step(ids, None, None, 1e-2, 0)
+    engine = _tiny_engine(accumulation=2, reduce=OneMoreToken())
+    engine.accumulate(ids[:2], None, None, 0, 0)
+    engine.accumulate(ids[2:], None, None, 0, 1)
+    loss, _ = engine.apply(1e-2)
+    assert loss == pytest.approx(mean * n / (n + 1), rel=1e-5)
+
+
+def test_accumulated_dropout_is_seeded_per_micro_batch():
+    def run(seed, micro_of_second=1):
+        engine = _tiny_engine(accumulation=2, dropout=0.2, seed=seed)
+        ids = _uneven_batch()
+        out = []
+        for step in range(2):
+            engine.accumulate(ids[:2], None, None, step, 0)
+            engine.accumulate(ids[2:], None, None, step, micro_of_second)
+            out.append(engine.apply(1e-2))
+        return out
+
+    first = run(5)
+    assert run(5) == first                                 # bit for bit
+    assert run(6) != first                                 # the masks come from the seed...
+    assert run(5, micro_of_second=0) != first              # ...and from the micro-batch's index
+
+
+def _step_losses(monkeypatch):
+    """{global step: sum of the losses training_step returned for it}, either engine: the sum the
+    Trainer logs (before rounding it to 4 decimals)."""
+    from ms_gpt2.engine.trainer import CompiledTrainerMixin
+    from ms_gpt2.training import PipelineTrainer
+
+    sums = {}
+    for cls in (CompiledTrainerMixin, PipelineTrainer):
+        original = cls.training_step
+
+        def recording(self, model, inputs, num_items_in_batch=None, _original=original):
+            loss = _original(self, model, inputs, num_items_in_batch)
+            step = self.state.global_step + 1
+            sums[step] = sums.get(step, 0.0) + float(loss.item())
+            return loss
+
+        monkeypatch.setattr(cls, "training_step", recording)
+    return sums
+
+
+def _agree(run, reference, weights_atol=1e-5):
+    (log_a, sums_a, w_a), (log_b, sums_b, w_b) = reference, run
+    assert [e["step"] for e in log_a] == [e["step"] for e in log_b]
+    assert sorted(sums_a) == sorted(sums_b) == [e["step"] for e in log_a]
+    np.testing.assert_allclose([sums_b[k] for k in sorted(sums_b)], [sums_a[k] for k in sorted(sums_a)], rtol=1e-5)
+    # logged: the same sums rounded to 4 decimals (one unit apart at most, where they straddle a rounding edge)
+    np.testing.assert_allclose([e["loss"] for e in log_b], [e["loss"] for e in log_a], rtol=0, atol=1.01e-4)
+    np.testing.assert_allclose([e["grad_norm"] for e in log_b], [e["grad_norm"] for e in log_a], rtol=1e-4)
+    for key in w_a:
+        np.testing.assert_allclose(w_b[key], w_a[key], rtol=0, atol=weights_atol, err_msg=key)
+
+
+def test_accumulation_equals_the_whole_batch_and_the_eager_engine(eight, char_vocab_dir, tmp_path, monkeypatch):
+    """Compiled batch 4 == compiled batch 2 x 2 == eager batch 2 x 2 (dropout 0, clipping and decay on),
+    and with a short last group (4 batches of 2 per epoch, accumulation 3: groups of 3 + 1) compiled ==
+    eager. Only summaries are scored, so the micro-batches' token counts differ and a mean of
+    micro-batch means would not match."""
+    base = TINY + [f"tokenizer.path={char_vocab_dir}", "training.num_train_epochs=2", "data.summary_only_loss=true"]
+    runs = {}
+    for name, engine, batch, accumulation in (("whole", "compiled", 4, 1), ("compiled", "compiled", 2, 2),
+                                              ("eager", "eager", 2, 2), ("compiled3", "compiled", 2, 3),
+                                              ("eager3", "eager", 2, 3)):
+        sums = _step_losses(monkeypatch)
+        result = _run(base + [f"training.per_device_train_batch_size={batch}",
+                              f"training.gradient_accumulation_steps={accumulation}"], eight, tmp_path / name, engine)
+        assert result.global_step == 4
+        runs[name] = (_losses(tmp_path / name), dict(sums),
+                      load_file(str(result.model_dir / "model.safetensors")))
+        monkeypatch.undo()
+    assert len({e["loss"] for e in runs["whole"][0]}) == 4                 # it trained: the losses move
+    _agree(runs["compiled"], runs["whole"])
+    _agree(runs["eager"], runs["compiled"])
+    _agree(runs["eager3"], runs["compiled3"])

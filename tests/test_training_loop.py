@@ -48,16 +48,18 @@ def loss_log(run_dir):
     return [json.loads(line) for line in (run_dir / "loss_log.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("accumulation,save_steps,resume_step,skipped", [
-    (1, 4, 4, 4),   # 3 batches/epoch: checkpoint-4 is one batch into epoch 2
-    (2, 3, 3, 5),   # 3 batches/epoch = updates of 2 + 1: checkpoint-3 is one update (2 batches) into epoch 2,
-])                  # and what is left of that epoch is the short last accumulation group
+@pytest.mark.parametrize("accumulation,save_steps,resume_step,skipped,engine", [
+    (1, 4, 4, 4, "compiled"),  # 3 batches/epoch: checkpoint-4 is one batch into epoch 2
+    (2, 3, 3, 5, "compiled"),  # 3 batches/epoch = updates of 2 + 1: checkpoint-3 is one update (2 batches)
+    (2, 3, 3, 5, "eager"),     # into epoch 2, and what is left of that epoch is the short last group
+])
 def test_epochs_reshuffle_and_a_mid_epoch_resume_sees_exactly_the_untrained_batches(
-        tmp_path, char_vocab_dir, seen_batches, accumulation, save_steps, resume_step, skipped):
+        tmp_path, char_vocab_dir, seen_batches, accumulation, save_steps, resume_step, skipped, engine):
     data = write_jsonl(tmp_path / "six.jsonl", records(6))
     config = load_config("configs/smoke.yaml", TINY + [
         f"tokenizer.path={char_vocab_dir}", "training.per_device_train_batch_size=2", "training.num_train_epochs=3",
         f"training.gradient_accumulation_steps={accumulation}", f"training.save_steps={save_steps}"])
+    config["engine"] = engine
 
     runtime.seed_everything(0)
     straight = train(config, data, tmp_path / "a")
@@ -93,7 +95,8 @@ def test_epochs_reshuffle_and_a_mid_epoch_resume_sees_exactly_the_untrained_batc
         assert again[step]["epoch"] == pytest.approx(entry["epoch"], abs=1e-9)  # epoch progress counts the skip
 
 
-def test_gradient_accumulation_equals_the_whole_batch(tmp_path, char_vocab_dir):
+@pytest.mark.parametrize("engine", ["compiled", "eager"])
+def test_gradient_accumulation_equals_the_whole_batch(tmp_path, char_vocab_dir, engine):
     """Batch 4 and batch 2 x accumulation 2 (dropout 0) log the same losses and end with the same weights.
 
     The records' summaries differ in length (summary_only_loss: only they are scored), so a mean of
@@ -105,6 +108,7 @@ def test_gradient_accumulation_equals_the_whole_batch(tmp_path, char_vocab_dir):
     for name, batch, accumulation in (("whole", 4, 1), ("accumulated", 2, 2)):
         config = load_config("configs/smoke.yaml", base + [f"training.per_device_train_batch_size={batch}",
                                                            f"training.gradient_accumulation_steps={accumulation}"])
+        config["engine"] = engine
         runtime.seed_everything(0)
         result = train(config, data, tmp_path / name)
         assert result.global_step == 4

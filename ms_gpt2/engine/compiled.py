@@ -24,11 +24,13 @@ class CompiledEngine:
 
     ``weight_decay``: Hugging Face parameter name -> decay (the Trainer's groups decide it);
     ``dropout``: the model's dropout (``resid_pdrop``; GPT-2 configs from :func:`ms_gpt2.modeling.build_config`
-    use one value for all three sites, checked). ``seed`` keys the dropout masks.
+    use one value for all three sites, checked). ``seed`` keys the dropout masks. ``accumulation > 1``
+    builds the accumulators and the two graphs of :meth:`accumulate` / :meth:`apply` beside
+    :meth:`train_step`'s fused one.
     """
 
     def __init__(self, model, weight_decay: dict, max_grad_norm: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8,
-                 seed: int = 0, dtype=mindspore.float32, reduce=None):
+                 seed: int = 0, dtype=mindspore.float32, reduce=None, accumulation: int = 1):
         from ms_gpt2.fast_decode import unsupported
 
         c = model.config
@@ -55,25 +57,41 @@ class CompiledEngine:
             raise NotImplementedError(f"not a GPT-2 the compiled engine knows: no {missing[0]}")
         weights = {n: Parameter(Tensor(_numpy(own[n])), name=n) for n in self.names}
         self.step = compile_step(TrainStep(weights, self.cfg, {n: weight_decay.get(n, 0.0) for n in self.names},
-                                           reduce))
+                                           reduce, accumulate=int(accumulation) > 1))
 
     # -- training ---------------------------------------------------------------------------------
     def train_step(self, input_ids, attention_mask, labels, lr: float, step_index: int, loss_weights=None):
         """One optimizer step on one batch (NumPy or torch integers, (B, T)); -> (mean loss, grad norm)
         as Python floats. ``step_index`` (the global step) keys the dropout masks. ``loss_weights``
         (float (B, T), by label position): the loss is the weighted token mean; None = all ones."""
+        inputs = self._inputs(input_ids, attention_mask, labels, loss_weights, step_index, 0)
+        loss, norm = self.step(*inputs[:4], Tensor(np.float32(lr)), inputs[4])
+        return float(loss.asnumpy()), float(norm.asnumpy())
+
+    def accumulate(self, input_ids, attention_mask, labels, step_index: int, micro: int, loss_weights=None) -> None:
+        """Add micro-batch ``micro`` of optimizer step ``step_index`` (which key its dropout masks)
+        to the accumulated gradients, loss sum and token count; needs ``accumulation > 1``."""
+        if not hasattr(self.step, "acc_grads"):
+            raise ValueError("this engine was built without accumulators (accumulation=1)")
+        self.step.accumulate(*self._inputs(input_ids, attention_mask, labels, loss_weights, step_index, micro))
+
+    def apply(self, lr: float):
+        """The optimizer step on everything accumulated since the last one; -> (mean loss over the
+        accumulated batch, grad norm) as Python floats."""
+        loss, norm = self.step.apply(Tensor(np.float32(lr)))
+        return float(loss.asnumpy()), float(norm.asnumpy())
+
+    def _inputs(self, input_ids, attention_mask, labels, loss_weights, step_index, micro):
         ids = np.asarray(input_ids, np.int32)
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, np.int32)
         labels = ids if labels is None else np.asarray(labels, np.int32)
         B, T = ids.shape
         weights = np.ones((B, T), np.float32) if loss_weights is None else np.asarray(loss_weights, np.float32)
-        masks = dropout_masks(self.cfg, self.seed, step_index, B, T, self.n_embd)
+        masks = dropout_masks(self.cfg, self.seed, step_index, B, T, self.n_embd, micro)
         # jit treats a plain tuple argument as a constant: new masks would mean a new graph every
         # step (recompiled, and the old one kept). mutable() makes it an ordinary input.
         masks = mindspore.mutable(masks) if masks else masks
-        loss, norm = self.step(Tensor(ids), Tensor(mask), Tensor(labels), Tensor(weights), Tensor(np.float32(lr)),
-                               masks)
-        return float(loss.asnumpy()), float(norm.asnumpy())
+        return Tensor(ids), Tensor(mask), Tensor(labels), Tensor(weights), masks
 
     # -- weights ----------------------------------------------------------------------------------
     def weights(self) -> dict[str, np.ndarray]:

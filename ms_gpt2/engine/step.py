@@ -6,6 +6,14 @@ of the sum) -> :class:`Reduce` (the data-parallel seam) -> divide by the count -
 clipping -> AdamW, all inside one ``mindspore.jit`` graph. The learning rate is an input, so the
 caller (the Trainer's scheduler) decides it step by step without recompiling.
 
+Gradient accumulation (``TrainStep(..., accumulate=True)``) splits that graph in two, compiled
+separately: :meth:`TrainStep.accumulate` (forward + backward of one micro-batch, adding its
+gradients, loss sum and token count into accumulator Parameters; no division) and
+:meth:`TrainStep.apply` (:class:`Reduce` of the accumulated sums -> divide by the total count ->
+clipping -> AdamW -> zero the accumulators), so the update is the token mean over the whole
+accumulated batch and a data-parallel Reduce runs once per optimizer step. Without accumulation
+``construct`` stays the one fused graph and no accumulators are allocated.
+
 AdamW has PyTorch's semantics (``torch.optim.AdamW``, which the Hugging Face Trainer uses): decoupled
 weight decay ``p *= 1 - lr * wd`` applied before the update, bias-corrected moments and ``eps``
 added to ``sqrt(v_hat)``. It runs on MindSpore's fused ``Adam`` kernel (``ApplyAdam``, one
@@ -15,7 +23,7 @@ in-place kernel per tensor on CPU, GPU and Ascend), whose formula is
 (Neither ``nn.AdamWeightDecay`` (no bias correction) nor the fused ``AdamWeightDecay`` kernel
 has PyTorch's semantics.)
 
-Dropout masks are inputs, drawn on the host from NumPy keyed on (seed, step) (the same generator
+Dropout masks are inputs, drawn on the host from NumPy keyed on (seed, step, micro-batch) (the same generator
 the eager path's dropout uses, see :mod:`ms_gpt2.compat`): a seeded run repeats exactly and a
 resumed run draws the masks the uninterrupted run drew at the same step. With dropout 0 no masks
 are drawn or passed.
@@ -177,9 +185,13 @@ def _scale_one(factor, grad):
 
 class TrainStep(nn.Cell):
     """forward + backward + reduce + mean + clip + AdamW: ``(ids, attention_mask, labels, weights, lr, masks)
-    -> (mean loss, global grad norm before clipping)``. Owns the weights and AdamW's state."""
+    -> (mean loss, global grad norm before clipping)``. Owns the weights and AdamW's state.
 
-    def __init__(self, weights: dict, cfg: StepConfig, weight_decay: dict, reduce: nn.Cell | None = None):
+    With ``accumulate=True`` it also owns the accumulators that :meth:`accumulate` adds into and
+    :meth:`apply` consumes (see the module docstring)."""
+
+    def __init__(self, weights: dict, cfg: StepConfig, weight_decay: dict, reduce: nn.Cell | None = None,
+                 accumulate: bool = False):
         super().__init__()
         self.cfg = cfg
         self.names = list(weights)
@@ -196,9 +208,38 @@ class TrainStep(nn.Cell):
         self.max_norm = float(cfg.max_grad_norm or 0.0)
         self.adam = ops.Adam()
         self.map = ops.HyperMap()
+        if accumulate:  # the sums over the micro-batches of one optimizer step
+            self.acc_grads = self.weights.clone(prefix="acc_grad", init="zeros")
+            self.acc_loss_sum = Parameter(Tensor(0.0, mindspore.float32), name="acc_loss_sum", requires_grad=False)
+            self.acc_count = Parameter(Tensor(0.0, mindspore.float32), name="acc_count", requires_grad=False)
 
     def construct(self, input_ids, attention_mask, labels, weights, lr, masks):
         (loss_sum, count), grads = self.grad_fn(input_ids, attention_mask, labels, weights, masks)
+        return self.update(loss_sum, count, grads, lr)
+
+    def accumulate(self, input_ids, attention_mask, labels, weights, masks):
+        """One micro-batch: ``acc_grads += grads of its loss sum``, ``acc_loss_sum += loss sum``,
+        ``acc_count += token count``; -> this micro-batch's (loss sum, count)."""
+        (loss_sum, count), grads = self.grad_fn(input_ids, attention_mask, labels, weights, masks)
+        done = [ops.assign_add(self.acc_loss_sum, loss_sum), ops.assign_add(self.acc_count, count)]
+        for i in range(len(self.acc_grads)):
+            done.append(ops.assign_add(self.acc_grads[i], grads[i]))
+        return ops.depend(loss_sum, tuple(done)), count
+
+    def apply(self, lr):
+        """The optimizer step on the accumulated sums, then the accumulators back to zero;
+        -> (mean loss over the accumulated batch, global grad norm before clipping)."""
+        # graph side effects keep program order: update reads the sums before they are zeroed
+        loss, norm = self.update(self.acc_loss_sum, self.acc_count, tuple(self.acc_grads), lr)
+        zeroed = [ops.assign(self.acc_loss_sum, ops.zeros_like(self.acc_loss_sum)),
+                  ops.assign(self.acc_count, ops.zeros_like(self.acc_count))]
+        for i in range(len(self.acc_grads)):
+            zeroed.append(ops.assign(self.acc_grads[i], ops.zeros_like(self.acc_grads[i])))
+        zeroed = ops.depend(tuple(zeroed), loss)   # after the update has read them
+        return ops.depend(loss, zeroed), ops.depend(norm, zeroed)
+
+    def update(self, loss_sum, count, grads, lr):
+        """reduce + mean + clip + AdamW on (sum of token losses, token count, grads of the sum)."""
         loss_sum, count, grads = self.reduce(loss_sum, count, grads)
         count = ops.maximum(count, 1.0)
         inv_count = ops.div(1.0, count)
@@ -229,16 +270,21 @@ def dropout_mask_shapes(cfg: StepConfig, batch: int, length: int, n_embd: int) -
     return [hidden] + [attn, hidden, hidden] * cfg.n_layer
 
 
-def dropout_masks(cfg: StepConfig, seed: int, step: int, batch: int, length: int, n_embd: int) -> tuple:
-    """The keep-masks for optimizer step ``step``: a function of (seed, step) only, so a resumed
-    run draws what the uninterrupted run drew."""
+def dropout_masks(cfg: StepConfig, seed: int, step: int, batch: int, length: int, n_embd: int,
+                  micro: int = 0) -> tuple:
+    """The keep-masks for micro-batch ``micro`` of optimizer step ``step``: a function of
+    (seed, step, micro) only, so a resumed run draws what the uninterrupted run drew (micro-batch
+    0's key is the one a step without accumulation uses)."""
     if cfg.dropout <= 0:
         return ()
-    rng = np.random.default_rng([seed % 2**63, step, 0x6D735F67])
+    rng = np.random.default_rng([seed % 2**63, step, 0x6D735F67] + ([micro] if micro else []))
     return tuple(Tensor(rng.random(shape, dtype=np.float32) >= np.float32(cfg.dropout))
                  for shape in dropout_mask_shapes(cfg, batch, length, n_embd))
 
 
 def compile_step(step: TrainStep) -> TrainStep:
     step.construct = mindspore.jit(step.construct)
+    if hasattr(step, "acc_grads"):
+        step.accumulate = mindspore.jit(step.accumulate)
+        step.apply = mindspore.jit(step.apply)
     return step

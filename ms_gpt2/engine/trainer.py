@@ -18,11 +18,17 @@ Trainer's own), whose ``step``/``zero_grad`` are no-ops and whose ``state_dict``
 carry the graph's moments and step count in AdamW's layout, so each checkpoint's
 ``optimizer.pt`` holds them and ``--resume`` restores them.
 
+Gradient accumulation (``gradient_accumulation_steps = k > 1``): the loop calls ``training_step``
+on each micro-batch of a group (k, or fewer for an epoch's short last group) and clips and steps
+after the last, which it marks with ``accelerator.sync_gradients``. Each call runs the accumulate
+graph (gradients, loss sum and token count added up, no division); the call that sees
+``sync_gradients`` also runs the apply graph (reduce, divide by the group's token count, clip,
+AdamW), so the update is the token mean over the whole group, as the eager path's
+``num_items_in_batch`` makes it. The loss returned is 0 for the group's earlier micro-batches
+and the group's mean at the last, so the Trainer's summed, logged loss is the eager path's.
+
 What the Trainer cannot host:
 
-* gradient accumulation (``gradient_accumulation_steps > 1``): its loop clips and steps after
-  several ``training_step`` calls, each of which here is already a whole update. Refused with a
-  one-line error; use ``--engine eager`` or a larger batch.
 * optimizers other than AdamW (``training.optim``), and the Trainer's loss hooks
   (``compute_loss``, ``num_items_in_batch``): the graph has its own (token-mean) loss.
 * ``predict``: not synchronised (ms_gpt2 does not call it during training).
@@ -101,6 +107,7 @@ class CompiledTrainerMixin:
     _engine: CompiledEngine | None = None
     _engine_dirty = False      # the graph's weights are newer than the model's
     _engine_grad_norm = None
+    _engine_micro = 0          # micro-batches accumulated since the last apply (accumulation > 1)
     engine_reduce = None       # a ms_gpt2.engine.step.Reduce replacement (data parallel), or None
 
     # -- set-up -----------------------------------------------------------------------------------
@@ -128,7 +135,8 @@ class CompiledTrainerMixin:
         group = optimizer.param_groups[0]
         self.model.train()
         engine = CompiledEngine(self.model, decay, max_grad_norm=self.args.max_grad_norm or 0.0,
-                                betas=group["betas"], eps=group["eps"], seed=self.args.seed, reduce=self.engine_reduce)
+                                betas=group["betas"], eps=group["eps"], seed=self.args.seed, reduce=self.engine_reduce,
+                                accumulation=self.args.gradient_accumulation_steps)
         engine.load_optimizer_state(optimizer.engine_state())
         log.info("compiled training engine: %d weights, dropout %s, AdamW state at step %d",
                  len(engine.names), engine.cfg.dropout, engine.optimizer_steps)
@@ -142,9 +150,17 @@ class CompiledTrainerMixin:
             except NotImplementedError as err:  # a model the graph does not compute: say so in one line
                 raise EngineError(f"{err}; train this model with --engine eager") from None
         numpy = {k: v.cpu().numpy() for k, v in inputs.items() if hasattr(v, "cpu")}
-        loss, self._engine_grad_norm = self._engine.train_step(
-            numpy["input_ids"], numpy.get("attention_mask"), numpy.get("labels"), self._get_learning_rate(),
-            self.state.global_step, numpy.get("loss_weights"))
+        batch = (numpy["input_ids"], numpy.get("attention_mask"), numpy.get("labels"))
+        if self.args.gradient_accumulation_steps == 1:  # the one fused graph
+            loss, self._engine_grad_norm = self._engine.train_step(*batch, self._get_learning_rate(),
+                                                                   self.state.global_step, numpy.get("loss_weights"))
+        else:
+            self._engine.accumulate(*batch, self.state.global_step, self._engine_micro, numpy.get("loss_weights"))
+            self._engine_micro += 1
+            if not self.accelerator.sync_gradients:  # the loop steps after a later micro-batch
+                return torch.tensor(0.0, device=self.args.device)
+            loss, self._engine_grad_norm = self._engine.apply(self._get_learning_rate())
+            self._engine_micro = 0
         self._engine_dirty = True
         return torch.tensor(loss, device=self.args.device)
 
@@ -169,12 +185,9 @@ class CompiledTrainerMixin:
         self._engine = None  # the model now holds other weights: rebuild from it if training goes on
 
     def train(self, *args, **kwargs):
-        if self.args.gradient_accumulation_steps != 1:
-            raise EngineError(f"training.gradient_accumulation_steps={self.args.gradient_accumulation_steps}: the "
-                              "compiled engine updates once per batch; raise per_device_train_batch_size or use "
-                              "--engine eager")
         self.sync_model()
         self._engine = None  # built at the first step, from the model as train() (or --resume) left it
+        self._engine_micro = 0
         try:
             return super().train(*args, **kwargs)
         finally:
