@@ -57,6 +57,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402  (mindtorch)
 from mindnlp.transformers import BertConfig, BertForPreTraining  # noqa: E402
 
+from ms_gpt2 import tokenization  # noqa: E402
 from ms_gpt2.config import ConfigError  # noqa: E402
 from ms_gpt2.rundir import atomic_write_text  # noqa: E402
 from ms_gpt2.corpus import clean_copy, iter_documents, parse_document, scan_corpus, split_documents  # noqa: E402

@@ -93,7 +93,7 @@ COMMANDS = {
     "--top-p 0.95 --seed 1": Run(extra=SHORT),
     ".venv/bin/ms-gpt2 generate --model runs/demo/model --prompt 青禾市 --repetition-penalty 1.3": Run(SHORT, trained=True),
     ".venv/bin/ms-gpt2 pretrain --config configs/pretrain_gpt2_small.yaml --data corpus.txt "
-    "--tokenizer path/to/bert-base-chinese --output-dir runs/pt": Run(extra=TINY_MODEL),
+    "--tokenizer path/to/bert-base-chinese --output-dir runs/pt-small": Run(extra=TINY_MODEL),
     PRETRAIN_SMOKE: Run(extra=TINY_MODEL),
     ".venv/bin/ms-gpt2 train --config configs/smoke.yaml --init-from runs/pt/model --data data/demo/nlpcc_demo.jsonl "
     "--output-dir runs/ft": Run(extra=("--set", "data.max_seq_len=48", "--set", "data.max_summary_len=20",
@@ -141,7 +141,7 @@ def paths(tmp_path_factory, char_vocab_dir) -> dict[str, str]:
         "runs/demo/model": str(tmp / "runs" / "tutorial" / "model"),
         # pretraining reads the same 10 records as JSON lines (corpus.txt: their articles as plain text)
         "data/demo/nlpcc_demo.jsonl": str(data),
-        **{name: str(tmp / "runs" / name.split("/", 1)[1]) for name in ("runs/pt", "runs/pt/model", "runs/ft")},
+        **{name: str(tmp / "runs" / name.split("/", 1)[1]) for name in ("runs/pt", "runs/pt/model", "runs/ft", "runs/pt-small")},
     }
 
 
