@@ -273,6 +273,11 @@ def bench(quick: bool = False, reference_python: str | None = None, json_path=No
     spec = QUICK if quick else FULL
     print_fn(f"== ceilings ({rt.device})")
     ceil = ceilings(1.0 if quick else 4.0)
+    reference = None
+    if reference_python:  # first, while this process is small: both sides at once outgrow 24 GB
+        print_fn(f"== PyTorch reference ({reference_python})")
+        # like for like: on Ascend the reference must be PyTorch on the NPU too (torch_npu)
+        reference = run_reference(reference_python, dict(spec, reference_device=rt.torch_device))
     print_fn(f"== ms_gpt2 workloads ({'quick' if quick else 'GPT-2 small'})")
     ours = bench_workloads.run(spec, rt.torch_device)
     fast = compiled_decode(spec, rt.torch_device)
@@ -288,11 +293,6 @@ def bench(quick: bool = False, reference_python: str | None = None, json_path=No
     ours["summarize"] = {"seconds": beams["seconds"], "path": "compiled beam search",
                          "hf_generate_seconds": ours["summarize"]["seconds"],
                          "identical_to_library": beams["identical_to_library"]}
-    reference = None
-    if reference_python:
-        print_fn(f"== PyTorch reference ({reference_python})")
-        # like for like: on Ascend the reference must be PyTorch on the NPU too (torch_npu)
-        reference = run_reference(reference_python, dict(spec, reference_device=rt.torch_device))
     result = report(rt.device, spec, ours, reference, ceil)
     print_fn(table(result))
     if json_path:
