@@ -41,7 +41,6 @@ Output directory: as for ``ms-gpt2 train``: ``checkpoint-N/``, ``model/`` (Huggi
 """
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import re
@@ -60,8 +59,8 @@ from mindnlp.transformers import BertConfig, BertForPreTraining  # noqa: E402
 from ms_gpt2 import tokenization  # noqa: E402
 from ms_gpt2.config import ConfigError  # noqa: E402
 from ms_gpt2.rundir import atomic_write_text  # noqa: E402
-from ms_gpt2.corpus import clean_copy, iter_documents, parse_document, scan_corpus, split_documents  # noqa: E402
-from ms_gpt2.data import DataError, _text_lines  # noqa: E402
+from ms_gpt2.corpus import CorpusSource, parse_document  # noqa: E402
+from ms_gpt2.data import DataError  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.modeling import CheckpointError  # noqa: E402
 from ms_gpt2.training import fit, resolve_tokenizer, run_directory, run_seed, start  # noqa: E402
@@ -365,12 +364,6 @@ class MlmNspResult:
     eval: dict           # {"train": scores, "eval": scores or None}
 
 
-def _open_corpus(path, workdir, text_field, eval_fraction, skip_bad_lines):
-    report = scan_corpus(path, text_field, skip_bad_lines)
-    n_train, n_eval = split_documents(report.documents, eval_fraction)
-    return report, clean_copy(report, workdir), n_train, n_eval
-
-
 def pretrain_mlm_nsp(config: dict, data_path, output_dir, resume=None, overwrite: bool = False) -> MlmNspResult:
     """Train BertForPreTraining with MLM + NSP on a raw-text corpus as configured; evaluate; save."""
     with run_directory(output_dir) as output_dir:
@@ -384,12 +377,11 @@ def _pretrain_mlm_nsp(config: dict, data_path, output_dir: Path, resume, overwri
     max_seq_len = dcfg["max_seq_len"]
     check_options(max_seq_len, pcfg["mlm_probability"], pcfg["masking"])
 
-    report, readable, n_train, n_eval = _open_corpus(data_path, output_dir / "work", pcfg["text_field"],
-                                                     pcfg["eval_fraction"], dcfg["skip_bad_lines"])
-    texts = lambda: (d.text for d in itertools.islice(  # noqa: E731
-        iter_documents(readable, report.text_field, skip_bad_lines=True), n_train))
-    tokenizer = resolve_tokenizer(config, output_dir, resume_from, texts, bert_only="BERT pretraining")
-    documents = read_sentences(_text_lines(readable, 0, report.documents), tokenizer, report.text_field)
+    source = CorpusSource.open(data_path, output_dir / "work", pcfg["text_field"], pcfg["eval_fraction"],
+                               dcfg["skip_bad_lines"])
+    report, n_train = source.report, source.n_train
+    tokenizer = resolve_tokenizer(config, output_dir, resume_from, source.train_texts, bert_only="BERT pretraining")
+    documents = read_sentences(source.lines("all"), tokenizer, report.text_field)
     train_docs, eval_docs = documents[:n_train], documents[n_train:]
     options = dict(max_seq_len=max_seq_len, seed=seed, mlm_probability=pcfg["mlm_probability"],
                    masking=pcfg["masking"])

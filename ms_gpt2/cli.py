@@ -208,17 +208,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--skip-bad-lines", action="store_true",
                        help="skip and count malformed lines instead of stopping at the first")
 
+    def run_args(p, init_from_help: str):
+        """The output directory of a training job and how to start it."""
+        p.add_argument("--output-dir", required=True)
+        p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                       help="continue from the latest checkpoint in --output-dir, or from CHECKPOINT")
+        p.add_argument("--overwrite", action="store_true", help="start over in an --output-dir that has checkpoints")
+        p.add_argument("--init-from", metavar="MODEL_DIR",
+                       help=f"{init_from_help} (same as --set model.init_from=MODEL_DIR)")
+
     p = sub.add_parser("train", parents=[common], help="fine-tune GPT-2 for summarization (MindNLP Trainer)")
     config_args(p)
     p.add_argument("--data", required=True, help="NLPCC2017-format JSON lines file")
     p.add_argument("--tokenizer", help="bert-base-chinese style directory or vocab.txt (default: build one)")
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                   help="continue from the latest checkpoint in --output-dir, or from CHECKPOINT")
-    p.add_argument("--overwrite", action="store_true", help="start over in an --output-dir that has checkpoints")
-    p.add_argument("--init-from", metavar="MODEL_DIR",
-                   help="start from a local GPT-2 checkpoint (e.g. runs/pt/model); its vocabulary unless --tokenizer "
-                        "(same as --set model.init_from=MODEL_DIR)")
+    run_args(p, "start from a local GPT-2 checkpoint (e.g. runs/pt/model); its vocabulary unless --tokenizer")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="data-parallel on N devices of this machine, launched through msrun (global batch = "
                         "per-device batch x N); worker logs in OUTPUT_DIR/msrun_logs")
@@ -234,12 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-field", metavar="KEY",
                    help="read JSON lines and use only this field, e.g. article (same as --set pretrain.text_field=KEY)")
     p.add_argument("--tokenizer", help="BERT vocab.txt / directory, or a GPT-2 BPE directory (default: build one)")
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                   help="continue from the latest checkpoint in --output-dir, or from CHECKPOINT")
-    p.add_argument("--overwrite", action="store_true", help="start over in an --output-dir that has checkpoints")
-    p.add_argument("--init-from", metavar="MODEL_DIR",
-                   help="continue pretraining a local GPT-2 checkpoint (same as --set model.init_from=MODEL_DIR)")
+    run_args(p, "continue pretraining a local checkpoint")
     add_objective_argument(p)
     p.set_defaults(handler=_pretrain)
 

@@ -15,6 +15,7 @@ a file holding only the good documents, :func:`clean_copy` writes one elsewhere.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ms_gpt2.errors import UserError
-from ms_gpt2.data import DataError, _lines, check_path, decode_line, json_object, text_field as _text_field
+from ms_gpt2.data import DataError, _lines, _text_lines, check_path, decode_line, json_object, text_field as _text_field
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +125,32 @@ def split_documents(n_documents: int, eval_fraction: float) -> tuple[int, int]:
         return n_documents, 0
     n_eval = min(max(1, round(n_documents * eval_fraction)), n_documents - 1)
     return n_documents - n_eval, n_eval
+
+
+@dataclass
+class CorpusSource:
+    """A checked corpus and its held-out split, ready to feed pipelines."""
+
+    path: Path  # what MindSpore reads (the original, or a clean copy)
+    report: CorpusReport
+    n_train: int
+    n_eval: int
+
+    @classmethod
+    def open(cls, path, workdir, text_field=None, eval_fraction=0.0, skip_bad_lines=False) -> "CorpusSource":
+        report = scan_corpus(path, text_field, skip_bad_lines)
+        n_train, n_eval = split_documents(report.documents, eval_fraction)
+        source = cls(clean_copy(report, workdir), report, n_train, n_eval)
+        log.info("%s: %d documents (%d bad lines skipped) -> %d train / %d held out", report.path,
+                 report.documents, len(report.bad), n_train, n_eval)
+        return source
+
+    def lines(self, split: str):
+        """TextFileDataset over 'train' (the first documents), 'eval' (the held-out last ones) or 'all'."""
+        start, count = {"train": (0, self.n_train), "eval": (self.n_train, self.n_eval),
+                        "all": (0, self.report.documents)}[split]
+        return _text_lines(self.path, start, count)
+
+    def train_texts(self):
+        docs = iter_documents(self.path, self.report.text_field, skip_bad_lines=True)
+        return (d.text for d in itertools.islice(docs, self.n_train))

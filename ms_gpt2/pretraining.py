@@ -24,7 +24,6 @@ plus ``eval.json``. ``ms-gpt2 train --init-from OUTPUT_DIR/model`` fine-tunes fr
 """
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
@@ -44,8 +43,8 @@ from mindnlp.transformers import GPT2Config, GPT2LMHeadModel, GenerationConfig  
 
 from ms_gpt2 import tokenization  # noqa: E402
 from ms_gpt2.checkpoints import is_bert_vocabulary  # noqa: E402
-from ms_gpt2.corpus import CorpusReport, clean_copy, iter_documents, parse_document, scan_corpus, split_documents  # noqa: E402
-from ms_gpt2.data import DataError, _text_lines  # noqa: E402
+from ms_gpt2.corpus import CorpusSource, parse_document  # noqa: E402
+from ms_gpt2.data import DataError  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.modeling import build_config, generation_config_for, load_model  # noqa: E402
 from ms_gpt2.engine import distributed  # noqa: E402
@@ -156,32 +155,6 @@ class PretrainResult:
     train_blocks: int
     dropped_tokens: int
     eval: dict | None
-
-
-@dataclass
-class CorpusSource:
-    """A checked corpus and its held-out split, ready to feed pipelines."""
-
-    path: Path  # what MindSpore reads (the original, or a clean copy)
-    report: CorpusReport
-    n_train: int
-    n_eval: int
-
-    @classmethod
-    def open(cls, path, workdir, text_field=None, eval_fraction=0.0, skip_bad_lines=False) -> "CorpusSource":
-        report = scan_corpus(path, text_field, skip_bad_lines)
-        n_train, n_eval = split_documents(report.documents, eval_fraction)
-        source = cls(clean_copy(report, workdir), report, n_train, n_eval)
-        log.info("%s: %d documents (%d bad lines skipped) -> %d train / %d held out", report.path,
-                 report.documents, len(report.bad), n_train, n_eval)
-        return source
-
-    def lines(self, split: str):
-        return _text_lines(self.path, 0, self.n_train) if split == "train" else _text_lines(self.path, self.n_train, self.n_eval)
-
-    def train_texts(self):
-        docs = iter_documents(self.path, self.report.text_field, skip_bad_lines=True)
-        return (d.text for d in itertools.islice(docs, self.n_train))
 
 
 def _fresh_model_config(tokenizer, m: dict) -> GPT2Config:
