@@ -208,3 +208,28 @@ def test_reduce_hook_sums_inside_jit_and_broadcast_copies_rank_0(tmp_path):
     logs = {p.name: p.read_text(errors="replace") for p in (tmp_path / "logs").glob("worker_*.log")}
     assert done.returncode == 0, "\n".join(v[-2000:] for v in logs.values())
     assert "OK 0" in logs["worker_0.log"] and "OK 1" in logs["worker_1.log"]
+
+
+def test_each_rank_draws_its_own_dropout_masks(monkeypatch):
+    """Compiled data parallel: the keep-masks are keyed on (seed, step), so without a per-rank
+    stream every rank would drop the same positions of its rows. Rank 0 keeps the one-process one."""
+    from types import SimpleNamespace
+
+    from ms_gpt2.engine.step import StepConfig, dropout_masks
+
+    class Base:
+        def _build_engine(self):
+            return SimpleNamespace(seed=7)
+
+    class Trainer(distributed.CompiledDataParallelMixin, Base):
+        pass
+
+    seeds = []
+    for rank in (0, 1):
+        monkeypatch.setattr(distributed, "world", lambda rank=rank: (rank, 2))
+        seeds.append(Trainer()._build_engine().seed)
+    assert seeds[0] == 7 and seeds[1] != 7
+    cfg = StepConfig(n_layer=1, n_head=2, layer_norm_epsilon=1e-5, pad_token_id=0, dropout=0.1, max_grad_norm=1.0,
+                     betas=(0.9, 0.999), eps=1e-8)
+    a, b = (dropout_masks(cfg, seed, 3, 2, 8, 16) for seed in seeds)
+    assert any(not np.array_equal(x.asnumpy(), y.asnumpy()) for x, y in zip(a, b))

@@ -228,6 +228,13 @@ class CompiledDataParallelMixin:
     def engine_reduce(self):
         return _all_reduce_cell()()
 
+    def _build_engine(self):
+        # Dropout keep-masks are keyed on (seed, step): give each rank its own stream, or every
+        # rank would drop the same positions of its rows (rank 0 keeps the one-process stream).
+        engine = super()._build_engine()
+        engine.seed += world()[0] * 2**40
+        return engine
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         import torch
 
