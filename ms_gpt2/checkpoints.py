@@ -42,9 +42,13 @@ def is_bert_vocabulary(tokenizer) -> bool:
     return tokenizer.__class__.__name__.startswith("BertTokenizer")
 
 
-def load_tokenizer(path):
-    """The tokenizer saved in a checkpoint directory: GPT-2 BPE or BERT WordPiece."""
+def load_tokenizer(path, bert_only: bool = False):
+    """The tokenizer saved in a checkpoint directory (GPT-2 BPE or BERT WordPiece), or a bare BERT
+    ``vocab.txt``. ``bert_only``: a BERT vocabulary is required (a BPE directory is refused by
+    :func:`ms_gpt2.tokenization.load_tokenizer`, naming the path)."""
     path = recover_dir(path)
+    if bert_only or path.is_file():
+        return tokenization.load_tokenizer(path)
     if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
         try:
             return GPT2Tokenizer.from_pretrained(str(path), local_files_only=True)
@@ -73,12 +77,11 @@ def resolve_model_dir(path) -> Path:
     return path
 
 
-def load_pretrained(path, cls=GPT2LMHeadModel, bert_only: str | None = None):
+def load_pretrained(path, cls=GPT2LMHeadModel, bert_only: bool = False):
     """(model, tokenizer) from a local Hugging Face GPT-2 directory (or a training output directory:
-    its ``model/``), on the current device, eval mode. ``bert_only``: what needs a BERT vocab.txt
-    (then a BPE one is refused), or None."""
+    its ``model/``), on the current device, eval mode. ``bert_only``: a BERT vocab.txt is required."""
     path = resolve_model_dir(path)
-    tokenizer = tokenization.load_tokenizer(recover_dir(path)) if bert_only else load_tokenizer(path)
+    tokenizer = load_tokenizer(path, bert_only)
     model = load_model(path, cls, tokenizer=tokenizer)  # every id the vocabulary has must have a row
     return model.to(runtime.ensure().torch_device).eval(), tokenizer
 

@@ -76,13 +76,13 @@ def language_model_loss(model, batches) -> dict:
     import numpy as np
     import torch
 
+    from ms_gpt2.modeling import scored_count
+
     pad = model.config.pad_token_id
     total, tokens = 0.0, 0
     with torch.no_grad():
         for row in batches:
-            labels, weights = row["labels"], row.get("loss_weights")
-            scored = labels[:, 1:] != pad
-            n = int(scored.sum()) if weights is None else float((weights[:, 1:].astype(np.float64) * scored).sum())
+            n = scored_count(row["labels"], pad, row.get("loss_weights"))
             if n == 0:
                 continue
             batch = {k: torch.tensor(v.astype(np.float32 if k == "loss_weights" else np.int64)).to(model.device)

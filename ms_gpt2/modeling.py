@@ -15,6 +15,7 @@ from ms_gpt2.tokenization import vocab_id_range
 
 runtime.ensure()
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402  (mindtorch)
 import torch.nn.functional as F  # noqa: E402
 from mindnlp.transformers import GPT2Config, GPT2LMHeadModel, GenerationConfig  # noqa: E402
@@ -55,6 +56,18 @@ class GPT2ForSummarization(GPT2LMHeadModel):
             # item assignment: a ModelOutput ignores setattr on a field that was None
             outputs["loss"] = total / denominator
         return outputs
+
+
+def scored_count(labels, pad_id: int, weights=None):
+    """:func:`loss_token_count` for host arrays (NumPy, or anything with ``asnumpy``): an int, or
+    with ``weights`` their float sum over the scored targets."""
+    def host(x):
+        return x.asnumpy() if hasattr(x, "asnumpy") else np.asarray(x)
+
+    scored = host(labels)[..., 1:] != pad_id
+    if weights is None:
+        return int(scored.sum())
+    return float((host(weights)[..., 1:].astype(np.float64) * scored).sum())
 
 
 def loss_token_count(labels, pad_id: int, weights=None):

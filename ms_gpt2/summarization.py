@@ -46,7 +46,7 @@ def load_summarizer(model_dir):
     """(model, tokenizer) from a directory written by ``ms-gpt2 train`` (or any GPT-2 + vocab.txt)."""
     from ms_gpt2.checkpoints import load_pretrained
 
-    return load_pretrained(model_dir, GPT2ForSummarization, bert_only="summarization")
+    return load_pretrained(model_dir, GPT2ForSummarization, bert_only=True)
 
 
 def summarize_ids(model, tokenizer, prompt_ids: np.ndarray, num_beams=5, no_repeat_ngram_size=2,

@@ -43,7 +43,8 @@ from mindnlp.transformers import Trainer, TrainerCallback, TrainingArguments  # 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint  # noqa: E402
 
 from ms_gpt2 import tokenization  # noqa: E402
-from ms_gpt2.checkpoints import FINAL_MODEL, RUN_CONFIG, incomplete_reason, save_pretrained  # noqa: E402
+from ms_gpt2.checkpoints import (FINAL_MODEL, RUN_CONFIG, incomplete_reason, is_bert_vocabulary,  # noqa: E402
+                                 load_tokenizer, save_pretrained)
 from ms_gpt2.config import article_loss_weight, dump_config  # noqa: E402
 from ms_gpt2.data import NLPCCSource, records  # noqa: E402
 from ms_gpt2.engine import distributed  # noqa: E402
@@ -128,7 +129,7 @@ class CrashSafeCheckpoints:
         # oldest first = deleted first; incomplete ones (a crash under an older version) go before
         # every complete one, so rotation never deletes a resumable checkpoint to keep a broken one
         ordered = super()._sorted_checkpoints(*args, **kwargs)
-        return [p for p in ordered if incomplete_reason(p)] + [p for p in ordered if not incomplete_reason(p)]
+        return sorted(ordered, key=lambda p: incomplete_reason(p) is None)  # stable: age order kept within each
 
     def _save_checkpoint(self, model, trial):
         run_dir = Path(self._get_output_dir(trial=trial))
@@ -299,8 +300,6 @@ class TrainResult:
 def _checkpoint_tokenizer(init_from, purpose: str | None):
     """The vocabulary a model.init_from checkpoint was trained with, or None if it carries none.
     ``purpose``: why a BERT vocabulary is required (BPE refused), or None when either kind serves."""
-    from ms_gpt2.checkpoints import is_bert_vocabulary, load_tokenizer
-
     init_from = Path(init_from)
     if not any((init_from / name).is_file() for name in ("vocab.txt", "vocab.json")):
         return None
@@ -310,13 +309,6 @@ def _checkpoint_tokenizer(init_from, purpose: str | None):
             f"model.init_from {init_from}: its vocabulary is GPT-2 byte-level BPE (vocab.json); {purpose} "
             f"needs a BERT WordPiece vocab.txt ([PAD]/[CLS]/[SEP]), so start from a BERT-vocabulary GPT-2")
     return tokenizer
-
-
-def _load_named_tokenizer(path, bert_only: bool):
-    """``tokenizer.path``: a BERT vocab.txt or directory; also a GPT-2 BPE directory unless ``bert_only``."""
-    from ms_gpt2.checkpoints import load_tokenizer
-
-    return tokenization.load_tokenizer(path) if bert_only or Path(path).is_file() else load_tokenizer(path)
 
 
 def resolve_tokenizer(config: dict, output_dir: Path, resume_from: str | None, texts,
@@ -329,11 +321,9 @@ def resolve_tokenizer(config: dict, output_dir: Path, resume_from: str | None, t
     this data, never one an earlier run (maybe on another corpus) left there. ``bert_only``: why a
     BERT vocabulary is required, or None when GPT-2 BPE serves too. Under data parallel, call it
     through :func:`rank0_first`: the other ranks load what rank 0 built."""
-    from ms_gpt2.checkpoints import load_tokenizer
-
     bert = bool(bert_only)
     if resume_from:  # the checkpoint carries the vocabulary its ids mean
-        return _load_named_tokenizer(resume_from, bert)
+        return load_tokenizer(resume_from, bert)
     path, init_from = config["tokenizer"]["path"], config["model"]["init_from"]
     if init_from:
         own = _checkpoint_tokenizer(init_from, bert_only)
@@ -343,12 +333,12 @@ def resolve_tokenizer(config: dict, output_dir: Path, resume_from: str | None, t
                     f"model.init_from {init_from}: no vocab.txt there; give the vocabulary this checkpoint was "
                     f"trained with (--tokenizer / tokenizer.path)")
             return own
-        given = _load_named_tokenizer(path, bert)
+        given = load_tokenizer(path, bert)
         if own is not None:
             tokenization.check_same_vocabulary(given, path, own, init_from)
         return given
     if path:
-        return _load_named_tokenizer(path, bert)
+        return load_tokenizer(path, bert)
     built = output_dir / "tokenizer"
     if distributed.world()[0] != 0:  # data parallel: the vocabulary rank 0 just built (see rank0_first)
         return load_tokenizer(built)

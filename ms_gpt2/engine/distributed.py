@@ -152,20 +152,6 @@ class Shard:
         return self.local_tokens / self.global_tokens if self.global_tokens else 0.0
 
 
-def scored_tokens(labels, pad_token_id: int, weights=None) -> float:
-    """How many label positions the shifted loss scores (position t+1 of each row, not [PAD]);
-    with ``weights`` (``loss_weights``, by label position), the sum of their weights."""
-    import numpy as np
-
-    def numpy(x):
-        return x.asnumpy() if hasattr(x, "asnumpy") else np.asarray(x)
-
-    scored = numpy(labels)[..., 1:] != pad_token_id
-    if weights is None:
-        return int(scored.sum())
-    return float((numpy(weights)[..., 1:].astype(np.float64) * scored).sum())
-
-
 def shard_batch(inputs: dict, per_device: int, pad_token_id: int, rank: int | None = None,
                 size: int | None = None) -> Shard:
     """Rows ``[rank*per_device, (rank+1)*per_device)`` of the global batch ``inputs``.
@@ -173,15 +159,17 @@ def shard_batch(inputs: dict, per_device: int, pad_token_id: int, rank: int | No
     A rank whose rows are all past the end of a short last batch gets row 0 as a placeholder with
     ``local_tokens = 0``: it runs the step (every rank must join the all-reduce) and adds nothing.
     """
+    from ms_gpt2.modeling import scored_count
+
     if rank is None or size is None:
         rank, size = world()
-    total = scored_tokens(inputs["labels"], pad_token_id, inputs.get("loss_weights"))
+    total = scored_count(inputs["labels"], pad_token_id, inputs.get("loss_weights"))
     rows = len(inputs["labels"])
     start, stop = rank * per_device, min((rank + 1) * per_device, rows)
     if start >= rows:
         return Shard({k: v[:1] for k, v in inputs.items()}, 0, total)
     local = {k: v[start:stop] for k, v in inputs.items()}
-    return Shard(local, scored_tokens(local["labels"], pad_token_id, local.get("loss_weights")), total)
+    return Shard(local, scored_count(local["labels"], pad_token_id, local.get("loss_weights")), total)
 
 
 class DataParallelMixin:
