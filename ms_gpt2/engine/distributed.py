@@ -172,18 +172,51 @@ def shard_batch(inputs: dict, per_device: int, pad_token_id: int, rank: int | No
     return Shard(local, scored_count(local["labels"], pad_token_id, local.get("loss_weights")), total)
 
 
+RANK_STREAM_STRIDE = 2**40  # rank r's random streams are seeded seed + r * this (rank 0: the one-process stream)
+
+
+def rank_random_stream() -> None:
+    """Give this rank its own torch (mindtorch) random stream, so eager dropout draws different masks
+    on different ranks: the default generator is re-seeded ``seed + rank * 2**40`` at its current
+    offset. Rank 0 (and a single process) keeps the stream it has. Call it after every (re)seeding
+    and after a checkpoint's RNG state is restored: only rank 0's state is saved, and every rank
+    restores that one."""
+    import torch
+
+    from ms_gpt2.compat import set_generator_offset
+
+    rank = world()[0]
+    if rank == 0:
+        return
+    generator = torch.default_generator
+    seed, offset = (int(x.item()) for x in generator._step(0))  # pylint: disable=protected-access
+    generator.manual_seed((seed + rank * RANK_STREAM_STRIDE) % 2**63)
+    set_generator_offset(generator, offset)
+
+
 class DataParallelMixin:
     """For a Hugging Face ``Trainer`` subclass fed global batches: each rank trains on its shard and
     the gradients are summed over ranks inside ``training_step``, before the Trainer clips them.
 
     The Trainer itself still believes it is alone (HF/accelerate must not start torch.distributed,
     which mindtorch cannot do), so it logs the reduced loss and clips the reduced gradients the same
-    way on every rank; only rank 0 saves checkpoints."""
+    way on every rank; only rank 0 saves checkpoints. Each rank draws its own dropout masks
+    (:func:`rank_random_stream`, after the Trainer seeds and after ``--resume`` restores the RNG)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)  # the Trainer seeds every RNG with args.seed here
+        rank_random_stream()
+
+    def _load_rng_state(self, checkpoint):
+        super()._load_rng_state(checkpoint)  # rank 0's saved state, on every rank
+        rank_random_stream()
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         import torch
 
-        shard = shard_batch(inputs, self.args.per_device_train_batch_size, model.config.pad_token_id)
+        from ms_gpt2.modeling import ignored_label_id
+
+        shard = shard_batch(inputs, self.args.per_device_train_batch_size, ignored_label_id(model))
         params = [p for p in model.parameters() if p.requires_grad]
         earlier = [p.grad for p in params]
         for p in params:  # the Trainer's value_and_grad adds into .grad: collect this step's alone
@@ -226,10 +259,12 @@ class CompiledDataParallelMixin:
     def training_step(self, model, inputs, num_items_in_batch=None):
         import torch
 
-        pad = model.config.pad_token_id
+        from ms_gpt2.modeling import ignored_label_id
+
+        pad = ignored_label_id(model)
         shard = shard_batch(inputs, self.args.per_device_train_batch_size, pad)
         local = shard.inputs
-        if shard.local_tokens == 0:  # placeholder rows: all [PAD] labels, so they add no token to the sums
+        if shard.local_tokens == 0:  # placeholder rows: all ignored labels, so they add no token to the sums
             local = dict(local, labels=torch.full_like(local["labels"], pad))
         return super().training_step(model, local, None)
 
