@@ -36,6 +36,8 @@ def _overrides(args) -> list[str]:
         sets.append(f"pretrain.text_field={args.text_field}")
     if getattr(args, "objective", None):
         sets.append(f"pretrain.objective={args.objective}")
+    if getattr(args, "engine", None):
+        sets.append(f"engine={args.engine}")
     return sets
 
 
@@ -44,8 +46,6 @@ def _train(args) -> int:
     from ms_gpt2.training import train
 
     config = load_config(args.config, _overrides(args))
-    if args.engine:
-        config["engine"] = args.engine
     result = train(config, args.data, args.output_dir, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps({"model": str(result.model_dir), "global_step": result.global_step,
                       "train_loss": result.train_loss, "loss_curve": str(result.loss_curve),
@@ -208,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--skip-bad-lines", action="store_true",
                        help="skip and count malformed lines instead of stopping at the first")
 
+    def engine_argument(p):
+        p.add_argument("--engine", choices=["compiled", "eager"], default=None,
+                       help="compiled: one MindSpore graph per training step (default); eager: the tutorial's "
+                            "mindtorch path (same as --set engine=...)")
+
     def run_args(p, init_from_help: str):
         """The output directory of a training job and how to start it."""
         p.add_argument("--output-dir", required=True)
@@ -225,9 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="data-parallel on N devices of this machine, launched through msrun (global batch = "
                         "per-device batch x N); worker logs in OUTPUT_DIR/msrun_logs")
-    p.add_argument("--engine", choices=["compiled", "eager"], default=None,
-                   help="compiled: one MindSpore graph per training step (default); eager: the tutorial's "
-                        "mindtorch path (config key: engine)")
+    engine_argument(p)
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("pretrain", parents=[common], help="causal-LM training on raw text, packed into full blocks")
@@ -239,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="BERT vocab.txt / directory, or a GPT-2 BPE directory (default: build one)")
     run_args(p, "continue pretraining a local checkpoint")
     add_objective_argument(p)
+    engine_argument(p)
     p.set_defaults(handler=_pretrain)
 
     for name, handler, text in [("summarize", _summarize, "beam-search summaries from a trained model"),

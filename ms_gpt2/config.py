@@ -6,7 +6,8 @@ A config has six sections: ``model``, ``tokenizer``, ``data``, ``training`` (pas
 block size is ``data.max_seq_len``). Unknown keys are refused when the config is loaded, before
 any data work, naming the closest valid ones. Any key can be
 overridden from the command line as ``--set section.key=value``, the value read as YAML
-(``--set training.learning_rate=3e-4``, ``--set tokenizer.path=null``).
+(``--set training.learning_rate=3e-4``, ``--set tokenizer.path=null``); the top-level keys
+(:data:`TOP_LEVEL`) as ``--set engine=eager``.
 """
 from __future__ import annotations
 
@@ -125,8 +126,11 @@ def parse_override(text: str) -> dict:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     dotted, raw = text.split("=", 1)
     parts = dotted.strip().split(".")
+    if len(parts) == 1 and parts[0] in TOP_LEVEL:  # engine=eager
+        return {parts[0]: _yaml(raw)}
     if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"override {text!r}: the key must be section.key, e.g. training.learning_rate")
+        raise ConfigError(f"override {text!r}: the key must be section.key, e.g. training.learning_rate "
+                          f"(or one of the top-level keys: {', '.join(TOP_LEVEL)})")
     return {parts[0]: {parts[1]: _yaml(raw)}}
 
 

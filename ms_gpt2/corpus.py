@@ -82,13 +82,39 @@ def iter_documents(path, text_field: str | None = None, skip_bad_lines: bool = F
 def scan_corpus(path, text_field: str | None = None, skip_bad_lines: bool = False) -> CorpusReport:
     """Check every line once; raises on the first bad one unless ``skip_bad_lines``, and on no documents."""
     report = CorpusReport(check_path(path, "a text or JSON-lines file"), text_field)
-    for _ in iter_documents(path, text_field, skip_bad_lines, report):
-        pass
+    first = []
+    for doc in iter_documents(path, text_field, skip_bad_lines, report):
+        if len(first) < JSON_LINES_PROBE:
+            first.append(doc)
+    if text_field is None:
+        refuse_json_lines_as_text(report.path, first)
     if report.bad:
         log.warning("%s: skipped %d bad line(s); first: %s", report.path, len(report.bad), report.bad[0])
     if report.documents == 0:
         raise DataError(report.path, None, "no documents" + (f" ({len(report.bad)} bad lines skipped)" if report.bad else ""))
     return report
+
+
+JSON_LINES_PROBE = 5  # plain-text documents looked at to tell a JSON-lines file given without text_field
+
+
+def refuse_json_lines_as_text(path, documents: list[Document]) -> None:
+    """A JSON-lines file (NLPCC2017's, say) read as plain text would be trained on braces, keys and
+    every field, the summaries too: refuse when the first documents all parse as JSON objects."""
+    keys = []
+    for doc in documents:
+        try:
+            record = json.loads(doc.text)
+        except ValueError:
+            return
+        if not isinstance(record, dict):
+            return
+        keys += [k for k in record if k not in keys]
+    if documents:
+        fields = ", ".join(map(repr, keys[:6])) or "none"
+        raise UserError(f"{path}:{documents[0].line}: these lines are JSON objects (keys {fields}), read as plain "
+                        f"text they would be trained on braces, keys and all; pass --text-field KEY "
+                        f"(e.g. --text-field article) to train on one field")
 
 
 def clean_copy(report: CorpusReport, workdir) -> Path:

@@ -58,6 +58,26 @@ class GPT2ForSummarization(GPT2LMHeadModel):
         return outputs
 
 
+IGNORE_INDEX = -100  # Hugging Face's label value that no loss scores
+
+
+def ignored_label_id(model) -> int:
+    """The label value whose targets the training loss leaves out, for every engine and count.
+
+    :class:`GPT2ForSummarization`'s labels are the padded input ids, so ``[PAD]`` (its config's
+    ``pad_token_id``) is not scored. Every other model is Hugging Face's own (``GPT2LMHeadModel``
+    for packed pretraining): its loss ignores only ``-100``, which packed blocks never hold, so every
+    target is scored, end-of-text included, whether or not the tokenizer has a pad token (stock
+    GPT-2 BPE has none, and aligning the model with it leaves ``pad_token_id`` None)."""
+    if isinstance(model, GPT2ForSummarization):
+        pad = model.config.pad_token_id
+        if pad is None:
+            raise CheckpointError("the summarization model has no pad_token_id: load it with its BERT vocabulary "
+                                  "(load_model(..., tokenizer=...) sets [PAD])")
+        return int(pad)
+    return IGNORE_INDEX
+
+
 def scored_count(labels, pad_id: int, weights=None):
     """:func:`loss_token_count` for host arrays (NumPy, or anything with ``asnumpy``): an int, or
     with ``weights`` their float sum over the scored targets."""
@@ -150,4 +170,7 @@ def load_model(path, cls=GPT2ForSummarization, vocab_size: int | None = None, to
     if vocab_size is not None and vocab_size > model.config.vocab_size:
         raise CheckpointError(f"{path}: the tokenizer has {vocab_size} tokens but the model's vocab_size is "
                               f"{model.config.vocab_size}; use the vocabulary the model was trained with")
+    if tokenizer is not None and model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        # most checkpoints' config.json (OpenAI's gpt2, uer's) name no pad token: take the vocabulary's
+        model.config.pad_token_id = int(tokenizer.pad_token_id)
     return model

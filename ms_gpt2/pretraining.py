@@ -10,8 +10,8 @@ vocabularies, the end-of-text token for GPT-2 BPE); the documents are concatenat
 cut into blocks of exactly ``data.max_seq_len`` tokens. No ``[PAD]``, no attention mask, no compute
 spent on padding; ``labels`` are the ``input_ids`` (the model shifts them). The final partial block
 of the training stream is dropped and the log says how many tokens that was. Packing happens once
-per run (the block count fixes the number of steps); the blocks are then shuffled and batched by a
-MindSpore pipeline, reseeded per epoch exactly as ``ms_gpt2.training`` does for fine-tuning.
+per run (the block count fixes the number of steps); each epoch then shuffles all the blocks (a
+permutation keyed on the seed and the epoch) and a MindSpore pipeline batches them.
 
 **Held-out documents.** The last ``pretrain.eval_fraction`` of the documents (by document, from
 the end of the file: deterministic) are never trained on; after training they are packed the same
@@ -109,12 +109,21 @@ def pack(documents: Iterable[np.ndarray], block_size: int) -> Packed:
                   len(arrays), len(stream))
 
 
-def block_pipeline(blocks: np.ndarray, batch_size: int, shuffle: bool = True, buffer_size: int = 10_000):
-    """Blocks -> (input_ids, labels = input_ids) -> [shuffle] -> batch. Shuffle seed: msds.config's."""
+def block_order(n_blocks: int, seed: int, epoch: int) -> np.ndarray:
+    """Epoch ``epoch``'s order of the blocks: a permutation of all of them, a function of (seed, epoch).
+
+    A global shuffle (a ``shuffle(buffer)`` over blocks in file order would draw each batch from a
+    window of the file once the corpus has more blocks than the buffer), the same on every
+    data-parallel rank and again on a resumed run."""
+    return np.random.default_rng([seed % 2**63, epoch, 0x626C6B]).permutation(n_blocks)
+
+
+def block_pipeline(blocks: np.ndarray, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0):
+    """Blocks -> [epoch's global shuffle, :func:`block_order`] -> (input_ids, labels = input_ids) -> batch."""
+    if shuffle:
+        blocks = blocks[block_order(len(blocks), seed, epoch)]
     ds = msds.NumpySlicesDataset({"input_ids": blocks}, shuffle=False)
     ds = ds.map(lambda ids: (ids, ids.copy()), input_columns=["input_ids"], output_columns=["input_ids", "labels"])
-    if shuffle:
-        ds = ds.shuffle(buffer_size)
     return ds.batch(batch_size)
 
 
@@ -164,7 +173,7 @@ def _fresh_model_config(tokenizer, m: dict) -> GPT2Config:
     return GPT2Config(vocab_size=len(tokenizer), n_positions=m["n_positions"], n_embd=m["n_embd"],
                       n_layer=m["n_layer"], n_head=m["n_head"], resid_pdrop=m["dropout"], embd_pdrop=m["dropout"],
                       attn_pdrop=m["dropout"], bos_token_id=eos, eos_token_id=eos,
-                      pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
+                      pad_token_id=tokenizer.pad_token_id)  # stock GPT-2: None (packed blocks have no padding)
 
 
 def _generation_config(tokenizer, gen: dict) -> GenerationConfig:
@@ -216,8 +225,8 @@ def _pretrain(config: dict, data_path, output_dir: Path, resume, overwrite: bool
         raise DataError(source.report.path, None, f"the training documents hold {packed.tokens} tokens, fewer than "
                                                   f"one block of data.max_seq_len={block_size}")
 
-    def pipeline(batch_size, epoch):  # the shuffle follows the seed PipelineBatches sets per epoch
-        return block_pipeline(packed.blocks, batch_size, shuffle=dcfg["shuffle"])
+    def pipeline(batch_size, epoch):  # every block once per epoch, in an order keyed on (seed, epoch)
+        return block_pipeline(packed.blocks, batch_size, shuffle=dcfg["shuffle"], seed=seed, epoch=epoch)
 
     fitted = fit(config, model, tokenizer, pipeline, len(packed.blocks), output_dir, resume_from, generation_config)
     log.info("pretrained %d steps, final model in %s", fitted.global_step, fitted.model_dir)

@@ -52,7 +52,7 @@ from ms_gpt2.engine.trainer import trainer_class  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.examples import summary_fits, train_pipeline  # noqa: E402
 from ms_gpt2.modeling import (GPT2ForSummarization, build_config, generation_config_for,  # noqa: E402
-                              load_model, loss_token_count)
+                              ignored_label_id, load_model, loss_token_count)
 from ms_gpt2.rundir import RunLock, recover_dir, replace_dir, staging_name  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -183,12 +183,12 @@ class PipelineTrainer(CrashSafeCheckpoints, Trainer):
         return PipelineLoader(self.train_dataset, batch_size=None)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        # The Trainer counts labels != -100 as the tokens of the accumulated batch; our loss
-        # ignores [PAD] (and does not score position 0), so count what it actually scores.
+        # The Trainer counts labels != -100 as the tokens of the accumulated batch; the loss does not
+        # score position 0 (and GPT2ForSummarization's ignores [PAD]), so count what it scores.
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
         if num_items is not None and batches:
-            pad_id = self.accelerator.unwrap_model(self.model).config.pad_token_id
-            num_items = sum(loss_token_count(batch["labels"], pad_id, batch.get("loss_weights")) for batch in batches)
+            ignored = ignored_label_id(self.accelerator.unwrap_model(self.model))
+            num_items = sum(loss_token_count(batch["labels"], ignored, batch.get("loss_weights")) for batch in batches)
             if self.args.average_tokens_across_devices:
                 num_items = self.accelerator.gather(num_items).sum()
             num_items = num_items.to(device)
@@ -209,14 +209,19 @@ class EpochProgress(TrainerCallback):
         state.epoch = self.batches.epoch + self.batches.position / self.batches.n_batches
 
 
+def updates_per_epoch(n_batches: int, accumulation: int) -> int:
+    """Optimizer steps in an epoch of ``n_batches`` micro-batches (a short last group is a step too)."""
+    return max(math.ceil(n_batches / accumulation), 1)
+
+
 def trained_position(checkpoint, n_batches: int, accumulation: int) -> tuple[int, int] | None:
     """(epoch, batches of it already trained) at a Trainer checkpoint, counted as the Trainer does."""
     state_file = Path(checkpoint) / "trainer_state.json"
     if not state_file.is_file():
         return None
     global_step = int(json.loads(state_file.read_text(encoding="utf-8"))["global_step"])
-    updates_per_epoch = max(n_batches // accumulation + int(n_batches % accumulation > 0), 1)
-    return global_step // updates_per_epoch, (global_step % updates_per_epoch) * accumulation
+    per_epoch = updates_per_epoch(n_batches, accumulation)
+    return global_step // per_epoch, (global_step % per_epoch) * accumulation
 
 
 class LossLog(TrainerCallback):
@@ -457,15 +462,16 @@ def fit(config: dict, model, tokenizer, make_pipeline, n_examples: int, output_d
     batch_size = int(tcfg.pop("per_device_train_batch_size"))
     global_batch = batch_size * world_size  # every rank reads the same global batches, keeps its rows
     n_batches = math.ceil(n_examples / global_batch)
-    if tcfg.get("save_steps") == "epoch":
-        tcfg["save_steps"] = n_batches  # the tutorial's save_steps = batches per epoch
+    accumulation = int(tcfg.get("gradient_accumulation_steps", 1))
+    if tcfg.get("save_steps") == "epoch":  # once per epoch: the Trainer counts optimizer steps
+        tcfg["save_steps"] = updates_per_epoch(n_batches, accumulation)
     batches = PipelineBatches(lambda: make_pipeline(global_batch, batches.epoch), n_batches, seed)
     # Resuming mid-epoch: the Trainer would skip the trained batches by drawing and dropping them
     # through a new DataLoader (accelerate's skip_first_batches); PipelineBatches skips them in the
     # pipeline instead. ignore_data_skip keeps its meaning: start the epoch over.
     skip_trained = not tcfg.pop("ignore_data_skip", False)
     if resume_from and skip_trained:
-        position = trained_position(resume_from, n_batches, int(tcfg.get("gradient_accumulation_steps", 1)))
+        position = trained_position(resume_from, n_batches, accumulation)
         if position:
             batches.resume_at(*position)
 

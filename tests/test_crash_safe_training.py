@@ -121,6 +121,49 @@ def test_killed_while_writing_a_checkpoint_then_resumed_matches_an_uninterrupted
     assert not list(run.glob(".checkpoint-*")) and not (run / LOCK_FILE).exists()
 
 
+def _kill_while_saving(setup, run, step: int, tmp_path):
+    """Start the CLI run, SIGKILL it half-way through writing checkpoint-``step``."""
+    log_path = tmp_path / "killed.log"
+    with open(log_path, "w") as log_file:
+        first = cli_train(setup, run, env={PAUSE_IN_SAVE_ENV: str(step)}, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        marker, deadline = run / f".paused-in-save-{step}", time.monotonic() + 300
+        while not marker.exists():
+            assert first.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"the run never reached checkpoint-{step}"
+            time.sleep(0.2)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+
+
+@pytest.fixture(scope="module")
+def eager_dropout(setup, tmp_path_factory):
+    """The eager engine at dropout 0.1, and its uninterrupted run."""
+    overrides = setup.overrides + ["model.dropout=0.1", "engine=eager"]
+    variant = SimpleNamespace(data=setup.data, overrides=overrides,
+                              config=load_config("configs/smoke.yaml", overrides))
+    out = tmp_path_factory.mktemp("straight_eager") / "run"
+    runtime.seed_everything(0)
+    assert train(variant.config, variant.data, out).global_step == 6
+    return variant, out
+
+
+def test_an_eager_run_with_dropout_killed_and_resumed_repeats_the_uninterrupted_losses(eager_dropout, straight,
+                                                                                        tmp_path):
+    """Resuming restores the eager engine's random stream (the checkpoint's rng_state.pth): the
+    masks of steps 3-6 are the ones the uninterrupted run drew."""
+    variant, reference = eager_dropout
+    run = tmp_path / "run"
+    _kill_while_saving(variant, run, 4, tmp_path)
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2"]
+    runtime.seed_everything(123)  # resuming restores the RNG state from the checkpoint
+    assert train(variant.config, variant.data, run, resume="latest").global_step == 6
+    assert_same_losses(run, reference)
+    # dropout is really on (the same run at dropout 0 logs other losses)
+    assert not np.allclose(list(losses(reference).values()), list(losses(straight).values()), rtol=1e-3)
+
+
 def test_resume_skips_an_incomplete_checkpoint_with_a_warning(setup, straight, tmp_path, caplog):
     """An older version's crash left checkpoint-6 without trainer_state.json: --resume names it, never
     loads it, continues from checkpoint-4, and ends with the uninterrupted run's losses."""

@@ -160,3 +160,25 @@ def test_resumed_pretraining_ends_with_the_weights_of_an_uninterrupted_run(tmp_p
     b = load_file(str(tmp_path / "b" / "model" / "model.safetensors"))
     for key in a:
         np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_pretraining_shuffles_all_blocks_each_epoch_not_a_window_of_the_file():
+    """30k blocks in file order (block i holds i): a shuffle buffer of 10k would draw the first batch
+    from the first ~10k blocks; a global shuffle draws it from all of them. Each epoch has its own
+    order, every block once, and the same (seed, epoch) gives the same order."""
+    from ms_gpt2.pretraining import block_pipeline
+
+    n = 30_000
+    blocks = np.repeat(np.arange(n, dtype=np.int32)[:, None], 2, axis=1)
+
+    def first_epoch_batches(epoch, count=None, **kw):
+        it = block_pipeline(blocks, 256, **kw, epoch=epoch).create_dict_iterator(num_epochs=1, output_numpy=True)
+        return [b["input_ids"][:, 0] for _, b in zip(range(count or 10**9), it)]
+
+    first = first_epoch_batches(0, 1)[0]
+    assert (first > 10_256).mean() > 0.5  # ~2/3 expected from a uniform draw; 0 from a 10k window
+    epoch0 = np.concatenate(first_epoch_batches(0))
+    assert sorted(epoch0.tolist()) == list(range(n))
+    np.testing.assert_array_equal(first_epoch_batches(0, 1)[0], first)
+    assert not np.array_equal(first_epoch_batches(1, 1)[0], first)
+    assert not np.array_equal(first_epoch_batches(0, 1, seed=1)[0], first)

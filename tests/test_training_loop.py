@@ -120,3 +120,17 @@ def test_gradient_accumulation_equals_the_whole_batch(tmp_path, char_vocab_dir, 
     np.testing.assert_allclose([e["grad_norm"] for e in log_b], [e["grad_norm"] for e in log_a], rtol=1e-4)
     for key in w_a:
         np.testing.assert_allclose(w_b[key], w_a[key], rtol=1e-5, atol=1e-5, err_msg=key)
+
+
+def test_save_steps_epoch_means_once_per_epoch_under_gradient_accumulation(tmp_path, char_vocab_dir):
+    """3 batches an epoch, accumulation 2: an epoch is 2 optimizer steps (2 + a short last group of
+    1), so ``save_steps: epoch`` saves checkpoint-2 and checkpoint-4 (micro-batches counted, it
+    saved every 3 optimizer steps: once in two epochs)."""
+    data = write_jsonl(tmp_path / "d.jsonl", records(3))
+    config = load_config("configs/smoke.yaml", TINY + [f"tokenizer.path={char_vocab_dir}",
+                                                        "training.per_device_train_batch_size=1",
+                                                        "training.gradient_accumulation_steps=2",
+                                                        "training.num_train_epochs=2", "training.save_steps=epoch"])
+    result = train(config, data, tmp_path / "run")
+    assert result.global_step == 4
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]

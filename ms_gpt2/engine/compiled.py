@@ -32,6 +32,7 @@ class CompiledEngine:
     def __init__(self, model, weight_decay: dict, max_grad_norm: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8,
                  seed: int = 0, dtype=mindspore.float32, reduce=None, accumulation: int = 1):
         from ms_gpt2.fast_decode import unsupported
+        from ms_gpt2.modeling import ignored_label_id
 
         c = model.config
         why = unsupported(model)  # the arithmetic the graph does not implement (activation, scaling, ...)
@@ -45,7 +46,7 @@ class CompiledEngine:
         if len(dropout) != 1:
             raise NotImplementedError(f"the compiled engine needs one dropout rate, the model has {sorted(dropout)}")
         self.cfg = StepConfig(n_layer=c.n_layer, n_head=c.n_head, layer_norm_epsilon=float(c.layer_norm_epsilon),
-                              pad_token_id=int(c.pad_token_id if c.pad_token_id is not None else -100),
+                              pad_token_id=ignored_label_id(model),
                               dropout=dropout.pop() if model.training else 0.0,
                               max_grad_norm=float(max_grad_norm or 0.0), betas=tuple(float(b) for b in betas),
                               eps=float(eps), dtype=dtype)

@@ -59,7 +59,7 @@ class StepConfig:
     n_layer: int
     n_head: int
     layer_norm_epsilon: float
-    pad_token_id: int
+    pad_token_id: int             # the label value not scored (ms_gpt2.modeling.ignored_label_id)
     dropout: float = 0.0          # embd/attn/resid dropout (GPT-2 uses one value for all three here)
     max_grad_norm: float = 0.0    # <= 0: no clipping
     betas: tuple = (0.9, 0.999)
@@ -148,7 +148,8 @@ class GPT2Loss(nn.Cell):
         x = ops.reshape(ops.slice(x, (0, 0, 0), (B, T - 1, C)), (B * (T - 1), C))
         logits = ops.cast(self.logits_of(x, self.wte), mindspore.float32)             # (N, V), fp32 loss
         targets = ops.reshape(ops.slice(labels, (0, 1), (B, T - 1)), (B * (T - 1), 1))
-        token_loss = ops.neg(ops.gather_elements(ops.log_softmax(logits, -1), 1, targets))  # (N, 1)
+        # an ignored label may be -100 (Hugging Face's): gather at 0 there, its weight is 0 anyway
+        token_loss = ops.neg(ops.gather_elements(ops.log_softmax(logits, -1), 1, ops.maximum(targets, 0)))  # (N, 1)
         counted = ops.cast(ops.not_equal(targets, self.pad), mindspore.float32)
         counted = ops.mul(counted, ops.reshape(ops.slice(weights, (0, 1), (B, T - 1)), (B * (T - 1), 1)))
         return ops.reduce_sum(ops.mul(token_loss, counted)), ops.reduce_sum(counted)
