@@ -352,7 +352,8 @@ def resolve_tokenizer(config: dict, output_dir: Path, resume_from: str | None, t
                                         config["tokenizer"].get("min_frequency", 1))
 
 
-def _resume_checkpoint(output_dir: Path, resume, overwrite: bool) -> str | None:
+def _resume_checkpoint(output_dir: Path, resume, overwrite: bool, cut_off=()) -> str | None:
+    """``cut_off``: the checkpoints a killed run did not finish (already removed)."""
     existing = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
     if resume in (None, False):
         if existing and not overwrite:
@@ -361,6 +362,10 @@ def _resume_checkpoint(output_dir: Path, resume, overwrite: bool) -> str | None:
                 f"continue that run, --overwrite to start over there, or another --output-dir")
         return None
     if resume is True or resume == "latest":
+        if not existing and cut_off:
+            raise OutputDirError(
+                f"--resume: {output_dir} holds no complete checkpoint: {', '.join(cut_off)} was cut off by a crash "
+                f"before it was complete (and removed); start over with --overwrite (or without --resume)")
         if not existing:
             raise OutputDirError(f"--resume: no checkpoint-N directory in {output_dir}")
         for path in _checkpoints_newest_first(output_dir):
@@ -388,25 +393,37 @@ def run_directory(output_dir):
     """``with run_directory(out):`` -- this job owns ``out`` until the block ends.
 
     Rank 0 (the only process of a single-device run) holds the directory's lock throughout, so a
-    second run into it refuses (RunDirInUseError), and clears what a crashed run left: unfinished
-    ``.checkpoint-N.partial`` staging directories and a ``model/`` swap cut off half-way. The other
-    ranks of a data-parallel job only read from it."""
+    second run into it refuses (RunDirInUseError), and puts back a ``model/`` swap a crashed run cut
+    off half-way (:func:`start` clears its unfinished checkpoints). The other ranks of a
+    data-parallel job only read from it."""
     output_dir = Path(output_dir)
     if distributed.world()[0] != 0:
         yield output_dir
         return
     with RunLock(output_dir):
-        for partial in output_dir.glob(f".{PREFIX_CHECKPOINT_DIR}-*.partial"):  # a crashed run's, unfinished
-            log.warning("removing %s, a checkpoint a crashed run did not finish writing", partial)
-            shutil.rmtree(partial, ignore_errors=True)
         recover_dir(output_dir / FINAL_MODEL)
         yield output_dir
+
+
+def clear_partial_checkpoints(output_dir: Path) -> list[str]:
+    """Remove the ``.checkpoint-N.partial`` staging directories a killed run left (rank 0); -> their
+    checkpoint names, oldest first."""
+    if distributed.world()[0] != 0 or not output_dir.is_dir():
+        return []
+    removed = []
+    for partial in sorted(output_dir.glob(f".{PREFIX_CHECKPOINT_DIR}-*.partial"),
+                          key=lambda p: int(re.sub(r"\D", "", p.name) or 0)):
+        log.warning("removing %s, a checkpoint a crashed run did not finish writing", partial)
+        shutil.rmtree(partial, ignore_errors=True)
+        removed.append(partial.name[1:-len(".partial")])
+    return removed
 
 
 def start(output_dir: Path, resume, overwrite: bool, outputs=()) -> str | None:
     """The checkpoint to resume from (None: a fresh start). A fresh start with ``overwrite`` clears
     the earlier run's checkpoints, loss log and ``outputs`` (rank 0)."""
-    resume_from = _resume_checkpoint(output_dir, resume, overwrite)
+    cut_off = clear_partial_checkpoints(output_dir)
+    resume_from = _resume_checkpoint(output_dir, resume, overwrite, cut_off)
     if overwrite and not resume_from and distributed.world()[0] == 0:
         for stale in [*output_dir.glob("checkpoint-*"), output_dir / LOSS_LOG, *(output_dir / o for o in outputs)]:
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)

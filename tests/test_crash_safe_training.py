@@ -226,3 +226,26 @@ def test_a_loss_log_line_torn_by_a_kill_is_dropped_before_the_run_goes_on(tmp_pa
     assert path.read_text(encoding="utf-8").splitlines()[-1].startswith('{"step": 2, "epoch": 1.0, "loss": 2.25')
     assert read_loss_log(path) == {1: 2.5, 2: 2.25}
     assert plot_loss_curve(path, tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_resume_when_the_only_checkpoint_was_cut_off_says_so(setup, tmp_path, capsys):
+    """A run killed while writing its first checkpoint leaves only .checkpoint-2.partial: --resume
+    says the checkpoint was incomplete (and removed) and how to start over, exit 2."""
+    from ms_gpt2 import cli
+
+    run = tmp_path / "run"
+    partial = run / ".checkpoint-2.partial" / "checkpoint-2"
+    partial.mkdir(parents=True)
+    (partial / "model.safetensors").write_bytes(b"half")
+    args = ["train", "--config", "configs/smoke.yaml", "--data", str(setup.data), "--output-dir", str(run),
+            "--resume", *[a for item in setup.overrides for a in ("--set", item)]]
+    with pytest.raises(SystemExit) as info:
+        cli.main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1
+    assert "holds no complete checkpoint: checkpoint-2 was cut off by a crash" in err[0] and "--overwrite" in err[0]
+    assert not (run / ".checkpoint-2.partial").exists()
+    # a second --resume: nothing left to say about it, the plain message
+    with pytest.raises(SystemExit):
+        cli.main(args)
+    assert "no checkpoint-N directory" in capsys.readouterr().err
