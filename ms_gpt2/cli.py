@@ -15,6 +15,38 @@ from ms_gpt2 import runtime
 from ms_gpt2.errors import UserError
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad command-line input is one line, exit 2, like every other bad input (no usage dump)."""
+
+    def error(self, message):
+        self.exit(2, f"ms-gpt2: error: {message} (see: {self.prog} --help)\n")
+
+
+def _number(kind, low=None, high=None, low_open=False, what=None):
+    """An argparse type: ``kind`` (int or float) in [low, high] (``low_open``: above low)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+POSITIVE = _number(int, 1, what="at least 1")
+NON_NEGATIVE = _number(int, 0, what="0 or more")
+
+
+def _text(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty")
+    return text
+
+
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--device", choices=runtime.CHOICES, default=None,
@@ -184,21 +216,23 @@ def _bench(args) -> int:
 def _attention_demo(args) -> int:
     from ms_gpt2 import walkthrough
 
+    if args.n_embd % args.n_head:
+        raise UserError(f"--n-embd {args.n_embd} is not a multiple of --n-head {args.n_head}")
     diff = walkthrough.run(args.batch, args.seq_len, args.n_embd, args.n_head)
     return 0 if diff < 1e-5 else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
-    parser = argparse.ArgumentParser(prog="ms-gpt2", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="ms-gpt2", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("attention-demo", parents=[common],
                        help="walk through the hand-derived masked attention, shape by shape")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--seq-len", type=int, default=10)
-    p.add_argument("--n-embd", type=int, default=768)
-    p.add_argument("--n-head", type=int, default=12)
+    p.add_argument("--batch", type=POSITIVE, default=1)
+    p.add_argument("--seq-len", type=POSITIVE, default=10)
+    p.add_argument("--n-embd", type=POSITIVE, default=768)
+    p.add_argument("--n-head", type=POSITIVE, default=12)
     p.set_defaults(handler=_attention_demo)
 
     def config_args(p, data_required=False):
@@ -253,11 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="model directory: OUTPUT_DIR/model, a checkpoint, or a training OUTPUT_DIR (its model/)")
         p.add_argument("--split", default="all", choices=["all", "train", "test"],
                        help="which part of --data, split as in the config (default all)")
-        p.add_argument("--limit", type=int, help="only the first N examples of the split")
+        p.add_argument("--limit", type=POSITIVE, help="only the first N examples of the split")
         if name == "summarize":
             source = p.add_mutually_exclusive_group(required=True)
             source.add_argument("--data", help="NLPCC JSON lines file")
-            source.add_argument("--text", help="one article to summarize")
+            source.add_argument("--text", type=_text, help="one article to summarize")
             p.add_argument("--out", help="write JSON lines here instead of stdout")
         else:
             p.add_argument("--data", required=True, help="NLPCC JSON lines file")
@@ -273,21 +307,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("next-word", parents=[common], help="the most likely next token and the top-k candidates")
     p.add_argument("--model", required=True, help="local GPT-2 checkpoint directory (Hugging Face layout)")
-    p.add_argument("--text", required=True)
-    p.add_argument("--top-k", type=int, default=10, help="how many candidates to list (default 10)")
+    p.add_argument("--text", required=True, type=_text)
+    p.add_argument("--top-k", type=POSITIVE, default=10, help="how many candidates to list (default 10)")
     p.set_defaults(handler=_next_word)
 
     p = sub.add_parser("generate", parents=[common], help="continue a prompt: greedy, beam search or sampling")
     p.add_argument("--model", required=True, help="local GPT-2 checkpoint directory (Hugging Face layout)")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--prompt", required=True, type=_text)
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=50)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy/beam (uses --seed)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0: all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
-    p.add_argument("--num-beams", type=int, default=1, help="beam search width (1: greedy)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--no-repeat-ngram-size", type=int, default=0)
+    p.add_argument("--temperature", type=_number(float, 0, low_open=True, what="above 0"), default=1.0)
+    p.add_argument("--top-k", type=NON_NEGATIVE, default=0, help="sample from the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=_number(float, 0, 1, low_open=True, what="in (0, 1]"), default=1.0,
+                   help="nucleus sampling threshold")
+    p.add_argument("--num-beams", type=POSITIVE, default=1, help="beam search width (1: greedy)")
+    p.add_argument("--repetition-penalty", type=_number(float, 0, low_open=True, what="above 0"), default=1.0)
+    p.add_argument("--no-repeat-ngram-size", type=NON_NEGATIVE, default=0)
     p.add_argument("--no-stream", action="store_true", help="print once at the end instead of as tokens arrive")
     p.add_argument("--library-decode", action="store_true",
                    help="greedy through Hugging Face generate instead of the compiled decoder (same tokens, slower)")

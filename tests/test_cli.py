@@ -99,3 +99,27 @@ def test_misspelled_training_option_is_one_line_before_any_data_work(tmp_path):
                  str(tmp_path / "missing.jsonl"), "--output-dir", str(tmp_path / "run"))
     assert_user_error(seeded, "training.seed is set by ms_gpt2: use --seed")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["generate", "--model", "m", "--prompt", "x", "--max-new-tokens", "-3"], "argument --max-new-tokens: must be at least 1, got -3"),
+    (["generate", "--model", "m", "--prompt", "x", "--max-new-tokens", "many"], "expected a whole number, got 'many'"),
+    (["generate", "--model", "m", "--prompt", "  "], "argument --prompt: is empty"),
+    (["generate", "--model", "m", "--prompt", "x", "--top-p", "0"], "argument --top-p: must be in (0, 1], got 0"),
+    (["generate", "--model", "m", "--prompt", "x", "--temperature", "-1"], "argument --temperature: must be above 0"),
+    (["generate", "--model", "m", "--prompt", "x", "--num-beams", "0"], "argument --num-beams: must be at least 1"),
+    (["generate", "--model", "m", "--prompt", "x", "--top-k", "-1"], "argument --top-k: must be 0 or more"),
+    (["next-word", "--model", "m", "--text", "x", "--top-k", "0"], "argument --top-k: must be at least 1"),
+    (["summarize", "--model", "m", "--text", ""], "argument --text: is empty"),
+    (["evaluate", "--model", "m", "--data", "d", "--limit", "0"], "argument --limit: must be at least 1, got 0"),
+    (["generate", "--model", "m", "--prompt", "x", "--no-such-option"], "unrecognized arguments: --no-such-option"),
+])
+def test_values_a_command_cannot_use_are_one_line_and_exit_2(args, fragment, capsys):
+    """Checked when the command line is read, before any model is loaded (``m`` does not exist)."""
+    from ms_gpt2 import cli as ms_gpt2_cli
+
+    with pytest.raises(SystemExit) as info:
+        ms_gpt2_cli.main(args)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("ms-gpt2: error: ") and fragment in err, err
