@@ -134,3 +134,35 @@ def test_save_steps_epoch_means_once_per_epoch_under_gradient_accumulation(tmp_p
     result = train(config, data, tmp_path / "run")
     assert result.global_step == 4
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_accumulation_with_article_loss_weight_half_equals_the_whole_batch_on_both_engines(tmp_path, char_vocab_dir):
+    """λ = 0.5 sends the ``loss_weights`` column through the Trainer's token count
+    (``get_batch_samples``), the compiled ``accumulate`` graph and the eager loss: batch 4 and
+    batch 2 x accumulation 2 log the same losses and end with the same weights on each engine, and
+    the two engines agree (a count that ignored the weights would scale both eager runs alike,
+    which the comparison with the compiled graph's own weighted count catches)."""
+    data = write_jsonl(tmp_path / "eight.jsonl", records(8))
+    base = TINY + [f"tokenizer.path={char_vocab_dir}", "training.num_train_epochs=2", "training.save_steps=100",
+                   "data.summary_only_loss=null", "data.article_loss_weight=0.5"]
+    runs = {}
+    for engine in ("compiled", "eager"):
+        for batch, accumulation in ((4, 1), (2, 2)):
+            config = load_config("configs/smoke.yaml", base + [f"training.per_device_train_batch_size={batch}",
+                                                               f"training.gradient_accumulation_steps={accumulation}",
+                                                               f"engine={engine}"])
+            out = tmp_path / f"{engine}-{accumulation}"
+            runtime.seed_everything(0)
+            assert train(config, data, out).global_step == 4
+            runs[engine, accumulation] = (loss_log(out), weights(out))
+
+    ref_log, ref_w = runs["compiled", 1]
+    for key, (log_, w) in runs.items():
+        assert [e["step"] for e in log_] == [1, 2, 3, 4], key
+        # logged losses: 4 decimals (abs); grad norms unrounded; 1e-4 is the engines' agreement
+        np.testing.assert_allclose([e["loss"] for e in log_], [e["loss"] for e in ref_log], rtol=1e-4, atol=1e-4,
+                                   err_msg=str(key))
+        np.testing.assert_allclose([e["grad_norm"] for e in log_], [e["grad_norm"] for e in ref_log], rtol=1e-4,
+                                   err_msg=str(key))
+        for name in ref_w:
+            np.testing.assert_allclose(w[name], ref_w[name], rtol=1e-4, atol=1e-5, err_msg=f"{key} {name}")

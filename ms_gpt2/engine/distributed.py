@@ -225,9 +225,11 @@ class DataParallelMixin:
         # so the Trainer does not divide by the accumulation steps either); the weighting below
         # turns it into the global one: local tokens / all scored tokens of the (accumulated) global
         # batch, which is num_items_in_batch (PipelineTrainer counts it on the global batches).
-        loss = super().training_step(model, shard.inputs, torch.tensor(max(shard.local_tokens, 1)))
+        # (counts are token-weight sums at an article_loss_weight between 0 and 1: floats, never int()ed)
+        local = shard.local_tokens if shard.local_tokens > 0 else 1
+        loss = super().training_step(model, shard.inputs, torch.tensor(float(local)))
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        total = int(num_items_in_batch) if num_items_in_batch is not None else shard.global_tokens
+        total = float(num_items_in_batch) if num_items_in_batch is not None else shard.global_tokens
         reduced, loss = reduce_gradients(grads, loss, shard.local_tokens / total if total else 0.0)
         for p, before, grad in zip(params, earlier, reduced):
             p.grad = grad if before is None else before + grad
