@@ -56,12 +56,20 @@ def test_the_fixtures_are_as_they_ship():
     assert load_tokenizer(BERT_NOPAD).pad_token == "[PAD]"
 
 
-@pytest.mark.parametrize("start", ["fresh", "init_from"])
+@pytest.mark.parametrize("start", ["fresh", "init_from", "init_from_bert"])
 def test_pretraining_with_a_stock_bpe_tokenizer_runs_and_both_engines_agree(start, english, tmp_path, capsys):
     """A GPT-2 BPE tokenizer has no pad token; a fresh model and OpenAI-style config.json (no
-    pad_token_id) crashed at step 1 on both engines (``loss_token_count(labels, None)``)."""
+    pad_token_id) crashed at step 1 on both engines (``loss_token_count(labels, None)``). Continued
+    pretraining of a uer-style checkpoint (BERT vocabulary, no pad_token_id) too."""
     if start == "fresh":
         extra = ["--tokenizer", str(BPE_STOCK)]
+    elif start == "init_from_bert":
+        english = write_jsonl(tmp_path / "zh.jsonl", _nlpcc_rows(8))
+        shutil.copytree(BERT_NOPAD, tmp_path / "gpt2")
+        config = json.loads((tmp_path / "gpt2" / "config.json").read_text())
+        config.update(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        (tmp_path / "gpt2" / "config.json").write_text(json.dumps(config))
+        extra = ["--init-from", str(tmp_path / "gpt2"), "--text-field", "article"]
     else:  # the checkpoint as shipped, at dropout 0 so that the two engines' losses compare
         shutil.copytree(BPE_STOCK, tmp_path / "gpt2")
         config = json.loads((tmp_path / "gpt2" / "config.json").read_text())
@@ -165,6 +173,16 @@ def test_fine_tuning_a_bert_vocabulary_checkpoint_without_pad_token_id(engine, t
     assert _losses(tmp_path / "ft")[0] == pytest.approx(want, abs=1e-4)  # logged to 4 decimals
     saved = json.loads((tmp_path / "ft" / "model" / "config.json").read_text())
     assert saved["pad_token_id"] == 0  # [PAD], and the model saved with it
+
+
+def test_fine_tuning_for_summarization_refuses_a_bpe_checkpoint_in_one_line(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", _nlpcc_rows(2))
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--config", "configs/smoke.yaml", "--data", str(data), "--init-from", str(BPE_STOCK),
+                  "--output-dir", str(tmp_path / "ft")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1
+    assert str(BPE_STOCK) in err[0] and "vocab.txt" in err[0]
 
 
 def test_json_lines_given_to_pretrain_without_text_field_are_refused(tmp_path, capsys):
