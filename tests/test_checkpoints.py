@@ -145,6 +145,9 @@ def test_sampling_repeats_with_a_seed_and_varies_without_one():
     assert generate(model, tokenizer, "青禾市", seed=7, **kwargs).token_ids == a
     others = {tuple(generate(model, tokenizer, "青禾市", seed=s, **kwargs).token_ids) for s in (8, 9, 10)}
     assert others - {tuple(a)}
+    # seed=None: no reseeding, each call draws on from the process's random stream
+    unseeded = [generate(model, tokenizer, "青禾市", **kwargs).token_ids for _ in range(3)]
+    assert all(unseeded) and len({tuple(u) for u in unseeded}) > 1
 
 
 def test_streaming_prints_exactly_the_continuation():
