@@ -3,14 +3,15 @@
 Rates are measured over several epochs of the bundled corpus (thousands of masked tokens), with
 tolerances of about three standard deviations of the measured proportion.
 """
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from conftest import DEMO_DATA
-from ms_gpt2.bert_pretraining import (IGNORE, IS_NEXT, NOT_NEXT, ExampleBuilder, encode_pair,
-                                      make_pairs, read_sentences, split_sentences, truncate_pair)
+from ms_gpt2.bert_pretraining import (IGNORE, IS_NEXT, NOT_NEXT, ExampleBuilder, Vocabulary, encode_pair,
+                                      make_pairs, mask_tokens, read_sentences, split_sentences, truncate_pair)
 from ms_gpt2.config import ConfigError
 from ms_gpt2.data import DataError, _text_lines
 
@@ -74,6 +75,31 @@ def test_masking_rates_and_80_10_10_split_specials_never_masked(documents, token
     assert abs(to_mask / chosen - 0.8) < 0.02
     # a random replacement equal to the original (p = 1/1000 here) counts as kept
     assert abs(kept / chosen - 0.1) < 0.015 and abs(to_random / chosen - 0.1) < 0.015
+
+
+def test_random_replacements_are_never_special_tokens(documents, tokenizer):
+    """The 10% "random token" is an ordinary one: never [PAD], [UNK], [CLS], [SEP] or [MASK].
+
+    [MASK] is written as -1 here (an id no token has), so every other changed position is a random
+    draw, a drawn [MASK] included. About 8,900 draws: drawing from the whole vocabulary (5 specials
+    in 1,100 ids) would show a special ~40 times."""
+    vocab = Vocabulary.of(tokenizer)
+    special = tokenizer.convert_tokens_to_ids(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    assert not np.isin(vocab.ordinary, special).any()
+    assert set(vocab.ordinary) | set(special) == set(tokenizer.get_vocab().values())
+    marked = dataclasses.replace(vocab, mask=-1)
+    orig = originals(ExampleBuilder(documents, tokenizer, MAX_LEN, seed=3), 0)
+    drawn = []
+    for seed in range(24):
+        for i, ids in enumerate(orig):
+            masked, labels = mask_tokens(ids, marked, np.random.default_rng([seed, i]), probability=0.5)
+            changed = (masked != ids) & (masked != -1)
+            assert (labels[changed] == ids[changed]).all()  # a replaced token is still predicted
+            drawn.append(masked[changed])
+    drawn = np.concatenate(drawn)
+    assert len(drawn) > 8000, (len(drawn), len(vocab.ordinary))
+    assert not np.isin(drawn, special).any(), (len(drawn), len(vocab.ordinary))
+    assert len(np.unique(drawn)) > len(vocab.ordinary) * 0.8  # drawn from the whole ordinary vocabulary
 
 
 def test_nsp_pairs_are_half_consecutive_sentences_half_from_another_document(documents, tokenizer):
