@@ -29,11 +29,14 @@ do not depend on thread scheduling and a resumed run sees exactly the examples o
 continues. ``pretrain.masking: dynamic`` (default, as in RoBERTa) draws new pairs and masks every
 epoch; ``static`` repeats epoch 0's examples every epoch (only their order is reshuffled).
 
-**Evaluation.** The last ``pretrain.eval_fraction`` of the documents are held out (their NSP
-negatives come from other held-out documents when there are two or more). After training,
-``eval.json`` holds, for the held-out examples and for a sample of the training examples: MLM
-accuracy on the masked positions, NSP accuracy, the MLM loss (mean over masked tokens), the NSP loss
-and their sum ``loss`` (what the model minimizes), with the chance baselines beside them.
+**Evaluation.** The last ``pretrain.eval_fraction`` of the documents are held out, NSP negatives
+included: a held-out pair's B is a random sentence of another held-out document, or, when fewer than
+two held-out documents have sentences, another sentence of the same document (not A, not its
+successor; a two-sentence document's pair is then always IsNext). ``eval.json``'s held-out scores
+name which in ``nsp_negatives``. After training, ``eval.json`` holds, for the held-out examples and
+for a sample of the training examples: MLM accuracy on the masked positions, NSP accuracy, the MLM
+loss (mean over masked tokens), the NSP loss and their sum ``loss`` (what the model minimizes), with
+the chance baselines beside them.
 
 Output directory: as for ``ms-gpt2 train``: ``checkpoint-N/``, ``model/`` (Hugging Face layout with
 ``vocab.txt``: ``BertForPreTraining.from_pretrained(OUTPUT_DIR/model)`` loads it, ``BertModel`` too),
@@ -133,24 +136,28 @@ def count_pairs(documents) -> int:
     return sum(max(len(d) - 1, 0) for d in documents)
 
 
-def make_pairs(documents, rng: np.random.Generator, negatives=None) -> Pairs:
+def make_pairs(documents, rng: np.random.Generator, same_document: bool = False) -> Pairs:
     """Every sentence with a successor starts a pair; B is the successor half of the time, else a
-    random sentence of another document of ``negatives`` (default: ``documents``; it must be the
-    same list or one whose first ``len(documents)`` entries are ``documents``)."""
-    negatives = documents if negatives is None else negatives
-    pool = np.asarray([i for i, d in enumerate(negatives) if len(d)], dtype=np.int64)
+    random sentence of another of ``documents``, or with ``same_document`` a random sentence of
+    A's own document other than A and its successor (none in a two-sentence document: IsNext)."""
+    pool = np.asarray([i for i, d in enumerate(documents) if len(d)], dtype=np.int64)
     rows = []
     for d, sentences in enumerate(documents):
         for i in range(len(sentences) - 1):
             if rng.random() < 0.5:
                 rows.append((d, i, d, i + 1, IS_NEXT))
                 continue
+            if same_document:
+                candidates = [j for j in range(len(sentences)) if j not in (i, i + 1)]
+                rows.append((d, i, d, int(candidates[rng.integers(len(candidates))]), NOT_NEXT) if candidates
+                            else (d, i, d, i + 1, IS_NEXT))
+                continue
             others = pool[pool != d]
             if len(others) == 0:
                 raise DataError("<corpus>", None, "next-sentence prediction needs sentences from at least two "
                                                   "documents; this corpus (or split) has one")
             b = int(others[rng.integers(len(others))])
-            rows.append((d, i, b, int(rng.integers(len(negatives[b]))), NOT_NEXT))
+            rows.append((d, i, b, int(rng.integers(len(documents[b]))), NOT_NEXT))
     table = np.asarray(rows, dtype=np.int64).reshape(-1, 5)
     return Pairs(*(table[:, k] for k in range(5)))
 
@@ -233,9 +240,9 @@ class ExampleBuilder:
     """Examples of one split, epoch by epoch, reproducible from (seed, epoch, index)."""
 
     def __init__(self, documents, tokenizer, max_seq_len: int, seed: int, mlm_probability: float = 0.15,
-                 masking: str = "dynamic", negatives=None, salt: int | None = None):
+                 masking: str = "dynamic", same_document_negatives: bool = False, salt: int | None = None):
         check_options(max_seq_len, mlm_probability, masking)
-        self.documents, self.negatives = documents, negatives
+        self.documents, self.same_document_negatives = documents, same_document_negatives
         self.vocab, self.max_seq_len, self.mlm_probability = Vocabulary.of(tokenizer), max_seq_len, mlm_probability
         self.key = [seed] if salt is None else [seed, salt]
         self.static = masking == "static"
@@ -248,14 +255,14 @@ class ExampleBuilder:
     def pairs(self, epoch: int) -> Pairs:
         epoch = self._epoch(epoch)
         if epoch not in self._pairs:
-            self._pairs = {epoch: make_pairs(self.documents, np.random.default_rng([*self.key, epoch]), self.negatives)}
+            self._pairs = {epoch: make_pairs(self.documents, np.random.default_rng([*self.key, epoch]),
+                                             self.same_document_negatives)}
         return self._pairs[epoch]
 
     def example(self, epoch: int, index: int) -> tuple[np.ndarray, ...]:
         p, epoch = self.pairs(epoch), self._epoch(epoch)
-        negatives = self.documents if self.negatives is None else self.negatives
         a = self.documents[p.a_doc[index]][p.a_sent[index]]
-        b = negatives[p.b_doc[index]][p.b_sent[index]]
+        b = self.documents[p.b_doc[index]][p.b_sent[index]]
         ids, segments, attention = encode_pair(a, b, self.vocab, self.max_seq_len)
         ids, labels = mask_tokens(ids, self.vocab, np.random.default_rng([*self.key, epoch, index]),
                                   self.mlm_probability)
@@ -268,6 +275,18 @@ class ExampleBuilder:
         ds = msds.NumpySlicesDataset({"index": np.arange(n, dtype=np.int64)}, shuffle=shuffle)
         ds = ds.map(lambda index: self.example(epoch, int(index)), input_columns=["index"], output_columns=COLUMNS)
         return ds.project(COLUMNS).batch(batch_size)
+
+
+OTHER_DOCUMENTS = "other held-out documents"
+SAME_DOCUMENT = "the same held-out document (fewer than two held-out documents have sentences)"
+
+
+def held_out_examples(eval_docs, tokenizer, **options) -> tuple[ExampleBuilder, str]:
+    """The held-out examples, built from the held-out documents alone, and where their NSP negatives
+    come from (:data:`OTHER_DOCUMENTS` or :data:`SAME_DOCUMENT`): never from a training document."""
+    same = sum(1 for d in eval_docs if len(d)) < 2
+    return (ExampleBuilder(eval_docs, tokenizer, **options, salt=EVAL_SALT, same_document_negatives=same),
+            SAME_DOCUMENT if same else OTHER_DOCUMENTS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -412,9 +431,11 @@ def _pretrain_mlm_nsp(config: dict, data_path, output_dir: Path, resume, overwri
     batch_size = int(config["training"]["per_device_train_batch_size"])
     scores = {"train": evaluate(trainer.model, train_examples, batch_size, limit=TRAIN_EVAL_SAMPLE), "eval": None}
     if count_pairs(eval_docs):
-        held_out = ExampleBuilder(eval_docs, tokenizer, **options, salt=EVAL_SALT,
-                                  negatives=None if sum(1 for d in eval_docs if d) >= 2 else eval_docs + train_docs)
-        scores["eval"] = evaluate(trainer.model, held_out, batch_size)
+        held_out, negatives = held_out_examples(eval_docs, tokenizer, **options)
+        if negatives == SAME_DOCUMENT:
+            log.warning("fewer than two held-out documents have sentences: held-out NSP negatives are other "
+                        "sentences of the same document (training's come from other documents)")
+        scores["eval"] = {**evaluate(trainer.model, held_out, batch_size), "nsp_negatives": negatives}
     elif eval_docs:
         log.warning("the %d held-out documents have no sentence pairs; no held-out scores", len(eval_docs))
     atomic_write_text(output_dir / EVAL_FILE, json.dumps(scores, indent=2))

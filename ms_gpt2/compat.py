@@ -188,6 +188,30 @@ def _install_cpu_seeded_random() -> None:
         _replace(cpu, name, fn)
 
 
+def _install_generator_step_advances() -> None:
+    """``Generator._step(n)`` returns (seed, offset) and advances the offset by n, as it is meant to.
+
+    mindtorch's Generator steps through MindSpore 2.7's ``Generator`` primitive, whose PyNative
+    ``__call__`` answers the step command by returning its inputs: the offset never moves. Every
+    draw then repeated the one before until the next ``manual_seed``: each dropout call had the same
+    mask, ``torch.rand`` twice gave the same numbers, sampling's ``multinomial`` the same quantile
+    at every token. The offset is replaced by a new tensor (not written in place: the caller holds
+    the old one); ``manual_seed`` and ``set_state`` keep working on whatever tensor is there.
+    """
+    import mindspore
+    from mindtorch._C import Generator
+
+    original = Generator._step  # pylint: disable=protected-access
+
+    def _step(self, step):
+        seed, offset = original(self, step)
+        self._offset = mindspore.Tensor(int(offset.item()) + int(step), mindspore.int64)
+        return seed, offset
+
+    ORIGINALS.setdefault("Generator._step", original)
+    Generator._step = _step  # pylint: disable=protected-access
+
+
 def _install_cpu_accurate_tanh() -> None:
     """tanh to float32 accuracy: MindSpore's CPU kernel is off by up to 1e-4.
 
@@ -276,6 +300,8 @@ SHIMS: tuple[Shim, ...] = (
          _install_cpu_linalg_vector_norm),
     Shim("cpu.seeded_random", "CPU rand/randn/randint/normal/dropout ignore the Generator and seed",
          _install_cpu_seeded_random),
+    Shim("generator.step", "MindSpore 2.7's Generator op never advances the offset in PyNative: every random "
+         "draw (dropout masks, rand, sampling) repeated the previous one", _install_generator_step_advances),
     Shim("cpu.tanh", "MindSpore's CPU tanh kernel errs by 1e-4, which reached GPT-2's logits via gelu_new",
          _install_cpu_accurate_tanh),
     Shim("cpu.arg_extrema", "argmax()/argmin() without dim fail on CPU (axis=None)",

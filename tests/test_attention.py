@@ -12,9 +12,12 @@ from mindnlp.transformers import GPT2Config, GPT2LMHeadModel, GPT2Model  # noqa:
 
 from ms_gpt2 import attention  # noqa: E402
 from ms_gpt2.attention import MaskedSelfAttention, masked_self_attention  # noqa: E402
-from ms_gpt2.attention_check import capture_library_attention, hand_derived_from, max_abs_difference  # noqa: E402
+from ms_gpt2.attention_check import capture_library_attention, hand_derived_from, relative_difference  # noqa: E402
 
-TOL = 1e-5
+# Max |library - ours| / max |library output|. At the default init the output is ~1.5e-2, so an
+# absolute 1e-5 would let through mistakes worth 1e-4; relatively, float32 agreement is below 1e-6
+# and each mistake below is over 1e-3 (test_comparison_catches_a_perturbed_derivation).
+REL_TOL = 1e-5
 _models = {}
 
 
@@ -47,7 +50,7 @@ def test_matches_library_attention(n_head, batch, seq_len, padding):
     model = library_model(n_head)
     ids = rng.integers(0, 97, size=(batch, seq_len))
     mask = None if padding is None else padding_mask(batch, seq_len, padding, rng)
-    assert max_abs_difference(model, ids, mask, layer=1) < TOL
+    assert relative_difference(model, ids, mask, layer=1) < REL_TOL
 
 
 @pytest.mark.parametrize("impl", ["eager", "sdpa"])
@@ -56,13 +59,25 @@ def test_matches_each_library_attention_implementation_inside_lm_head_model(impl
     model = library_model(4, n_embd=64, impl=impl, lm_head=True)
     ids = rng.integers(0, 97, size=(2, 12))
     mask = padding_mask(2, 12, "right", rng)
-    assert max_abs_difference(model, ids, mask, layer=0) < TOL
+    assert relative_difference(model, ids, mask, layer=0) < REL_TOL
 
 
-@pytest.mark.parametrize("perturbation", ["no_causal_mask", "no_scaling", "no_padding_mask"])
-def test_comparison_catches_a_perturbed_derivation(perturbation, monkeypatch):
-    """If a step of the derivation is dropped, the equality check above must fail."""
-    if perturbation == "no_causal_mask":
+def sqrt_c_scaling(real):
+    """The classic slip: scores divided by sqrt(C) = sqrt(n_head * head_dim), not sqrt(head_dim)."""
+    def scaled_masked_attention(q, k, v, keep, trace=None, fill_value=None):
+        n_head = q.shape[1]  # (q / sqrt(n_head)) @ k^T / sqrt(hd) = q @ k^T / sqrt(C)
+        return real(attention.ops.mul(q, 1.0 / n_head ** 0.5), k, v, keep, trace, fill_value)
+    return scaled_masked_attention
+
+
+@pytest.mark.parametrize("weight_scale", [1, 20])
+@pytest.mark.parametrize("perturbation", ["sqrt_C_scaling", "no_causal_mask", "no_scaling", "no_padding_mask"])
+def test_comparison_catches_a_perturbed_derivation(perturbation, weight_scale, monkeypatch):
+    """If a step of the derivation is wrong or dropped, the parity check above fails, by a wide
+    margin, at the default init (weight_scale 1: near-uniform softmax) and where scores are O(1)."""
+    if perturbation == "sqrt_C_scaling":
+        monkeypatch.setattr(attention, "scaled_masked_attention", sqrt_c_scaling(attention.scaled_masked_attention))
+    elif perturbation == "no_causal_mask":
         monkeypatch.setattr(attention, "causal_mask_buffer",
                             lambda n: mindspore.Tensor(np.ones((1, 1, n, n), dtype=np.bool_)))
     elif perturbation == "no_scaling":
@@ -71,15 +86,14 @@ def test_comparison_catches_a_perturbed_derivation(perturbation, monkeypatch):
         real_logical_and = attention.ops.logical_and
         monkeypatch.setattr(attention.ops, "logical_and", lambda keep, padding: real_logical_and(keep, keep))
     rng = np.random.default_rng(11)
-    model = library_model(2)
+    model = library_model(2)  # two heads: sqrt(C) and sqrt(head_dim) differ by sqrt(2)
     ids = rng.integers(0, 97, size=(2, 9))
     mask = padding_mask(2, 9, "right", rng)
-    # random init is small (std 0.02); scale the weights so a dropped step shows clearly
-    model.h[1].attn.c_attn.weight.data.mul_(20)
+    model.h[1].attn.c_attn.weight.data.mul_(weight_scale)
     try:
-        assert max_abs_difference(model, ids, mask, layer=1) > 1e-3
+        assert relative_difference(model, ids, mask, layer=1) > 10 * REL_TOL
     finally:
-        model.h[1].attn.c_attn.weight.data.div_(20)
+        model.h[1].attn.c_attn.weight.data.div_(weight_scale)
 
 
 def _random_cell(n_embd=24, n_head=3, seed=0):

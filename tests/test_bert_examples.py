@@ -3,14 +3,16 @@
 Rates are measured over several epochs of the bundled corpus (thousands of masked tokens), with
 tolerances of about three standard deviations of the measured proportion.
 """
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from conftest import DEMO_DATA
-from ms_gpt2.bert_pretraining import (IGNORE, IS_NEXT, NOT_NEXT, ExampleBuilder, encode_pair,
-                                      make_pairs, read_sentences, split_sentences, truncate_pair)
+from ms_gpt2.bert_pretraining import (IGNORE, IS_NEXT, NOT_NEXT, OTHER_DOCUMENTS, SAME_DOCUMENT, ExampleBuilder,
+                                      Vocabulary, encode_pair, held_out_examples, make_pairs, mask_tokens,
+                                      read_sentences, split_sentences, truncate_pair)
 from ms_gpt2.config import ConfigError
 from ms_gpt2.data import DataError, _text_lines
 
@@ -76,6 +78,31 @@ def test_masking_rates_and_80_10_10_split_specials_never_masked(documents, token
     assert abs(kept / chosen - 0.1) < 0.015 and abs(to_random / chosen - 0.1) < 0.015
 
 
+def test_random_replacements_are_never_special_tokens(documents, tokenizer):
+    """The 10% "random token" is an ordinary one: never [PAD], [UNK], [CLS], [SEP] or [MASK].
+
+    [MASK] is written as -1 here (an id no token has), so every other changed position is a random
+    draw, a drawn [MASK] included. About 8,900 draws: drawing from the whole vocabulary (5 specials
+    in 1,100 ids) would show a special ~40 times."""
+    vocab = Vocabulary.of(tokenizer)
+    special = tokenizer.convert_tokens_to_ids(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    assert not np.isin(vocab.ordinary, special).any()
+    assert set(vocab.ordinary) | set(special) == set(tokenizer.get_vocab().values())
+    marked = dataclasses.replace(vocab, mask=-1)
+    orig = originals(ExampleBuilder(documents, tokenizer, MAX_LEN, seed=3), 0)
+    drawn = []
+    for seed in range(24):
+        for i, ids in enumerate(orig):
+            masked, labels = mask_tokens(ids, marked, np.random.default_rng([seed, i]), probability=0.5)
+            changed = (masked != ids) & (masked != -1)
+            assert (labels[changed] == ids[changed]).all()  # a replaced token is still predicted
+            drawn.append(masked[changed])
+    drawn = np.concatenate(drawn)
+    assert len(drawn) > 8000, (len(drawn), len(vocab.ordinary))
+    assert not np.isin(drawn, special).any(), (len(drawn), len(vocab.ordinary))
+    assert len(np.unique(drawn)) > len(vocab.ordinary) * 0.8  # drawn from the whole ordinary vocabulary
+
+
 def test_nsp_pairs_are_half_consecutive_sentences_half_from_another_document(documents, tokenizer):
     builder = ExampleBuilder(documents, tokenizer, MAX_LEN, seed=3)
     labels = []
@@ -96,6 +123,36 @@ def test_nsp_pairs_are_half_consecutive_sentences_half_from_another_document(doc
     labels = np.concatenate(labels)
     assert len(labels) > 1000 and set(np.unique(labels)) == {IS_NEXT, NOT_NEXT}
     assert abs((labels == IS_NEXT).mean() - 0.5) < 0.05
+
+
+def test_held_out_nsp_negatives_come_from_held_out_documents_only(documents, tokenizer):
+    """One held-out document with sentences (the others empty): B is another sentence of that
+    document, not A nor its successor; with two or more, another held-out document. The builder
+    never sees a training document, and the eval report says which kind of negatives it scored."""
+    longest = [s for d in documents[:10] for s in d]  # one long document
+    lone = [[], longest, []]
+    builder, negatives = held_out_examples(lone, tokenizer, max_seq_len=MAX_LEN, seed=3)
+    assert negatives == SAME_DOCUMENT and builder.documents is lone
+    labels = []
+    for epoch in range(20):
+        p = builder.pairs(epoch)
+        assert (p.a_doc == 1).all() and (p.b_doc == 1).all()
+        nxt = p.label == IS_NEXT
+        assert (p.b_sent == p.a_sent + 1)[nxt].all()
+        assert ((p.b_sent != p.a_sent) & (p.b_sent != p.a_sent + 1))[~nxt].all()
+        labels.append(p.label)
+    labels = np.concatenate(labels)
+    assert len(labels) > 600 and abs((labels == NOT_NEXT).mean() - 0.5) < 0.1  # 680 pairs: 0.1 is 5 sd
+    rows, orig = epoch_rows(builder, 0), originals(builder, 0)
+    assert (rows["next_sentence_label"] == builder.pairs(0).label).all() and len(orig) == len(longest) - 1
+
+    two = [[documents[0][0], documents[0][1]]]  # a two-sentence document: no other sentence for B
+    assert all((make_pairs(two, np.random.default_rng(seed), same_document=True).label == IS_NEXT).all()
+               for seed in range(20))  # ~10 of these 20 coin flips asked for a negative
+
+    builder, negatives = held_out_examples(documents[60:], tokenizer, max_seq_len=MAX_LEN, seed=3)
+    p = builder.pairs(0)
+    assert negatives == OTHER_DOCUMENTS and (p.b_doc != p.a_doc)[p.label == NOT_NEXT].all()
 
 
 def test_segment_ids_and_attention_follow_the_sep_positions(documents, tokenizer):

@@ -31,17 +31,21 @@ def pretrain_argv(output_dir, data, sets, *extra):
     return argv
 
 
-def test_tiny_bert_learns_mlm_and_nsp_and_its_checkpoint_reproduces_the_scores(char_vocab_dir, tmp_path, capsys):
+def test_tiny_bert_learns_mlm_and_nsp_and_its_checkpoint_reproduces_the_scores(char_vocab_dir, tmp_path, capsys,
+                                                                                monkeypatch):
     from mindnlp.transformers import BertForPreTraining
 
-    from ms_gpt2 import runtime
-    from ms_gpt2.bert_pretraining import ExampleBuilder, evaluate, read_sentences
+    from ms_gpt2 import bert_pretraining, runtime
+    from ms_gpt2.bert_pretraining import NOT_NEXT, SAME_DOCUMENT, ExampleBuilder, evaluate, read_sentences
     from ms_gpt2.data import _text_lines
     from ms_gpt2.tokenization import load_tokenizer
 
     data = tmp_path / "articles.jsonl"
     data.write_text("".join(open(DEMO_DATA, encoding="utf-8").readlines()[:N_ARTICLES]), encoding="utf-8")
     run = tmp_path / "run"
+    scored = []  # the example builders the run scores: training sample, then held out
+    monkeypatch.setattr(bert_pretraining, "evaluate",
+                        lambda model, builder, *a, **k: scored.append(builder) or evaluate(model, builder, *a, **k))
     assert cli.main(pretrain_argv(run, data, TINY, "--text-field", "article", "--tokenizer", str(char_vocab_dir))) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     scores = json.loads((run / "eval.json").read_text())
@@ -60,6 +64,12 @@ def test_tiny_bert_learns_mlm_and_nsp_and_its_checkpoint_reproduces_the_scores(c
     assert train["examples"] == pairs and abs(train["loss"] - train["mlm_loss"] - train["nsp_loss"]) < 1e-9
     held_out = scores["eval"]
     assert held_out["examples"] > 0 and 0 <= held_out["mlm_accuracy"] <= 1 and 0 <= held_out["nsp_accuracy"] <= 1
+    # one held-out document: its NSP negatives are its own other sentences, never a training document's
+    assert held_out["nsp_negatives"] == SAME_DOCUMENT
+    pairs_scored = scored[1].pairs(0)
+    assert len(scored[1].documents) == 1 and (pairs_scored.label == NOT_NEXT).any()
+    assert (pairs_scored.b_doc == 0).all() and (pairs_scored.b_sent != pairs_scored.a_sent + 1)[
+        pairs_scored.label == NOT_NEXT].all()
     log = [json.loads(line) for line in (run / "loss_log.jsonl").read_text().splitlines()]
     assert log[-1]["loss"] < log[0]["loss"] / 2 and (run / "loss_curve.png").is_file()
 

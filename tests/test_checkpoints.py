@@ -145,6 +145,9 @@ def test_sampling_repeats_with_a_seed_and_varies_without_one():
     assert generate(model, tokenizer, "青禾市", seed=7, **kwargs).token_ids == a
     others = {tuple(generate(model, tokenizer, "青禾市", seed=s, **kwargs).token_ids) for s in (8, 9, 10)}
     assert others - {tuple(a)}
+    # seed=None: no reseeding, each call draws on from the process's random stream
+    unseeded = [generate(model, tokenizer, "青禾市", **kwargs).token_ids for _ in range(3)]
+    assert all(unseeded) and len({tuple(u) for u in unseeded}) > 1
 
 
 def test_streaming_prints_exactly_the_continuation():
@@ -193,8 +196,9 @@ def test_clear_errors(tmp_path):
 
 @pytest.mark.parametrize("exchange", [True, False], ids=["rename-exchange", "two-renames"])
 def test_a_save_cut_off_mid_swap_leaves_a_loadable_model(tmp_path, monkeypatch, exchange):
-    """Crash between the steps of replacing model/ (os.replace fails at its 2nd call): the previous
-    model is still there to load, by load_pretrained and by the summarize/evaluate loader."""
+    """Crash in the middle of replacing model/: right after the RENAME_EXCHANGE swap, before the old
+    copy is removed, or (without the exchange) between the two renames. A complete model is there
+    to load, by load_pretrained and by the summarize/evaluate loader, and the next save cleans up."""
     import os
 
     from ms_gpt2 import rundir
@@ -207,22 +211,33 @@ def test_a_save_cut_off_mid_swap_leaves_a_loadable_model(tmp_path, monkeypatch, 
     with torch.no_grad():
         changed.transformer.wte.weight.add_(1.0)
 
-    if not exchange:  # a platform without renameat2(RENAME_EXCHANGE)
-        monkeypatch.setattr(rundir, "_exchange", lambda a, b: False)
-    real, calls = os.replace, []
+    crashes = []
+    if exchange:  # the crash goes on the path that runs: the swap, then a kill before the clean-up
+        real_exchange = rundir._exchange
 
-    def crash_at_second_call(src, dst):
-        calls.append(dst)
-        if len(calls) == 2:
+        def exchange_then_crash(a, b):
+            if not real_exchange(a, b):
+                pytest.skip(f"{tmp_path}'s filesystem cannot swap directories (RENAME_EXCHANGE)")
+            crashes.append(b)
             raise OSError("simulated crash")
-        return real(src, dst)
 
-    monkeypatch.setattr(os, "replace", crash_at_second_call)
-    try:
+        monkeypatch.setattr(rundir, "_exchange", exchange_then_crash)
+    else:  # a platform without renameat2(RENAME_EXCHANGE): os.replace fails at its 2nd call
+        monkeypatch.setattr(rundir, "_exchange", lambda a, b: False)
+        real, calls = os.replace, []
+
+        def crash_at_second_call(src, dst):
+            calls.append(dst)
+            if len(calls) == 2:
+                crashes.append(dst)
+                raise OSError("simulated crash")
+            return real(src, dst)
+
+        monkeypatch.setattr(os, "replace", crash_at_second_call)
+    with pytest.raises(OSError, match="simulated crash"):
         save_pretrained(changed, tokenizer, target)
-    except OSError:
-        assert not exchange
     monkeypatch.undo()
+    assert crashes  # the crash really happened, on the path this variant names
 
     want = first if not exchange else {k: v.detach().numpy() for k, v in changed.state_dict().items()}
     for load in (load_summarizer, load_pretrained):
@@ -230,5 +245,7 @@ def test_a_save_cut_off_mid_swap_leaves_a_loadable_model(tmp_path, monkeypatch, 
         got = {k: v.detach().numpy() for k, v in again.state_dict().items()}
         for key in want:
             np.testing.assert_array_equal(got[key], want[key], err_msg=key)
-    if exchange:  # one atomic swap: nothing left beside model/
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    save_pretrained(model, tokenizer, target)  # the next save replaces it and leaves nothing beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    again, _ = load_pretrained(target)
+    np.testing.assert_array_equal(again.transformer.wte.weight.detach().numpy(), first["transformer.wte.weight"])

@@ -123,19 +123,78 @@ def test_manual_seed_makes_cpu_random_ops_repeat():
     assert set(np.unique(first[4])) <= {0.0, 2.0}  # inverted dropout keeps E[x]
 
 
-def test_explicit_generator_is_honoured():
-    a = torch.randn(5, generator=torch.Generator().manual_seed(3)).numpy()
-    b = torch.randn(5, generator=torch.Generator().manual_seed(3)).numpy()
-    np.testing.assert_array_equal(a, b)
-    assert abs(float(a.mean())) < 3  # standard normal, not garbage
+#: One draw of each CPU random op the shim replaces, from ``generator`` (None: the global one).
+DRAWS = {
+    "rand": lambda g: torch.rand(6, generator=g),
+    "randn": lambda g: torch.randn(6, generator=g),
+    "randint": lambda g: torch.randint(0, 1000, (6,), generator=g),
+    "normal_float_float": lambda g: torch.normal(0.0, 1.0, size=(6,), generator=g),
+    # torch.normal(tensor, tensor) in mindtorch 0.5.1 computes this entry, then returns normal_float_float's
+    # draw instead: the entry itself is called here
+    "normal_tensor_tensor": lambda g: cpu_table.normal_tensor_tensor(torch.tensor(0.0), torch.tensor(1.0), (6,),
+                                                                     torch.float32, g or torch.default_generator),
+}
 
 
-def test_cpu_rand_ignores_the_seed_without_the_shim(monkeypatch):
-    monkeypatch.setattr(cpu_table, "rand", compat.ORIGINALS["cpu.rand"])
+def _draw(op, generator=None):
+    if op == "dropout":  # takes no generator: the global one's seed and offset
+        return torch.nn.functional.dropout(torch.ones(64), 0.5, training=True).numpy()
+    return DRAWS[op](generator).numpy()
+
+
+@pytest.mark.parametrize("op", list(DRAWS))
+def test_explicit_generator_is_honoured(op):
+    def generator(seed):
+        return torch.Generator().manual_seed(seed)
+
+    a = _draw(op, generator(3))
+    np.testing.assert_array_equal(a, _draw(op, generator(3)))   # same seed, same numbers
+    assert not np.array_equal(a, _draw(op, generator(4)))       # another seed, other numbers
+    torch.manual_seed(1)
+    np.testing.assert_array_equal(a, _draw(op, generator(3)))   # the global seed plays no part...
+    torch.manual_seed(2)
+    _draw(op)
+    np.testing.assert_array_equal(a, _draw(op, generator(3)))   # ...nor draws from the global generator
+    g = generator(3)
+    np.testing.assert_array_equal(_draw(op, g), a)
+    assert not np.array_equal(_draw(op, g), a)                 # each draw advances the generator
+    if op == "randint":
+        assert ((0 <= a) & (a < 1000)).all()
+    else:
+        assert abs(float(a.mean())) < 3  # uniform/normal values, not garbage
+
+
+@pytest.mark.parametrize("op", [*DRAWS, "dropout"])
+def test_cpu_random_ops_ignore_the_seed_without_the_shim(op, monkeypatch):
+    """The gap the shim fills, op by op: the same torch.manual_seed gives other numbers."""
+    monkeypatch.setattr(cpu_table, op, compat.ORIGINALS[f"cpu.{op}"])
     torch.manual_seed(7)
-    a = torch.rand(6).numpy()
+    a = _draw(op)
     torch.manual_seed(7)
-    assert not np.array_equal(a, torch.rand(6).numpy())
+    assert not np.array_equal(a, _draw(op))
+    if op != "dropout":  # and an explicit generator's seed is dropped too
+        assert not np.array_equal(_draw(op, torch.Generator().manual_seed(3)),
+                                  _draw(op, torch.Generator().manual_seed(3)))
+
+
+def test_successive_draws_differ_and_the_seed_replays_them():
+    torch.manual_seed(7)
+    first, second = _draws(), _draws()
+    for a, b in zip(first, second):  # each draw advances the generator
+        assert not np.array_equal(a, b)
+    torch.manual_seed(7)
+    for want, got in zip(first + second, _draws() + _draws()):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_generator_never_advances_without_the_shim(monkeypatch):
+    from mindtorch._C import Generator
+
+    monkeypatch.setattr(Generator, "_step", compat.ORIGINALS["Generator._step"])
+    torch.manual_seed(7)
+    np.testing.assert_array_equal(torch.rand(6).numpy(), torch.rand(6).numpy())  # the same numbers again
+    dropout = torch.nn.functional.dropout
+    np.testing.assert_array_equal(dropout(torch.ones(64), 0.5).numpy(), dropout(torch.ones(64), 0.5).numpy())
 
 
 def test_gradient_flows_through_seeded_dropout():

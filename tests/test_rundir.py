@@ -2,11 +2,13 @@
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -89,20 +91,84 @@ def test_atomic_write_keeps_the_old_file_when_the_write_is_cut_off(tmp_path, mon
     assert [p.name for p in tmp_path.iterdir()] == ["train_config.yaml"]  # no temporary left behind
 
 
+def write_model(directory, version):
+    """A two-file stand-in for a saved model, so a half-removed or half-written copy shows."""
+    directory.mkdir()
+    for name in ("config.json", "weights"):
+        (directory / name).write_text(f"{name} {version}")
+
+
+def model_version(directory):
+    """Which version a complete copy written by write_model is; anything else fails the test."""
+    files = {p.name: p.read_text() for p in directory.iterdir()} if directory.is_dir() else {}
+    for version in ("old", "new", "newer"):
+        if files == {name: f"{name} {version}" for name in ("config.json", "weights")}:
+            return version
+    raise AssertionError(f"{directory} holds no complete model: {files}")
+
+
+def crash_at_step(monkeypatch, n, steps):
+    """Kill a save at the n-th filesystem step of replace_dir (0: never), recording each step in ``steps``.
+
+    The steps are os.replace, the RENAME_EXCHANGE swap (rundir._exchange) and shutil.rmtree. The n-th
+    raises before it runs, except rmtree, which first removes one file: a kill part-way through a
+    removal. Every step of both swap paths is wrapped, so the crash lands on whichever path runs."""
+    real_replace, real_exchange, real_rmtree = os.replace, rundir._exchange, rundir.shutil.rmtree
+
+    def step(name, run, *args, **kwargs):
+        steps.append(name)
+        if len(steps) == n:
+            if name == "rmtree" and Path(args[0]).is_dir():
+                next(p for p in sorted(Path(args[0]).rglob("*")) if p.is_file()).unlink()
+            raise OSError(f"simulated crash at {name}")
+        result = run(*args, **kwargs)
+        if name == "exchange" and result is False:  # the OS cannot swap: replace_dir falls back to renames
+            steps[-1] = "no exchange"
+        return result
+
+    monkeypatch.setattr(os, "replace", lambda *a, **k: step("replace", real_replace, *a, **k))
+    monkeypatch.setattr(rundir, "_exchange", lambda *a: step("exchange", real_exchange, *a))
+    monkeypatch.setattr(rundir, "shutil", SimpleNamespace(rmtree=lambda *a, **k: step("rmtree", real_rmtree, *a, **k)))
+
+
 @pytest.mark.parametrize("exchange", [True, False], ids=["rename-exchange", "two-renames"])
-def test_replace_dir_never_leaves_no_directory(tmp_path, monkeypatch, exchange):
-    target = tmp_path / "model"
-    target.mkdir()
-    (target / "weights").write_text("old")
-    staging = rundir.staging_name(target)
-    staging.mkdir()
-    (staging / "weights").write_text("new")
+def test_a_save_killed_at_any_step_of_the_swap_leaves_the_old_or_the_new_model(tmp_path, monkeypatch, exchange):
+    """replace_dir killed before each of its steps in turn (and part-way through each removal):
+    recover_dir always finds a complete model, old or new, and the next save goes through."""
     if not exchange:  # a platform without renameat2(RENAME_EXCHANGE)
         monkeypatch.setattr(rundir, "_exchange", lambda a, b: False)
-    failing_at_call(monkeypatch, rundir.os, 2)  # the two-rename swap dies between its renames
-    try:
-        rundir.replace_dir(staging, target)
-    except OSError:
-        assert not exchange
-    monkeypatch.undo()
-    assert (rundir.recover_dir(target) / "weights").read_text() == ("new" if exchange else "old")
+    else:  # the exchange variant must run the exchange, not fall back to two renames unnoticed
+        pair = [tmp_path / "a", tmp_path / "b"]
+        for p in pair:
+            p.mkdir()
+        if not rundir._exchange(*pair):
+            pytest.skip(f"{tmp_path}'s filesystem cannot swap directories (RENAME_EXCHANGE)")
+        for p in pair:
+            p.rmdir()
+    target, staging = tmp_path / "model", rundir.staging_name(tmp_path / "model")
+
+    def save(version):  # as save_pretrained/_save_checkpoint do: clear the staging name, write, swap
+        shutil.rmtree(staging, ignore_errors=True)
+        write_model(staging, version)
+        return rundir.replace_dir(staging, target)
+
+    clean = []
+    with monkeypatch.context() as patch:
+        write_model(target, "old")
+        crash_at_step(patch, 0, clean)
+        save("new")
+    assert model_version(target) == "new"
+    seen = set()
+    for n in range(1, len(clean) + 1):
+        shutil.rmtree(target)
+        write_model(target, "old")
+        with monkeypatch.context() as patch:
+            crash_at_step(patch, n, [])
+            with pytest.raises(OSError, match="simulated crash"):
+                save("new")
+        seen.add(model_version(rundir.recover_dir(target)))
+        save("newer")  # the next save after the crash
+        assert model_version(target) == "newer"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert seen == {"old", "new"}  # killed before the swap: the old model; after it: the new
+    assert ("exchange" in clean) == exchange  # the variant ran the path it names
