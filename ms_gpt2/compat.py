@@ -124,10 +124,8 @@ def _install_cpu_seeded_random() -> None:
     global state) and drops the generator, so ``torch.manual_seed`` changes nothing: sampling
     (``multinomial`` draws through ``rand``), dropout and ``randn`` differ on every run. Each op
     here asks the generator for its (seed, offset), as the NPU table does, and draws from a NumPy
-    generator keyed on that pair: same seed, same numbers; each call advances the offset. (The CPU
-    kernel of mindtorch's Generator returns the offset without advancing it, so every draw of a
-    seeded run got the same key -- dropout drew one mask per shape for the whole run -- and the
-    offset is advanced here, in the generator's own state, which checkpoints save and restore.)
+    generator keyed on that pair: same seed, same numbers; each call advances the offset (through
+    ``Generator._step``, which the ``generator.step`` shim makes advance).
     """
     import numpy as np
     import mindspore
@@ -143,15 +141,8 @@ def _install_cpu_seeded_random() -> None:
     def rng_for(seed, offset):
         return np.random.default_rng([as_int(seed) % 2**64, as_int(offset) % 2**64])
 
-    def advance_past(generator, offset: int) -> None:
-        """The draw at ``offset`` is taken: move the generator on if its kernel did not."""
-        if as_int(generator._step(0)[1]) == offset:  # pylint: disable=protected-access
-            set_generator_offset(generator, offset + step)
-
     def from_generator(generator):
-        seed, offset = (as_int(v) for v in generator._step(step))  # pylint: disable=protected-access
-        advance_past(generator, offset)
-        return rng_for(seed, offset)
+        return rng_for(*generator._step(step))  # pylint: disable=protected-access
 
     def to_tensor(array, dtype):
         tensor = mindspore.Tensor(array)
@@ -176,8 +167,6 @@ def _install_cpu_seeded_random() -> None:
         return normal_float_float(mean.item(), std.item(), size, dtype, generator)
 
     def dropout(input, p, seed, offset):  # (seed, offset): mindtorch's dropout took them from the default generator
-        seed, offset = as_int(seed), as_int(offset)
-        advance_past(mindtorch.default_generator, offset)
         keep = rng_for(seed, offset).random(tuple(input.shape)) >= p
         mask = cpu.cast(mindspore.Tensor(keep), input.dtype)
         return cpu.mul(cpu.mul(input, mask), 1.0 / (1.0 - p)), mask
