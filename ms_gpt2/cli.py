@@ -108,14 +108,14 @@ def _pretrain(args) -> int:
 
 def _summarize(args) -> int:
     from ms_gpt2 import tasks
+    from ms_gpt2.summarization import Summarizer
 
-    config = tasks.run_config(args.model, args.config, _overrides(args))
+    summarizer = Summarizer.from_pretrained(args.model, args.config, _overrides(args))
     if args.text is not None:
-        print(tasks.summarize(args.model, text=args.text, config=config)[0])
+        print(summarizer.summarize_text(args.text))
         return 0
-    out = args.out
-    results = tasks.summarize(args.model, data=args.data, split=args.split, config=config, limit=args.limit, out=out)
-    if not out:
+    results = tasks.summarize(summarizer, args.data, split=args.split, limit=args.limit, out=args.out)
+    if not args.out:
         for item in results:
             print(json.dumps({"article": item.article, "reference": item.reference, "summary": item.summary},
                              ensure_ascii=False))
@@ -124,9 +124,10 @@ def _summarize(args) -> int:
 
 def _evaluate(args) -> int:
     from ms_gpt2 import tasks
+    from ms_gpt2.summarization import Summarizer
 
-    config = tasks.run_config(args.model, args.config, _overrides(args))
-    scores = tasks.evaluate(args.model, args.data, split=args.split, config=config, limit=args.limit,
+    summarizer = Summarizer.from_pretrained(args.model, args.config, _overrides(args))
+    scores = tasks.evaluate(summarizer, args.data, split=args.split, limit=args.limit,
                             summaries_out=args.summaries_out)
     print(json.dumps(scores, indent=2, ensure_ascii=False))
     return 0
