@@ -189,9 +189,20 @@ def _attention_demo(args) -> int:
     return 0 if diff < 1e-5 else 1
 
 
+DESCRIPTION = """\
+GPT-2 on MindSpore (through MindNLP), built for Chinese news summarization: fine-tune GPT-2 to
+summarize (NLPCC2017-format data), pretrain it on raw text (or BERT with masked LM + next-sentence
+prediction), then summarize articles and score the summaries (ROUGE, the Lead baseline,
+loss/perplexity); predict the next word or continue a prompt with any local GPT-2 checkpoint.
+`ms-gpt2 demo` runs the whole recipe on the bundled corpus. Models and data are read from local
+paths: nothing is downloaded except by `download-data`."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
-    parser = argparse.ArgumentParser(prog="ms-gpt2", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="ms-gpt2", description=DESCRIPTION,
+                                     epilog="`ms-gpt2 COMMAND --help` lists a command's options.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("attention-demo", parents=[common],

@@ -99,3 +99,17 @@ def test_misspelled_training_option_is_one_line_before_any_data_work(tmp_path):
                  str(tmp_path / "missing.jsonl"), "--output-dir", str(tmp_path / "run"))
     assert_user_error(seeded, "training.seed is set by ms_gpt2: use --seed")
     assert not (tmp_path / "run").exists()
+
+
+def test_help_says_what_the_program_does_for_its_user():
+    from ms_gpt2 import cli as cli_module
+
+    result = subprocess.run([sys.executable, "-m", "ms_gpt2", "--help"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("usage: ms-gpt2")
+    # the module docstring is for developers ("Thin: parse, fix the runtime, hand off ..."), not the description
+    assert cli_module.__doc__.splitlines()[0] not in result.stdout and "hand off" not in result.stdout
+    description = " ".join(result.stdout.split())
+    for what in ("GPT-2 on MindSpore", "fine-tune GPT-2 to summarize", "pretrain it on raw text",
+                 "masked LM + next-sentence prediction", "ROUGE", "continue a prompt", "ms-gpt2 demo"):
+        assert what in description, what
