@@ -140,14 +140,14 @@ def _pretrain(args) -> int:
 
 def _summarize(args) -> int:
     from ms_gpt2 import tasks
+    from ms_gpt2.summarization import Summarizer
 
-    config = tasks.run_config(args.model, args.config, _overrides(args))
+    summarizer = Summarizer.from_pretrained(args.model, args.config, _overrides(args))
     if args.text is not None:
-        print(tasks.summarize(args.model, text=args.text, config=config)[0])
+        print(summarizer.summarize_text(args.text))
         return 0
-    out = args.out
-    results = tasks.summarize(args.model, data=args.data, split=args.split, config=config, limit=args.limit, out=out)
-    if not out:
+    results = tasks.summarize(summarizer, args.data, split=args.split, limit=args.limit, out=args.out)
+    if not args.out:
         for item in results:
             print(json.dumps({"article": item.article, "reference": item.reference, "summary": item.summary},
                              ensure_ascii=False))
@@ -156,9 +156,10 @@ def _summarize(args) -> int:
 
 def _evaluate(args) -> int:
     from ms_gpt2 import tasks
+    from ms_gpt2.summarization import Summarizer
 
-    config = tasks.run_config(args.model, args.config, _overrides(args))
-    scores = tasks.evaluate(args.model, args.data, split=args.split, config=config, limit=args.limit,
+    summarizer = Summarizer.from_pretrained(args.model, args.config, _overrides(args))
+    scores = tasks.evaluate(summarizer, args.data, split=args.split, limit=args.limit,
                             summaries_out=args.summaries_out)
     print(json.dumps(scores, indent=2, ensure_ascii=False))
     return 0
@@ -222,9 +223,20 @@ def _attention_demo(args) -> int:
     return 0 if diff < 1e-5 else 1
 
 
+DESCRIPTION = """\
+GPT-2 on MindSpore (through MindNLP), built for Chinese news summarization: fine-tune GPT-2 to
+summarize (NLPCC2017-format data), pretrain it on raw text (or BERT with masked LM + next-sentence
+prediction), then summarize articles and score the summaries (ROUGE, the Lead baseline,
+loss/perplexity); predict the next word or continue a prompt with any local GPT-2 checkpoint.
+`ms-gpt2 demo` runs the whole recipe on the bundled corpus. Models and data are read from local
+paths: nothing is downloaded except by `download-data`."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
-    parser = OneLineParser(prog="ms-gpt2", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="ms-gpt2", description=DESCRIPTION,
+                           epilog="`ms-gpt2 COMMAND --help` lists a command's options.",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("attention-demo", parents=[common],

@@ -9,6 +9,9 @@ the spaces WordPiece puts between Chinese characters.
 whole sequence, *prompt included*, so every bigram of the article is banned from the summary and
 a summary can never quote its article ("梅岭马拉松" becomes "梅马马松"). By default the ban covers the
 generated tokens only (``no_repeat_ngram_scope: summary``); ``sequence`` is the tutorial's.
+
+:class:`Summarizer` is built once from a model directory (model, tokenizer, the run's settings)
+and serves every summary of a job: ``summarize``, ``evaluate`` and the demo (:mod:`ms_gpt2.tasks`).
 """
 from __future__ import annotations
 
@@ -27,8 +30,11 @@ import torch  # noqa: E402  (mindtorch)
 from mindnlp.transformers import LogitsProcessorList  # noqa: E402
 
 from ms_gpt2 import tokenization  # noqa: E402
+from ms_gpt2.checkpoints import RUN_CONFIG, load_pretrained, resolve_model_dir  # noqa: E402
+from ms_gpt2.config import load_config  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.examples import encode_prompt, prompt_pipeline  # noqa: E402
+from ms_gpt2.fast_decode import beam_search, decoder_or_none  # noqa: E402
 from ms_gpt2.generation import NGRAM_SCOPES, NoRepeatNGramInContinuation, check_length  # noqa: E402
 from ms_gpt2.modeling import GPT2ForSummarization  # noqa: E402
 
@@ -42,63 +48,94 @@ class Summary:
     summary: str
 
 
-def load_summarizer(model_dir):
-    """(model, tokenizer) from a directory written by ``ms-gpt2 train`` (or any GPT-2 + vocab.txt)."""
-    from ms_gpt2.checkpoints import load_pretrained
-
-    return load_pretrained(model_dir, GPT2ForSummarization, bert_only=True)
-
-
-def summarize_ids(model, tokenizer, prompt_ids: np.ndarray, num_beams=5, no_repeat_ngram_size=2,
-                  max_new_tokens=50, no_repeat_ngram_scope="summary", compiled: bool = True) -> np.ndarray:
-    """Beam-search continuation of ``[CLS] article [SEP]``; returns only the new token ids.
-
-    Runs on the compiled decoder (:func:`ms_gpt2.fast_decode.beam_search`, the library's beam
-    search on a static-cache graph, several times faster on CPU); ``compiled=False``, or a model
-    config the compiled graph does not implement (logged), uses Hugging Face ``generate`` on
-    mindtorch. Tests check both give the same tokens."""
-    input_ids = torch.tensor(np.asarray(prompt_ids, dtype=np.int64).reshape(1, -1)).to(model.device)
-    check_length(model, input_ids.shape[1], max_new_tokens, option="generation.max_new_tokens")
-    if no_repeat_ngram_scope not in NGRAM_SCOPES:
-        raise UserError(f"generation.no_repeat_ngram_scope must be one of {NGRAM_SCOPES}, got {no_repeat_ngram_scope!r}")
-    decoder = None
-    if compiled:
-        from ms_gpt2.fast_decode import decoder_or_none
-
-        decoder = decoder_or_none(model, input_ids.shape[1] + max_new_tokens, batch=num_beams)
-    if decoder is not None:
-        from ms_gpt2.fast_decode import beam_search
-
-        prompt = np.asarray(prompt_ids).reshape(-1)
-        return np.array(beam_search(decoder, prompt, max_new_tokens, eos_token_id=tokenizer.sep_token_id,
-                                    no_repeat_ngram_size=no_repeat_ngram_size, early_stopping=True,
-                                    no_repeat_from=len(prompt) if no_repeat_ngram_scope == "summary" else 0),
-                        dtype=np.int64)
-    processors = LogitsProcessorList()
-    if no_repeat_ngram_size and no_repeat_ngram_scope == "summary":
-        processors.append(NoRepeatNGramInContinuation(no_repeat_ngram_size, input_ids.shape[1]))
-        no_repeat_ngram_size = 0  # the library's own (whole-sequence) ban stays off
-    with torch.no_grad():
-        output = model.generate(
-            input_ids, attention_mask=torch.ones_like(input_ids), num_beams=num_beams,
-            no_repeat_ngram_size=no_repeat_ngram_size, max_new_tokens=max_new_tokens,
-            eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False,
-            early_stopping=True, logits_processor=processors,
-        )
-    return output[0, input_ids.shape[1]:].cpu().numpy()
+def run_settings(model_dir, config=None, overrides=()) -> dict:
+    """The settings to summarize the model in ``model_dir`` (a model directory, already resolved)
+    with: ``config`` itself when it is a dict (a run's loaded config), else the YAML file it names
+    (``--config``), else the run config saved with the model (:data:`~ms_gpt2.checkpoints.RUN_CONFIG`),
+    else the defaults; ``overrides`` (``section.key=value``) apply to the file or the defaults."""
+    if isinstance(config, dict):
+        if overrides:
+            raise ValueError("overrides apply to a config file or the defaults, not to a loaded config")
+        return config
+    saved = Path(model_dir) / RUN_CONFIG
+    return load_config(config or (saved if saved.is_file() else None), overrides)
 
 
-def summarize_text(model, tokenizer, article: str, max_prompt_len: int, **generation) -> str:
-    ids = encode_prompt(tokenizer, article, max_prompt_len)
-    return tokenization.decode(tokenizer, summarize_ids(model, tokenizer, ids, **generation))
+class Summarizer:
+    """A model made ready to summarize, built once and then used for every article, as Hugging
+    Face's ``pipeline()`` holds its model: the model and its tokenizer, the run's settings
+    (``config``), and what they fix for every summary: the prompt length and the beam search.
 
+    Decoding runs on the model's compiled decoders (:func:`ms_gpt2.fast_decode.decoder_for` keeps
+    them on the model, one per length bucket: a short article's beams attend over and reorder a
+    short cache), or on Hugging Face ``generate`` with ``compiled=False`` or for a model config the
+    compiled graph does not implement (logged once)."""
 
-def summarize_lines(model, tokenizer, lines, max_prompt_len: int, **generation) -> Iterator[Summary]:
-    """Summaries for a TextFileDataset of NLPCC lines, through the tutorial's test pipeline."""
-    pipeline = prompt_pipeline(lines, tokenizer, max_prompt_len)
-    for row in pipeline.create_dict_iterator(num_epochs=1, output_numpy=True):
-        new_ids = summarize_ids(model, tokenizer, row["input_ids"][0], **generation)
-        yield Summary(str(row["article"][0]), str(row["summary"][0]), tokenization.decode(tokenizer, new_ids))
+    def __init__(self, model, tokenizer, config: dict | None = None, model_dir=None, compiled: bool = True):
+        self.model, self.tokenizer = model, tokenizer
+        self.config = config if config is not None else load_config()
+        self.model_dir = Path(model_dir) if model_dir is not None else None  # where it was loaded from, if it was
+        self.compiled = compiled
+        d, g = self.config["data"], self.config["generation"]
+        if d["max_summary_len"] >= d["max_seq_len"]:
+            raise UserError(f"data.max_summary_len={d['max_summary_len']} leaves no room in max_seq_len={d['max_seq_len']}")
+        self.max_prompt_len = d["max_seq_len"] - d["max_summary_len"]  # [CLS] article [SEP], the article cut to fit
+        if g["no_repeat_ngram_scope"] not in NGRAM_SCOPES:
+            raise UserError(f"generation.no_repeat_ngram_scope must be one of {NGRAM_SCOPES}, "
+                            f"got {g['no_repeat_ngram_scope']!r}")
+        self.num_beams, self.max_new_tokens = g["num_beams"], g["max_new_tokens"]
+        self.no_repeat_ngram_size, self.no_repeat_ngram_scope = g["no_repeat_ngram_size"], g["no_repeat_ngram_scope"]
+
+    @classmethod
+    def from_pretrained(cls, model_dir, config=None, overrides=()) -> "Summarizer":
+        """From a directory written by ``ms-gpt2 train`` (its ``model/``, a checkpoint, or the
+        training output directory itself), or any GPT-2 with a BERT ``vocab.txt``. ``config`` and
+        ``overrides``: see :func:`run_settings`; the settings are read before the model is loaded."""
+        model_dir = resolve_model_dir(model_dir)  # a training output directory -> its final model/
+        config = run_settings(model_dir, config, overrides)
+        model, tokenizer = load_pretrained(model_dir, GPT2ForSummarization, bert_only=True)  # already resolved
+        return cls(model, tokenizer, config, model_dir)
+
+    def summarize_ids(self, prompt_ids: np.ndarray) -> np.ndarray:
+        """Beam-search continuation of ``[CLS] article [SEP]`` (1-D ids); returns only the new ids.
+
+        The compiled path (:func:`ms_gpt2.fast_decode.beam_search`, several times faster on CPU)
+        and Hugging Face ``generate`` give the same tokens; tests check it."""
+        prompt = np.asarray(prompt_ids, dtype=np.int64).reshape(-1)                     # (T,)
+        check_length(self.model, len(prompt), self.max_new_tokens, option="generation.max_new_tokens")
+        decoder = None
+        if self.compiled:  # the model's decoder for this length bucket, one row per beam
+            decoder = decoder_or_none(self.model, len(prompt) + self.max_new_tokens, batch=self.num_beams)
+        eos = self.tokenizer.sep_token_id
+        if decoder is not None:
+            no_repeat_from = len(prompt) if self.no_repeat_ngram_scope == "summary" else 0
+            return np.array(beam_search(decoder, prompt, self.max_new_tokens, eos_token_id=eos,
+                                        no_repeat_ngram_size=self.no_repeat_ngram_size, early_stopping=True,
+                                        no_repeat_from=no_repeat_from), dtype=np.int64)
+        input_ids = torch.tensor(prompt.reshape(1, -1)).to(self.model.device)              # (1, T)
+        processors, no_repeat_ngram_size = LogitsProcessorList(), self.no_repeat_ngram_size
+        if no_repeat_ngram_size and self.no_repeat_ngram_scope == "summary":
+            processors.append(NoRepeatNGramInContinuation(no_repeat_ngram_size, len(prompt)))
+            no_repeat_ngram_size = 0  # the library's own (whole-sequence) ban stays off
+        with torch.no_grad():
+            output = self.model.generate(
+                input_ids, attention_mask=torch.ones_like(input_ids), num_beams=self.num_beams,
+                no_repeat_ngram_size=no_repeat_ngram_size, max_new_tokens=self.max_new_tokens,
+                eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id, do_sample=False,
+                early_stopping=True, logits_processor=processors,
+            )                                                                                  # (1, T + new)
+        return output[0, len(prompt):].cpu().numpy()
+
+    def summarize_text(self, article: str) -> str:
+        ids = encode_prompt(self.tokenizer, article, self.max_prompt_len)
+        return tokenization.decode(self.tokenizer, self.summarize_ids(ids))
+
+    def summarize_lines(self, lines) -> Iterator[Summary]:
+        """Summaries for a TextFileDataset of NLPCC lines, through the tutorial's test pipeline."""
+        pipeline = prompt_pipeline(lines, self.tokenizer, self.max_prompt_len)
+        for row in pipeline.create_dict_iterator(num_epochs=1, output_numpy=True):   # batches of 1
+            new_ids = self.summarize_ids(row["input_ids"][0])
+            yield Summary(str(row["article"][0]), str(row["summary"][0]), tokenization.decode(self.tokenizer, new_ids))
 
 
 def write_jsonl(summaries: Iterable[Summary], path) -> list[Summary]:

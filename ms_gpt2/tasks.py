@@ -1,4 +1,7 @@
-"""The jobs a user runs, each composed from the library modules: summarize, evaluate, demo."""
+"""The jobs a user runs, each composed from the library modules: summarize, evaluate, demo.
+
+``summarize`` and ``evaluate`` take a :class:`~ms_gpt2.summarization.Summarizer`, built once from a
+model directory; the demo builds one per fine-tuned model and evaluates both splits with it."""
 from __future__ import annotations
 
 import json
@@ -11,11 +14,9 @@ runtime.ensure()
 
 from ms_gpt2.config import article_loss_weight, load_config  # noqa: E402
 from ms_gpt2.data import NLPCCSource, records  # noqa: E402
-from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.evaluation import language_model_loss, lead_baseline, rouge  # noqa: E402
 from ms_gpt2.examples import summary_fits, train_pipeline  # noqa: E402
-from ms_gpt2.summarization import load_summarizer, summarize_lines, summarize_text, write_jsonl  # noqa: E402
-from ms_gpt2.checkpoints import RUN_CONFIG, resolve_model_dir  # noqa: E402
+from ms_gpt2.summarization import Summarizer, Summary, write_jsonl  # noqa: E402
 from ms_gpt2.training import train  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -26,66 +27,39 @@ PRETRAIN_SMOKE_CONFIG = resources.config("pretrain_smoke.yaml")
 DEMO_ARTICLE_LOSS_WEIGHT = 0.5  # the demo's fine-tuning objective: summary tokens 1, article tokens 0.5
 
 
-def run_config(model_dir, config_path=None, overrides=()) -> dict:
-    """The settings to summarize/evaluate with: --config, else the one saved with the model."""
-    saved = resolve_model_dir(model_dir) / RUN_CONFIG
-    path = config_path or (saved if saved.is_file() else None)
-    return load_config(path, overrides)
-
-
-def _generation(config: dict) -> dict:
-    g = config["generation"]
-    return {"num_beams": g["num_beams"], "no_repeat_ngram_size": g["no_repeat_ngram_size"],
-            "max_new_tokens": g["max_new_tokens"], "no_repeat_ngram_scope": g["no_repeat_ngram_scope"]}
-
-
-def _prompt_len(config: dict) -> int:
-    d = config["data"]
-    if d["max_summary_len"] >= d["max_seq_len"]:
-        raise UserError(f"data.max_summary_len={d['max_summary_len']} leaves no room in max_seq_len={d['max_seq_len']}")
-    return d["max_seq_len"] - d["max_summary_len"]
-
-
 def _source(config: dict, data, workdir, check=None) -> NLPCCSource:
     d = config["data"]
     return NLPCCSource.open(data, workdir, d["fraction"], d["train_ratio"], d["skip_bad_lines"], check)
 
 
-def summarize(model_dir, data=None, text=None, split="all", config=None, limit=None, out=None, workdir=None):
-    """Summaries of --text, or of a split of an NLPCC file (written as JSON lines to ``out``).
+def summarize(summarizer: Summarizer, data, split="all", limit=None, out=None, workdir=None) -> list[Summary]:
+    """Summaries of a split of an NLPCC file (written as JSON lines to ``out``), split as the
+    summarizer's settings say; ``workdir`` (the checked copy of the file) defaults to the model's ``work/``.
 
     The lines are checked for format only: a summary too long to train on is still a fine reference."""
-    model_dir = resolve_model_dir(model_dir)
-    model, tokenizer = load_summarizer(model_dir)
-    config = config or run_config(model_dir)
-    if text is not None:
-        return [summarize_text(model, tokenizer, text, _prompt_len(config), **_generation(config))]
-    source = _source(config, data, workdir or Path(model_dir) / "work")
+    source = _source(summarizer.config, data, workdir or summarizer.model_dir / "work")
     lines = source.lines(split)
     if limit:
         lines = lines.take(limit)
-    results = summarize_lines(model, tokenizer, lines, _prompt_len(config), **_generation(config))
+    results = summarizer.summarize_lines(lines)
     return write_jsonl(results, out) if out else list(results)
 
 
-def evaluate(model_dir, data, split="all", config=None, limit=None, summaries_out=None, workdir=None) -> dict:
+def evaluate(summarizer: Summarizer, data, split="all", limit=None, summaries_out=None, workdir=None) -> dict:
     """ROUGE of beam-search summaries against references (and of the Lead baseline), plus LM
     loss/perplexity, on one split.
 
     Every line is checked before any summary is generated, as training checks them: the loss needs
     each record as a training example, so a summary too long for ``max_seq_len`` is an error
     naming ``file:line`` (or skipped with ``skip_bad_lines``), not a failure after the summaries."""
-    model_dir = resolve_model_dir(model_dir)
-    model, tokenizer = load_summarizer(model_dir)
-    config = config or run_config(model_dir)
-    source = _source(config, data, workdir or Path(model_dir) / "work",
-                     check=summary_fits(tokenizer, config["data"]["max_seq_len"]))
+    model, tokenizer, d = summarizer.model, summarizer.tokenizer, summarizer.config["data"]
+    source = _source(summarizer.config, data, workdir or summarizer.model_dir / "work",
+                     check=summary_fits(tokenizer, d["max_seq_len"]))
     lines = lambda: source.lines(split).take(limit) if limit else source.lines(split)  # noqa: E731
-    summaries = summarize_lines(model, tokenizer, lines(), _prompt_len(config), **_generation(config))
+    summaries = summarizer.summarize_lines(lines())
     if summaries_out:
         summaries = write_jsonl(summaries, summaries_out)
     scores = rouge((s.reference, s.summary) for s in summaries)
-    d = config["data"]
     batches = train_pipeline(lines(), tokenizer, d["max_seq_len"], batch_size=8,
                              article_loss_weight=article_loss_weight(d))
     scores.update(language_model_loss(model, batches.create_dict_iterator(num_epochs=1, output_numpy=True)))
@@ -142,10 +116,10 @@ def demo(output_dir="runs/demo", data=DEMO_DATA, config_path=SMOKE_CONFIG, overr
         print_fn(f"== {step}. fine-tuning {name} ({config_path}, article_loss_weight {lam:g}) -> {output_dir / name}")
         results[name] = train(run_config, data, output_dir / name, overwrite=True)
         print_fn(f"   {results[name].global_step} steps, final training loss {results[name].train_loss:.3f}")
-        scores[name] = {}
-        for split, limit in (("test", None), ("train", train_sample)):  # train: does it fit what it saw?
-            scores[name][split] = evaluate(results[name].model_dir, data, split=split, config=run_config, limit=limit,
-                                           summaries_out=output_dir / name / f"summaries_{split}.jsonl")
+        summarizer = Summarizer.from_pretrained(results[name].model_dir, run_config)  # one load, both splits
+        scores[name] = {split: evaluate(summarizer, data, split=split, limit=limit,
+                                        summaries_out=output_dir / name / f"summaries_{split}.jsonl")
+                        for split, limit in (("test", None), ("train", train_sample))}  # train: does it fit what it saw?
 
     n_test = results["scratch"].n_test
     print_fn(f"== summaries of the {n_test} held-out test articles (beam search)")

@@ -123,3 +123,17 @@ def test_values_a_command_cannot_use_are_one_line_and_exit_2(args, fragment, cap
     err = capsys.readouterr().err
     assert info.value.code == 2 and len(err.strip().splitlines()) == 1, err
     assert err.startswith("ms-gpt2: error: ") and fragment in err, err
+
+
+def test_help_says_what_the_program_does_for_its_user():
+    from ms_gpt2 import cli as cli_module
+
+    result = subprocess.run([sys.executable, "-m", "ms_gpt2", "--help"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("usage: ms-gpt2")
+    # the module docstring is for developers ("Thin: parse, fix the runtime, hand off ..."), not the description
+    assert cli_module.__doc__.splitlines()[0] not in result.stdout and "hand off" not in result.stdout
+    description = " ".join(result.stdout.split())
+    for what in ("GPT-2 on MindSpore", "fine-tune GPT-2 to summarize", "pretrain it on raw text",
+                 "masked LM + next-sentence prediction", "ROUGE", "continue a prompt", "ms-gpt2 demo"):
+        assert what in description, what

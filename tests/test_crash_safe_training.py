@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 
 from conftest import DEMO_DATA, write_jsonl
-from ms_gpt2 import runtime, tasks
+from ms_gpt2 import runtime
 from ms_gpt2.config import load_config
 from ms_gpt2.rundir import LOCK_FILE
+from ms_gpt2.summarization import run_settings
 from ms_gpt2.training import PAUSE_IN_SAVE_ENV, OutputDirError, PipelineTrainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,8 +192,8 @@ def test_resume_skips_an_incomplete_checkpoint_with_a_warning(setup, straight, t
 def test_every_checkpoint_carries_the_run_config(setup, straight):
     """summarize/evaluate --model checkpoint-N use the run's settings, not the defaults."""
     for checkpoint in sorted(straight.glob("checkpoint-*")):
-        assert tasks.run_config(checkpoint) == setup.config, checkpoint.name
-    assert tasks.run_config(straight / "model") == setup.config
+        assert run_settings(checkpoint) == setup.config, checkpoint.name
+    assert run_settings(straight / "model") == setup.config
 
 
 def test_rotation_never_deletes_the_only_complete_checkpoint(straight, tmp_path):

@@ -11,6 +11,7 @@ from safetensors.numpy import load_file
 from conftest import DEMO_DATA, write_jsonl
 from ms_gpt2 import runtime, tasks
 from ms_gpt2.config import load_config
+from ms_gpt2.summarization import Summarizer
 from ms_gpt2.training import OutputDirError, train
 
 # Lengths chosen so each article fits whole both in training (128) and as a prompt (128 - 30).
@@ -49,11 +50,13 @@ def test_trains_until_beam_search_reproduces_a_training_summary(handful, char_vo
     assert (tmp_path / "run" / "loss_curve.png").stat().st_size > 1000
 
     # reload from disk and summarize the training articles with beam search
-    summaries = tasks.summarize(result.model_dir, data=path, split="all")
+    summarizer = Summarizer.from_pretrained(result.model_dir)  # the run config saved with the model
+    assert summarizer.config == config
+    summaries = tasks.summarize(summarizer, path, split="all")
     assert [s.reference for s in summaries] == [r["summarization"] for r in rows]
     exact = [s for s in summaries if s.summary == s.reference]
     assert exact, [(s.reference, s.summary) for s in summaries]
-    scores = tasks.evaluate(result.model_dir, path, split="all")
+    scores = tasks.evaluate(summarizer, path, split="all")
     assert scores["rouge-l"]["f1"] > 0.5 and scores["examples"] == 4
     assert math.isclose(scores["perplexity"], math.exp(scores["loss"]), rel_tol=1e-9)
 

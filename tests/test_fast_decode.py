@@ -131,16 +131,24 @@ def test_greedy_refuses_a_beam_decoder():
         CompiledDecoder.from_model(model, batch=3).greedy(REFERENCE["gpt2-bpe-tiny/0/prompt_ids"], 3)
 
 
+def summarizers(model, tokenizer, *settings):
+    """(compiled, library) Summarizers of ``model`` with ``generation.KEY=VALUE`` settings."""
+    from ms_gpt2.config import load_config
+    from ms_gpt2.summarization import Summarizer
+
+    config = load_config(None, [f"generation.{s}" for s in settings])
+    return Summarizer(model, tokenizer, config), Summarizer(model, tokenizer, config, compiled=False)
+
+
 @pytest.mark.parametrize("scope", ["summary", "sequence"])
 def test_summarize_ids_compiled_equals_the_library_path(scope):
-    from ms_gpt2.summarization import summarize_ids
-
     model, tokenizer = load_pretrained(FIXTURES / "gpt2-bert-tiny")
+    compiled, library = summarizers(model, tokenizer, "num_beams=5", "no_repeat_ngram_size=2", "max_new_tokens=12",
+                                    f"no_repeat_ngram_scope={scope}")
     for i in range(2):
         prompt = REFERENCE[f"gpt2-bert-tiny/{i}/prompt_ids"]
-        options = dict(num_beams=5, no_repeat_ngram_size=2, max_new_tokens=12, no_repeat_ngram_scope=scope)
-        fast = summarize_ids(model, tokenizer, prompt, **options)
-        np.testing.assert_array_equal(fast, summarize_ids(model, tokenizer, prompt, compiled=False, **options))
+        fast = compiled.summarize_ids(prompt)
+        np.testing.assert_array_equal(fast, library.summarize_ids(prompt))
         assert len(fast) > 0
 
 
@@ -253,12 +261,10 @@ def test_configs_the_graph_does_not_implement_fall_back_to_the_library(flag, cap
 
 
 def test_summaries_fall_back_to_the_library_too():
-    from ms_gpt2.summarization import summarize_ids
-
     _, tokenizer = load_pretrained(FIXTURES / "gpt2-bert-tiny")
     model = _model_with(UNIMPLEMENTED[1], len(tokenizer))
     prompt = REFERENCE["gpt2-bert-tiny/0/prompt_ids"]
-    summary = summarize_ids(model, tokenizer, prompt, num_beams=2, max_new_tokens=4)
+    compiled, library = summarizers(model, tokenizer, "num_beams=2", "max_new_tokens=4")
+    summary = compiled.summarize_ids(prompt)
     assert "_ms_gpt2_compiled_decoders" not in model.__dict__
-    np.testing.assert_array_equal(summary, summarize_ids(model, tokenizer, prompt, num_beams=2, max_new_tokens=4,
-                                                         compiled=False))
+    np.testing.assert_array_equal(summary, library.summarize_ids(prompt))

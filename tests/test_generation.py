@@ -66,14 +66,15 @@ def test_generate_command_with_beam_search_streams(fixture, prompt):
 
 def test_one_length_check_for_summaries_and_continuations():
     from ms_gpt2.checkpoints import load_pretrained
+    from ms_gpt2.config import load_config
     from ms_gpt2.errors import UserError
     from ms_gpt2.generation import encode_prompt
     from ms_gpt2.examples import encode_prompt as encode_summary_prompt
-    from ms_gpt2.summarization import summarize_ids
+    from ms_gpt2.summarization import Summarizer
 
     model, tokenizer = load_pretrained(FIXTURES / "gpt2-bert-tiny")
     text = "青禾市轨道交通5号线"
     continuation = encode_prompt(tokenizer, text)
     np.testing.assert_array_equal(encode_summary_prompt(tokenizer, text), [*continuation, tokenizer.sep_token_id])
     with pytest.raises(UserError, match="exceeds the model's n_positions=64; lower generation.max_new_tokens to 52"):
-        summarize_ids(model, tokenizer, encode_summary_prompt(tokenizer, text), max_new_tokens=60)
+        Summarizer(model, tokenizer, load_config(None, ["generation.max_new_tokens=60"])).summarize_text(text)

@@ -27,11 +27,13 @@ def test_lead_baseline_scores_the_leads_against_the_references():
 def test_evaluate_reports_the_lead_baseline_on_the_same_split(tmp_path):
     from ms_gpt2 import tasks
     from ms_gpt2.config import load_config
+    from ms_gpt2.summarization import Summarizer
 
     fixture = "tests/fixtures/gpt2-bert-tiny"
     config = load_config(None, ["data.max_seq_len=64", "data.max_summary_len=8", "generation.num_beams=1",
                                 "generation.max_new_tokens=2", "generation.no_repeat_ngram_size=0"])
-    scores = tasks.evaluate(fixture, DEMO_DATA, split="test", config=config, limit=2, workdir=tmp_path)
+    scores = tasks.evaluate(Summarizer.from_pretrained(fixture, config), DEMO_DATA, split="test", limit=2,
+                            workdir=tmp_path)
     rows = [json.loads(line) for line in open(DEMO_DATA, encoding="utf-8")][58:60]  # test split: records 58..63
     want = rouge([(r["summarization"], lead(r["article"], r["summarization"])) for r in rows])
     assert scores["lead"] == want and scores["examples"] == 2

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import write_jsonl
 from ms_gpt2 import cli, tasks
+from ms_gpt2.summarization import Summarizer
 
 FIXTURE = "tests/fixtures/gpt2-bert-tiny"  # BERT vocab, n_positions 64
 TINY = ["--config", "configs/smoke.yaml", "--set", "data.max_seq_len=48", "--set", "data.max_summary_len=16",
@@ -31,7 +32,7 @@ def test_evaluate_reports_a_too_long_summary_before_generating(tmp_path, capsys,
     def no_generation(*args, **kwargs):
         raise AssertionError("summaries were generated before the data was checked")
 
-    monkeypatch.setattr(tasks, "summarize_lines", no_generation)
+    monkeypatch.setattr(Summarizer, "summarize_lines", no_generation)
     code, _, err = run(capsys, "evaluate", "--model", FIXTURE, "--data", str(data), *TINY,
                        "--summaries-out", str(tmp_path / "summaries.jsonl"))
     assert code == 2, err[-2000:]
