@@ -17,13 +17,22 @@ One invocation measures, on the current device:
 Ratios are oriented so that > 1 means ms_gpt2 is faster. Fractions of ceiling: training FLOP/s
 (6·params + attention per token) over matmul GFLOP/s (NumPy's, and MindSpore's own MatMul); decoding bytes/s (all weights read once
 per token) over read bandwidth.
+
+The ratios depend on the machine (MindSpore's CPU kernels and PyTorch's do not scale alike), so
+every report records it under ``machine``: the CPU model, the core count, and the load average at
+start and at end (a run on a busy machine shows there), beside MindSpore's MatMul rate in
+``ceilings``.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
+import platform
+import statistics
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +50,68 @@ FULL = dict(seed=0, vocab_size=21128, n_positions=1024, n_embd=768, n_layer=12, 
 QUICK = dict(FULL, vocab_size=1000, n_positions=160, n_embd=64, n_layer=2, n_head=4, train_batch=2,
              train_len=32, train_steps=2, decode_prompt=16, decode_new=8, article_len=100, summary_new=8)
 WORKLOADS = Path(__file__).with_name("bench_workloads.py")
+
+
+def _field(text: str, key: str) -> str | None:
+    """The value of the first ``key: value`` line of ``text`` (lscpu's and /proc/cpuinfo's layout)."""
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip().lower() == key.lower() and value.strip():
+            return value.strip()
+    return None
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name: lscpu's "Model name", else /proc/cpuinfo's "model name", else
+    ``platform.processor()``; None when none of them names it."""
+    try:
+        done = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, env=dict(os.environ, LC_ALL="C"))
+        found = _field(done.stdout, "Model name") if done.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        found = None
+    if not found:
+        try:
+            found = _field(Path("/proc/cpuinfo").read_text(errors="replace"), "model name")
+        except OSError:
+            found = None
+    return found or platform.processor() or None
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def machine() -> dict:
+    """What the figures were measured on. ``load_average_start`` is [1, 5, 15]-minute load as the
+    run starts: other work on the machine. ``load_average_end`` (set by :func:`bench`) includes the
+    bench's own load, so on an idle machine it ends near the core count."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {"cpu_model": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable,
+            "platform": platform.platform(), "started_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "load_average_start": _load_average(), "load_average_end": None}
+
+
+def describe_machine(m: dict | None) -> str:
+    """One line: CPU model, cores, load average (1 minute) at start and end."""
+    if not m:
+        return "CPU model not recorded"
+    start, end = m.get("load_average_start"), m.get("load_average_end")
+    load = f"load average {_fmt(start[0]) if start else '-'} at start"
+    if end:
+        load += f", {_fmt(end[0])} at end"
+    return f"{m.get('cpu_model') or 'CPU model not recorded'}, {m.get('cores') or '?'} cores, {load}"
+
+
+def busy_note(m: dict | None) -> str | None:
+    """A warning line when other work already loaded the machine as the run started."""
+    start, cores = (m or {}).get("load_average_start"), (m or {}).get("usable_cores") or (m or {}).get("cores")
+    if start and cores and start[0] >= 0.5 * cores:
+        return (f"note: the machine was busy as the run started (load average {start[0]:.2f} on {cores} cores): "
+                f"these figures are distorted by other work")
+    return None
 
 
 def ceilings(seconds: float = 3.0) -> dict:
@@ -173,7 +244,7 @@ def _ratio(numerator, denominator):
     return None if numerator is None or denominator in (None, 0) else numerator / denominator
 
 
-def report(device: str, spec: dict, ours: dict, reference: dict | None, ceil: dict) -> dict:
+def report(device: str, spec: dict, ours: dict, reference: dict | None, ceil: dict, machine: dict | None = None) -> dict:
     """The report's JSON shape (see the issue / docs/performance.md); pure, so it is unit-tested."""
     ref = reference or {}
     train_ref = ref.get("train", {}).get("tokens_per_s")
@@ -185,6 +256,7 @@ def report(device: str, spec: dict, ours: dict, reference: dict | None, ceil: di
     decode_bytes = ours["decode"]["tokens_per_s"] * params * 4
     return {
         "device": device,
+        "machine": machine,
         "workload": spec,
         "train": {"ms_gpt2": ours["train"]["tokens_per_s"], "reference": train_ref,
                   "ratio": _ratio(ours["train"]["tokens_per_s"], train_ref),
@@ -218,7 +290,8 @@ def _fmt(value, unit=""):
 def table(result: dict) -> str:
     rows = [("train (tokens/s)", "train"), ("decode (tokens/s)", "decode"), ("summarize (s)", "summarize")]
     ms_matmul = result["ceilings"].get("mindspore_matmul_gflops")
-    lines = [f"device: {result['device']}   ceilings: matmul {result['ceilings']['matmul_gflops']:.1f} GFLOP/s "
+    lines = [f"machine: {describe_machine(result.get('machine'))}",
+             f"device: {result['device']}   ceilings: matmul {result['ceilings']['matmul_gflops']:.1f} GFLOP/s "
              f"(MindSpore's own MatMul {_fmt(ms_matmul)} GFLOP/s), read {result['ceilings']['read_gbps']:.1f} GB/s",
              f"{'figure':<20}{'ms_gpt2':>12}{'reference':>12}{'ratio':>10}{'of ceiling':>12}"]
     for label, key in rows:
@@ -237,6 +310,9 @@ def table(result: dict) -> str:
         lines.append(f"train uses the {t['path']} ({'-' if share is None else f'{100 * share:.1f}%'} of MindSpore's "
                      f"own MatMul rate); the eager mindtorch path: {_fmt(t['eager_on_mindtorch'])} tokens/s")
     lines.append("ratio > 1: ms_gpt2 faster (summarize: reference seconds / ms_gpt2 seconds)")
+    note = busy_note(result.get("machine"))
+    if note:
+        lines.append(note)
     lines.append(f"peak memory while training: ms_gpt2 {_fmt(result['train']['peak_memory_mb'], ' MB')}, "
                  f"reference {_fmt(result['train']['reference_peak_memory_mb'], ' MB')}")
     return "\n".join(lines)
@@ -256,7 +332,8 @@ def chart(result: dict, path) -> Path:
         ax.set_title(title, fontsize=10)
         for i, v in enumerate(values):
             ax.annotate(_fmt(v) if v else "n/a", (i, v), ha="center", va="bottom", fontsize=9)
-    fig.suptitle(f"ms_gpt2 bench on {result['device']}", fontsize=11)
+    cpu = (result.get("machine") or {}).get("cpu_model") or "CPU model not recorded"
+    fig.suptitle(f"ms_gpt2 bench on {result['device']} ({cpu})", fontsize=11)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -271,6 +348,8 @@ def bench(quick: bool = False, reference_python: str | None = None, json_path=No
     from ms_gpt2 import bench_workloads
 
     spec = QUICK if quick else FULL
+    where = machine()
+    print_fn(f"== machine: {describe_machine(where)}")
     print_fn(f"== ceilings ({rt.device})")
     ceil = ceilings(1.0 if quick else 4.0)
     reference = None
@@ -293,7 +372,8 @@ def bench(quick: bool = False, reference_python: str | None = None, json_path=No
     ours["summarize"] = {"seconds": beams["seconds"], "path": "compiled beam search",
                          "hf_generate_seconds": ours["summarize"]["seconds"],
                          "identical_to_library": beams["identical_to_library"]}
-    result = report(rt.device, spec, ours, reference, ceil)
+    where["load_average_end"] = _load_average()
+    result = report(rt.device, spec, ours, reference, ceil, where)
     print_fn(table(result))
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
@@ -303,3 +383,4 @@ def bench(quick: bool = False, reference_python: str | None = None, json_path=No
         png = chart(result, png_path or Path(json_path).with_suffix(".png"))
         print_fn(f"wrote {png}")
     return result
+

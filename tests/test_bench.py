@@ -38,6 +38,10 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(result))
     assert saved["device"] == "cpu"
+    machine = saved["machine"]  # the ratios depend on the machine: the report says which
+    assert machine["cpu_model"] and machine["cpu_model"] == bench.cpu_model()
+    assert machine["cores"] >= 1 and machine["started_at"]
+    assert len(machine["load_average_start"]) == 3 and len(machine["load_average_end"]) == 3
     for key in ("train", "decode", "summarize"):
         assert set(saved[key]) >= {"ms_gpt2", "reference", "ratio", "fraction_of_ceiling"}
         assert saved[key]["ms_gpt2"] > 0
@@ -51,9 +55,34 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 1000
     text = bench.table(result)
     assert "train (tokens/s)" in text and "ratio > 1: ms_gpt2 faster" in text
+    assert text.startswith(f"machine: {machine['cpu_model']}, {machine['cores']} cores, load average ")
 
 
 def test_a_reference_interpreter_without_torch_is_a_clear_error():
     # this venv has no real torch: mindtorch only stands in after `import mindnlp`
     with pytest.raises(UserError, match="needs torch \\+ transformers"):
         bench.run_reference(sys.executable, bench.QUICK, timeout=120)
+
+
+LSCPU = """Architecture:                            x86_64
+CPU(s):                                  2
+Vendor ID:                               AuthenticAMD
+Model name:                              AMD EPYC 9654 96-Core Processor
+CPU family:                              25
+"""
+CPUINFO = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz\n"
+
+
+def test_the_cpu_model_is_read_from_lscpu_or_cpuinfo_layouts():
+    assert bench._field(LSCPU, "Model name") == "AMD EPYC 9654 96-Core Processor"
+    assert bench._field(CPUINFO, "model name") == "Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz"
+    assert bench._field("Model name:   \n", "Model name") is None  # empty: fall through to the next source
+    assert bench.cpu_model()  # this machine names its CPU one way or another
+
+
+def test_a_busy_start_is_flagged():
+    idle = {"cpu_model": "X", "cores": 2, "usable_cores": 2, "load_average_start": [0.1, 0.1, 0.1]}
+    assert bench.busy_note(idle) is None and bench.busy_note(None) is None
+    assert "busy" in bench.busy_note(dict(idle, load_average_start=[1.9, 1.0, 0.5]))
+    assert "busy" in bench.table(bench.report("cpu", SPEC, OURS, REF, CEIL, dict(idle, load_average_start=[3.0] * 3)))
+
