@@ -251,7 +251,8 @@ def _ratio(numerator, denominator):
     return None if numerator is None or denominator in (None, 0) else numerator / denominator
 
 
-def report(device: str, spec: dict, ours: dict, reference: dict | None, ceil: dict, machine: dict | None = None) -> dict:
+def report(device: str, spec: dict, ours: dict, reference: dict | None, ceil: dict,
+           machine: dict | None = None) -> dict:
     """The report's JSON shape (see the issue / docs/performance.md); pure, so it is unit-tested."""
     ref = reference or {}
     train_ref = ref.get("train", {}).get("tokens_per_s")
@@ -417,9 +418,9 @@ def load_runs(paths) -> list[tuple[str, dict]]:
             result = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise UserError(f"{path}: not a readable bench report ({err})") from err
-        if not isinstance(result, dict) or not all(isinstance(result.get(k), dict) for k in ("train", "decode", "summarize",
-                                                                                              "workload", "ceilings")):
-            raise UserError(f"{path}: not an `ms-gpt2 bench --json` report (no train/decode/summarize/workload/ceilings)")
+        keys = ("train", "decode", "summarize", "workload", "ceilings")
+        if not isinstance(result, dict) or not all(isinstance(result.get(k), dict) for k in keys):
+            raise UserError(f"{path}: not an `ms-gpt2 bench --json` report (no {'/'.join(keys)})")
         runs.append((str(path), result))
     return runs
 
@@ -451,7 +452,8 @@ def combine(runs: list[tuple[str, dict]], mixed_cpus: bool = False) -> dict:
     per_run = []
     for path, result in runs:
         m = result.get("machine") or {}
-        row = {"file": path, "started_at": m.get("started_at"), "cpu_model": m.get("cpu_model"), "cores": m.get("cores"),
+        row = {"file": path, "started_at": m.get("started_at"), "cpu_model": m.get("cpu_model"),
+               "cores": m.get("cores"),
                "load_average_start": m.get("load_average_start"), "load_average_end": m.get("load_average_end"),
                "mindspore_matmul_gflops": result["ceilings"].get("mindspore_matmul_gflops"),
                "numpy_matmul_gflops": result["ceilings"].get("matmul_gflops")}
@@ -498,7 +500,8 @@ def summary_table(summary: dict) -> str:
         lines.append(f"  {row['file']}: {row['started_at'] or 'date not recorded'}, "
                      f"{row['cpu_model'] or 'CPU model not recorded'}, MatMul {_fmt(row['mindspore_matmul_gflops'])} "
                      f"GFLOP/s, load {load}; {ratios}")
-    busy = [row["file"] for row in runs if busy_note({"cores": row["cores"], "load_average_start": row["load_average_start"]})]
+    busy = [row["file"] for row in runs
+            if busy_note({"cores": row["cores"], "load_average_start": row["load_average_start"]})]
     if busy:
         lines.append(f"note: {len(busy)} of the runs started on a busy machine (load average at least half the cores): "
                      f"{', '.join(busy)}")

@@ -92,7 +92,8 @@ def saved_run(tmp_path, name, train, decode, summarize, matmul, cpu="AMD EPYC 96
     40 tokens/s, 2 s) and this MindSpore MatMul rate."""
     ours = {"train": dict(OURS["train"], tokens_per_s=train), "decode": {"tokens_per_s": decode},
             "summarize": {"seconds": summarize}, "framework": "mindtorch"}
-    where = None if cpu is None else {"cpu_model": cpu, "cores": 2, "usable_cores": 2, "started_at": f"2026-12-0{name[-1]}",
+    where = None if cpu is None else {"cpu_model": cpu, "cores": 2, "usable_cores": 2,
+                                      "started_at": f"2026-12-0{name[-1]}",
                                       "load_average_start": [0.2, 0.2, 0.2], "load_average_end": [1.8, 1.0, 0.5]}
     result = bench.report(device, spec, ours, REF, dict(CEIL, mindspore_matmul_gflops=matmul), where)
     path = tmp_path / f"{name}.json"
@@ -133,7 +134,8 @@ def test_summarize_refuses_to_mix_cpu_models_unless_asked(tmp_path):
         bench.summarize(runs, print_fn=lambda *a: None)
     printed = []
     summary = bench.summarize(runs, mixed_cpus=True, print_fn=printed.append)
-    assert summary["cpu_models"] == ["AMD EPYC 9654", "Intel Xeon Gold 6248"] and summary["figures"]["train"]["ratio"]["n"] == 4
+    assert summary["cpu_models"] == ["AMD EPYC 9654", "Intel Xeon Gold 6248"]
+    assert summary["figures"]["train"]["ratio"]["n"] == 4
     assert "different CPU models (--mixed-cpus)" in printed[0]
 
 
@@ -173,7 +175,8 @@ def test_summarize_never_combines_other_workloads_devices_or_non_reports(tmp_pat
 def test_the_command_line_refuses_mixed_cpus_in_one_line_exit_2(tmp_path, capsys):
     from ms_gpt2 import cli
 
-    runs = [str(p) for p in three_runs(tmp_path)] + [str(saved_run(tmp_path, "run4", 30.0, 20.0, 3.0, 90.0, cpu="Other"))]
+    other = saved_run(tmp_path, "run4", 30.0, 20.0, 3.0, 90.0, cpu="Other")
+    runs = [str(p) for p in three_runs(tmp_path) + [other]]
     with pytest.raises(SystemExit) as exit_:
         cli.main(["bench", "--device", "cpu", "--summarize", *runs])
     assert exit_.value.code == 2
