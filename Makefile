@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test demo attention-demo bench reference-venv clean
+.PHONY: venv test demo attention-demo bench bench-summary reference-venv clean
 
 venv: $(STAMP)
 
@@ -37,9 +37,15 @@ attention-demo: $(STAMP)
 # or point REFERENCE_PYTHON at any python with torch + transformers==4.56.2.
 REF_VENV ?= .venv-ref
 REFERENCE_PYTHON ?= $(if $(wildcard $(REF_VENV)/bin/python),$(REF_VENV)/bin/python,)
+BENCH_JSON ?= runs/bench/bench.json
 
 bench: $(STAMP)
-	$(BIN)/ms-gpt2 bench --json runs/bench/bench.json $(if $(REFERENCE_PYTHON),--reference-python $(REFERENCE_PYTHON),)
+	$(BIN)/ms-gpt2 bench --json $(BENCH_JSON) $(if $(REFERENCE_PYTHON),--reference-python $(REFERENCE_PYTHON),)
+
+# A quotable figure is a spread over at least three runs on one CPU model: `make bench
+# BENCH_JSON=runs/bench/run1.json`, then run2, run3, then `make bench-summary` (every saved report).
+bench-summary: $(STAMP)
+	$(BIN)/ms-gpt2 bench --summarize $(sort $(wildcard runs/bench/*.json))
 
 reference-venv:
 	test -x $(REF_VENV)/bin/python || $(PYTHON) -m venv $(REF_VENV)

@@ -17,13 +17,29 @@ One invocation measures, on the current device:
 Ratios are oriented so that > 1 means ms_gpt2 is faster. Fractions of ceiling: training FLOP/s
 (6·params + attention per token) over matmul GFLOP/s (NumPy's, and MindSpore's own MatMul); decoding bytes/s (all weights read once
 per token) over read bandwidth.
+
+The ratios depend on the machine (MindSpore's CPU kernels and PyTorch's do not scale alike), so
+every report records it under ``machine``: the CPU model, the core count, and the load average at
+start and at end (a run on a busy machine shows there), beside MindSpore's MatMul rate in
+``ceilings``.
+
+A quotable figure is a spread, not one run: :func:`summarize` (``ms-gpt2 bench --summarize
+a.json b.json c.json``) combines saved reports into the median and min–max of each figure. The
+runs are separate invocations rather than one ``--runs N`` loop inside a process: each then pays
+its own compilation and starts from a fresh process and memory, as a user's run would, a run that
+fails or is killed costs only itself, runs can be spread over time (the machine's noise is what a
+spread should show), and each run's JSON stays as the evidence behind the figure.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
+import platform
+import statistics
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +57,68 @@ FULL = dict(seed=0, vocab_size=21128, n_positions=1024, n_embd=768, n_layer=12, 
 QUICK = dict(FULL, vocab_size=1000, n_positions=160, n_embd=64, n_layer=2, n_head=4, train_batch=2,
              train_len=32, train_steps=2, decode_prompt=16, decode_new=8, article_len=100, summary_new=8)
 WORKLOADS = Path(__file__).with_name("bench_workloads.py")
+
+
+def _field(text: str, key: str) -> str | None:
+    """The value of the first ``key: value`` line of ``text`` (lscpu's and /proc/cpuinfo's layout)."""
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip().lower() == key.lower() and value.strip():
+            return value.strip()
+    return None
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name: lscpu's "Model name", else /proc/cpuinfo's "model name", else
+    ``platform.processor()``; None when none of them names it."""
+    try:
+        done = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, env=dict(os.environ, LC_ALL="C"))
+        found = _field(done.stdout, "Model name") if done.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        found = None
+    if not found:
+        try:
+            found = _field(Path("/proc/cpuinfo").read_text(errors="replace"), "model name")
+        except OSError:
+            found = None
+    return found or platform.processor() or None
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def machine() -> dict:
+    """What the figures were measured on. ``load_average_start`` is [1, 5, 15]-minute load as the
+    run starts: other work on the machine. ``load_average_end`` (set by :func:`bench`) includes the
+    bench's own load, so on an idle machine it ends near the core count."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {"cpu_model": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable,
+            "platform": platform.platform(), "started_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "load_average_start": _load_average(), "load_average_end": None}
+
+
+def describe_machine(m: dict | None) -> str:
+    """One line: CPU model, cores, load average (1 minute) at start and end."""
+    if not m:
+        return "CPU model not recorded"
+    start, end = m.get("load_average_start"), m.get("load_average_end")
+    load = f"load average {_fmt(start[0]) if start else '-'} at start"
+    if end:
+        load += f", {_fmt(end[0])} at end"
+    return f"{m.get('cpu_model') or 'CPU model not recorded'}, {m.get('cores') or '?'} cores, {load}"
+
+
+def busy_note(m: dict | None) -> str | None:
+    """A warning line when other work already loaded the machine as the run started."""
+    start, cores = (m or {}).get("load_average_start"), (m or {}).get("usable_cores") or (m or {}).get("cores")
+    if start and cores and start[0] >= 0.5 * cores:
+        return (f"note: the machine was busy as the run started (load average {start[0]:.2f} on {cores} cores): "
+                f"these figures are distorted by other work")
+    return None
 
 
 def ceilings(seconds: float = 3.0) -> dict:
@@ -173,7 +251,8 @@ def _ratio(numerator, denominator):
     return None if numerator is None or denominator in (None, 0) else numerator / denominator
 
 
-def report(device: str, spec: dict, ours: dict, reference: dict | None, ceil: dict) -> dict:
+def report(device: str, spec: dict, ours: dict, reference: dict | None, ceil: dict,
+           machine: dict | None = None) -> dict:
     """The report's JSON shape (see the issue / docs/performance.md); pure, so it is unit-tested."""
     ref = reference or {}
     train_ref = ref.get("train", {}).get("tokens_per_s")
@@ -185,6 +264,7 @@ def report(device: str, spec: dict, ours: dict, reference: dict | None, ceil: di
     decode_bytes = ours["decode"]["tokens_per_s"] * params * 4
     return {
         "device": device,
+        "machine": machine,
         "workload": spec,
         "train": {"ms_gpt2": ours["train"]["tokens_per_s"], "reference": train_ref,
                   "ratio": _ratio(ours["train"]["tokens_per_s"], train_ref),
@@ -218,7 +298,8 @@ def _fmt(value, unit=""):
 def table(result: dict) -> str:
     rows = [("train (tokens/s)", "train"), ("decode (tokens/s)", "decode"), ("summarize (s)", "summarize")]
     ms_matmul = result["ceilings"].get("mindspore_matmul_gflops")
-    lines = [f"device: {result['device']}   ceilings: matmul {result['ceilings']['matmul_gflops']:.1f} GFLOP/s "
+    lines = [f"machine: {describe_machine(result.get('machine'))}",
+             f"device: {result['device']}   ceilings: matmul {result['ceilings']['matmul_gflops']:.1f} GFLOP/s "
              f"(MindSpore's own MatMul {_fmt(ms_matmul)} GFLOP/s), read {result['ceilings']['read_gbps']:.1f} GB/s",
              f"{'figure':<20}{'ms_gpt2':>12}{'reference':>12}{'ratio':>10}{'of ceiling':>12}"]
     for label, key in rows:
@@ -237,6 +318,9 @@ def table(result: dict) -> str:
         lines.append(f"train uses the {t['path']} ({'-' if share is None else f'{100 * share:.1f}%'} of MindSpore's "
                      f"own MatMul rate); the eager mindtorch path: {_fmt(t['eager_on_mindtorch'])} tokens/s")
     lines.append("ratio > 1: ms_gpt2 faster (summarize: reference seconds / ms_gpt2 seconds)")
+    note = busy_note(result.get("machine"))
+    if note:
+        lines.append(note)
     lines.append(f"peak memory while training: ms_gpt2 {_fmt(result['train']['peak_memory_mb'], ' MB')}, "
                  f"reference {_fmt(result['train']['reference_peak_memory_mb'], ' MB')}")
     return "\n".join(lines)
@@ -256,7 +340,8 @@ def chart(result: dict, path) -> Path:
         ax.set_title(title, fontsize=10)
         for i, v in enumerate(values):
             ax.annotate(_fmt(v) if v else "n/a", (i, v), ha="center", va="bottom", fontsize=9)
-    fig.suptitle(f"ms_gpt2 bench on {result['device']}", fontsize=11)
+    cpu = (result.get("machine") or {}).get("cpu_model") or "CPU model not recorded"
+    fig.suptitle(f"ms_gpt2 bench on {result['device']} ({cpu})", fontsize=11)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -271,6 +356,8 @@ def bench(quick: bool = False, reference_python: str | None = None, json_path=No
     from ms_gpt2 import bench_workloads
 
     spec = QUICK if quick else FULL
+    where = machine()
+    print_fn(f"== machine: {describe_machine(where)}")
     print_fn(f"== ceilings ({rt.device})")
     ceil = ceilings(1.0 if quick else 4.0)
     reference = None
@@ -293,7 +380,8 @@ def bench(quick: bool = False, reference_python: str | None = None, json_path=No
     ours["summarize"] = {"seconds": beams["seconds"], "path": "compiled beam search",
                          "hf_generate_seconds": ours["summarize"]["seconds"],
                          "identical_to_library": beams["identical_to_library"]}
-    result = report(rt.device, spec, ours, reference, ceil)
+    where["load_average_end"] = _load_average()
+    result = report(rt.device, spec, ours, reference, ceil, where)
     print_fn(table(result))
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
@@ -303,3 +391,133 @@ def bench(quick: bool = False, reference_python: str | None = None, json_path=No
         png = chart(result, png_path or Path(json_path).with_suffix(".png"))
         print_fn(f"wrote {png}")
     return result
+
+
+# --- several runs -> one quotable spread ---------------------------------------------------------
+
+FIGURES = [("train", "tokens/s"), ("decode", "tokens/s"), ("summarize", "s")]
+
+
+def _spread(values) -> dict:
+    """Median and min–max of the values that exist (a run without a reference has no ratio)."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {"median": statistics.median(present), "min": min(present), "max": max(present), "n": len(present)}
+
+
+def workload_name(spec: dict) -> str:
+    return "GPT-2 small" if spec == FULL else "quick" if spec == QUICK else "custom"
+
+
+def load_runs(paths) -> list[tuple[str, dict]]:
+    """(path, report) for each saved ``ms-gpt2 bench --json`` file; a file that is not one is a UserError."""
+    runs = []
+    for path in paths:
+        try:
+            result = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise UserError(f"{path}: not a readable bench report ({err})") from err
+        keys = ("train", "decode", "summarize", "workload", "ceilings")
+        if not isinstance(result, dict) or not all(isinstance(result.get(k), dict) for k in keys):
+            raise UserError(f"{path}: not an `ms-gpt2 bench --json` report (no {'/'.join(keys)})")
+        runs.append((str(path), result))
+    return runs
+
+
+def combine(runs: list[tuple[str, dict]], mixed_cpus: bool = False) -> dict:
+    """The spread of each figure over saved runs of one workload on one device and CPU model.
+
+    Runs of different workloads or devices never combine. Runs whose CPU models differ (a run that
+    did not record its CPU counts as a model of its own, "not recorded") combine only with
+    ``mixed_cpus``: the ratios depend on the machine, so such a spread is not a figure of any one.
+    """
+    if not runs:
+        raise UserError("--summarize needs at least one bench report")
+    first_path, first = runs[0]
+    for path, result in runs[1:]:
+        if result["workload"] != first["workload"]:
+            raise UserError(f"{path} ran another workload than {first_path} ({workload_name(result['workload'])} vs "
+                            f"{workload_name(first['workload'])}); their figures do not combine")
+        if result.get("device") != first.get("device"):
+            raise UserError(f"{path} ran on {result.get('device')}, {first_path} on {first.get('device')}; "
+                            f"their figures do not combine")
+    cpus = {}
+    for path, result in runs:
+        cpus.setdefault((result.get("machine") or {}).get("cpu_model") or "not recorded", []).append(path)
+    if len(cpus) > 1 and not mixed_cpus:
+        listed = "; ".join(f"{cpu} ({', '.join(paths)})" for cpu, paths in cpus.items())
+        raise UserError(f"runs from different CPU models: {listed}; ratios depend on the machine "
+                        f"(pass --mixed-cpus to combine them anyway)")
+    per_run = []
+    for path, result in runs:
+        m = result.get("machine") or {}
+        row = {"file": path, "started_at": m.get("started_at"), "cpu_model": m.get("cpu_model"),
+               "cores": m.get("cores"),
+               "load_average_start": m.get("load_average_start"), "load_average_end": m.get("load_average_end"),
+               "mindspore_matmul_gflops": result["ceilings"].get("mindspore_matmul_gflops"),
+               "numpy_matmul_gflops": result["ceilings"].get("matmul_gflops")}
+        for key, _ in FIGURES:
+            row[key] = {k: result[key].get(k) for k in ("ms_gpt2", "reference", "ratio")}
+        per_run.append(row)
+    figures = {key: {k: _spread([row[key][k] for row in per_run]) for k in ("ms_gpt2", "reference", "ratio")}
+               for key, _ in FIGURES}
+    return {"runs": per_run, "cpu_models": sorted(cpus), "device": first.get("device"),
+            "workload": first["workload"], "figures": figures,
+            "mindspore_matmul_gflops": _spread([row["mindspore_matmul_gflops"] for row in per_run]),
+            "numpy_matmul_gflops": _spread([row["numpy_matmul_gflops"] for row in per_run])}
+
+
+def _range(s: dict, unit: str = "") -> str:
+    if not s["n"]:
+        return "-"
+    if s["min"] == s["max"]:
+        return _fmt(s["min"], unit)
+    return f"{_fmt(s['min'], unit)}–{_fmt(s['max'], unit)}"
+
+
+def summary_table(summary: dict) -> str:
+    runs = summary["runs"]
+    n = len(runs)
+    cores = sorted({row["cores"] for row in runs if row["cores"]})
+    ms = summary["mindspore_matmul_gflops"]
+    lines = [f"{n} run{'s' if n != 1 else ''} of the {workload_name(summary['workload'])} workload on "
+             f"{summary['device']}; CPU model: {', '.join(summary['cpu_models'])}"
+             f"{'' if not cores else ' (' + '/'.join(map(str, cores)) + ' cores)'}",
+             f"MindSpore's own MatMul: median {_fmt(ms['median'])} GFLOP/s, {_range(ms)} over the runs",
+             f"{'figure':<28}{'median':>10}{'min–max':>18}{'runs':>6}"]
+    for key, unit in FIGURES:
+        for part, label, suffix in [("ms_gpt2", f"{key} ms_gpt2 ({unit})", ""),
+                                    ("reference", f"{key} reference ({unit})", ""), ("ratio", f"{key} ratio", "x")]:
+            s = summary["figures"][key][part]
+            lines.append(f"{label:<28}{_fmt(s['median'], suffix):>10}{_range(s, suffix):>18}{s['n']:>6}")
+    lines.append("ratio > 1: ms_gpt2 faster (summarize: reference seconds / ms_gpt2 seconds)")
+    lines.append("per run:")
+    for row in runs:
+        start, end = row["load_average_start"], row["load_average_end"]
+        load = "-" if not start else f"{start[0]:.2f}" + (f"→{end[0]:.2f}" if end else "")
+        ratios = ", ".join(f"{key} {_fmt(row[key]['ratio'], 'x')}" for key, _ in FIGURES)
+        lines.append(f"  {row['file']}: {row['started_at'] or 'date not recorded'}, "
+                     f"{row['cpu_model'] or 'CPU model not recorded'}, MatMul {_fmt(row['mindspore_matmul_gflops'])} "
+                     f"GFLOP/s, load {load}; {ratios}")
+    busy = [row["file"] for row in runs
+            if busy_note({"cores": row["cores"], "load_average_start": row["load_average_start"]})]
+    if busy:
+        lines.append(f"note: {len(busy)} of the runs started on a busy machine (load average at least half the cores): "
+                     f"{', '.join(busy)}")
+    if n < 3:
+        lines.append(f"note: {n} run{'s' if n != 1 else ''}; quote a spread over at least three")
+    if len(summary["cpu_models"]) > 1:
+        lines.append("note: these runs come from different CPU models (--mixed-cpus); the spread is not one machine's")
+    return "\n".join(lines)
+
+
+def summarize(paths, mixed_cpus: bool = False, json_path=None, print_fn=print) -> dict:
+    """``ms-gpt2 bench --summarize FILE...``: the median and min–max of every figure over saved runs."""
+    summary = combine(load_runs(paths), mixed_cpus)
+    print_fn(summary_table(summary))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        print_fn(f"wrote {json_path}")
+    return summary

@@ -210,6 +210,14 @@ def _generate(args) -> int:
 def _bench(args) -> int:
     from ms_gpt2 import bench
 
+    if args.summarize:
+        if args.quick or args.reference_python or args.png:
+            raise UserError("--summarize combines saved reports and runs nothing: drop --quick, --reference-python "
+                            "and --png")
+        bench.summarize(args.summarize, args.mixed_cpus, args.json)
+        return 0
+    if args.mixed_cpus:
+        raise UserError("--mixed-cpus only applies to --summarize")
     bench.bench(args.quick, args.reference_python, args.json, args.png)
     return 0
 
@@ -346,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an interpreter with real torch + transformers to run the same workloads")
     p.add_argument("--json", help="write the report here (a PNG chart goes beside it)")
     p.add_argument("--png", help="write the bar chart here")
+    p.add_argument("--summarize", nargs="+", metavar="JSON",
+                   help="run nothing: print the median and min-max of each figure over these saved reports "
+                        "(--json writes the summary)")
+    p.add_argument("--mixed-cpus", action="store_true",
+                   help="with --summarize: combine runs from different CPU models (refused by default)")
     p.set_defaults(handler=_bench)
 
     p = sub.add_parser("download-data", parents=[common],

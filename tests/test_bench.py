@@ -38,6 +38,10 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(result))
     assert saved["device"] == "cpu"
+    machine = saved["machine"]  # the ratios depend on the machine: the report says which
+    assert machine["cpu_model"] and machine["cpu_model"] == bench.cpu_model()
+    assert machine["cores"] >= 1 and machine["started_at"]
+    assert len(machine["load_average_start"]) == 3 and len(machine["load_average_end"]) == 3
     for key in ("train", "decode", "summarize"):
         assert set(saved[key]) >= {"ms_gpt2", "reference", "ratio", "fraction_of_ceiling"}
         assert saved[key]["ms_gpt2"] > 0
@@ -51,9 +55,132 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 1000
     text = bench.table(result)
     assert "train (tokens/s)" in text and "ratio > 1: ms_gpt2 faster" in text
+    assert text.startswith(f"machine: {machine['cpu_model']}, {machine['cores']} cores, load average ")
 
 
 def test_a_reference_interpreter_without_torch_is_a_clear_error():
     # this venv has no real torch: mindtorch only stands in after `import mindnlp`
     with pytest.raises(UserError, match="needs torch \\+ transformers"):
         bench.run_reference(sys.executable, bench.QUICK, timeout=120)
+
+
+LSCPU = """Architecture:                            x86_64
+CPU(s):                                  2
+Vendor ID:                               AuthenticAMD
+Model name:                              AMD EPYC 9654 96-Core Processor
+CPU family:                              25
+"""
+CPUINFO = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz\n"
+
+
+def test_the_cpu_model_is_read_from_lscpu_or_cpuinfo_layouts():
+    assert bench._field(LSCPU, "Model name") == "AMD EPYC 9654 96-Core Processor"
+    assert bench._field(CPUINFO, "model name") == "Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz"
+    assert bench._field("Model name:   \n", "Model name") is None  # empty: fall through to the next source
+    assert bench.cpu_model()  # this machine names its CPU one way or another
+
+
+def test_a_busy_start_is_flagged():
+    idle = {"cpu_model": "X", "cores": 2, "usable_cores": 2, "load_average_start": [0.1, 0.1, 0.1]}
+    assert bench.busy_note(idle) is None and bench.busy_note(None) is None
+    assert "busy" in bench.busy_note(dict(idle, load_average_start=[1.9, 1.0, 0.5]))
+    assert "busy" in bench.table(bench.report("cpu", SPEC, OURS, REF, CEIL, dict(idle, load_average_start=[3.0] * 3)))
+
+
+def saved_run(tmp_path, name, train, decode, summarize, matmul, cpu="AMD EPYC 9654", spec=SPEC, device="cpu"):
+    """A report as `ms-gpt2 bench --json` saves it, with these ms_gpt2 figures against REF (50 tokens/s,
+    40 tokens/s, 2 s) and this MindSpore MatMul rate."""
+    ours = {"train": dict(OURS["train"], tokens_per_s=train), "decode": {"tokens_per_s": decode},
+            "summarize": {"seconds": summarize}, "framework": "mindtorch"}
+    where = None if cpu is None else {"cpu_model": cpu, "cores": 2, "usable_cores": 2,
+                                      "started_at": f"2026-12-0{name[-1]}",
+                                      "load_average_start": [0.2, 0.2, 0.2], "load_average_end": [1.8, 1.0, 0.5]}
+    result = bench.report(device, spec, ours, REF, dict(CEIL, mindspore_matmul_gflops=matmul), where)
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(result))
+    return path
+
+
+def three_runs(tmp_path):
+    return [saved_run(tmp_path, "run1", 60.0, 44.0, 1.5, 212.0), saved_run(tmp_path, "run2", 54.0, 48.0, 1.6, 127.0),
+            saved_run(tmp_path, "run3", 59.0, 42.0, 1.25, 101.0)]
+
+
+def test_summarize_gives_median_and_min_max_of_every_figure(tmp_path):
+    printed = []
+    summary = bench.summarize(three_runs(tmp_path), print_fn=printed.append)
+    f = summary["figures"]
+    assert f["train"]["ratio"] == {"median": pytest.approx(1.18), "min": pytest.approx(1.08),
+                                   "max": pytest.approx(1.2), "n": 3}
+    assert f["train"]["ms_gpt2"]["median"] == 59.0 and f["train"]["reference"]["median"] == 50.0
+    assert (f["decode"]["ratio"]["median"], f["decode"]["ratio"]["min"], f["decode"]["ratio"]["max"]) == \
+        pytest.approx((1.1, 1.05, 1.2))
+    # summarize: reference seconds / ms_gpt2 seconds, and its own seconds as measured
+    assert (f["summarize"]["ratio"]["min"], f["summarize"]["ratio"]["max"]) == pytest.approx((1.25, 1.6))
+    assert f["summarize"]["ms_gpt2"]["median"] == 1.5
+    assert summary["mindspore_matmul_gflops"] == {"median": 127.0, "min": 101.0, "max": 212.0, "n": 3}
+    assert summary["cpu_models"] == ["AMD EPYC 9654"]
+    text = printed[0]
+    assert "3 runs of the quick workload on cpu; CPU model: AMD EPYC 9654 (2 cores)" in text
+    assert "MindSpore's own MatMul: median 127 GFLOP/s, 101–212 over the runs" in text
+    assert "1.18x" in text and "1.08x–1.2x" in text
+    assert "MatMul 212 GFLOP/s, load 0.20→1.80; train 1.2x, decode 1.1x, summarize 1.33x" in text
+    assert "at least three" not in text and "busy" not in text
+
+
+def test_summarize_refuses_to_mix_cpu_models_unless_asked(tmp_path):
+    runs = three_runs(tmp_path) + [saved_run(tmp_path, "run4", 30.0, 20.0, 3.0, 90.0, cpu="Intel Xeon Gold 6248")]
+    with pytest.raises(UserError, match="different CPU models: AMD EPYC 9654 .*; Intel Xeon Gold 6248 .*--mixed-cpus"):
+        bench.summarize(runs, print_fn=lambda *a: None)
+    printed = []
+    summary = bench.summarize(runs, mixed_cpus=True, print_fn=printed.append)
+    assert summary["cpu_models"] == ["AMD EPYC 9654", "Intel Xeon Gold 6248"]
+    assert summary["figures"]["train"]["ratio"]["n"] == 4
+    assert "different CPU models (--mixed-cpus)" in printed[0]
+
+
+def test_a_run_that_did_not_record_its_cpu_is_a_model_of_its_own(tmp_path):
+    old = saved_run(tmp_path, "old1", 161.0, 60.0, 9.45, 212.0, cpu=None)  # saved before the machine was recorded
+    with pytest.raises(UserError, match="not recorded"):
+        bench.summarize(three_runs(tmp_path) + [old], print_fn=lambda *a: None)
+    printed = []
+    bench.summarize([old], print_fn=printed.append)
+    assert "CPU model: not recorded" in printed[0] and "quote a spread over at least three" in printed[0]
+
+
+def test_summarize_names_the_runs_that_started_on_a_busy_machine(tmp_path):
+    path = saved_run(tmp_path, "run9", 60.0, 44.0, 1.5, 212.0)
+    result = json.loads(path.read_text())
+    result["machine"]["load_average_start"] = [4.0, 2.0, 1.0]
+    path.write_text(json.dumps(result))
+    printed = []
+    bench.summarize(three_runs(tmp_path) + [path], print_fn=printed.append)
+    assert f"note: 1 of the runs started on a busy machine (load average at least half the cores): {path}" in printed[0]
+
+
+def test_summarize_never_combines_other_workloads_devices_or_non_reports(tmp_path):
+    runs = three_runs(tmp_path)
+    with pytest.raises(UserError, match="another workload"):
+        bench.summarize(runs + [saved_run(tmp_path, "full4", 60.0, 44.0, 1.5, 212.0, spec=bench.FULL)], mixed_cpus=True)
+    with pytest.raises(UserError, match="ran on ascend"):
+        bench.summarize(runs + [saved_run(tmp_path, "npu5", 60.0, 44.0, 1.5, 212.0, device="ascend")], mixed_cpus=True)
+    summary_json = tmp_path / "summary.json"
+    bench.summarize(runs, json_path=summary_json, print_fn=lambda *a: None)
+    with pytest.raises(UserError, match="not an `ms-gpt2 bench --json` report"):
+        bench.summarize(runs + [summary_json])
+    with pytest.raises(UserError, match="missing.json: not a readable bench report"):
+        bench.summarize([tmp_path / "missing.json"])
+
+
+def test_the_command_line_refuses_mixed_cpus_in_one_line_exit_2(tmp_path, capsys):
+    from ms_gpt2 import cli
+
+    other = saved_run(tmp_path, "run4", 30.0, 20.0, 3.0, 90.0, cpu="Other")
+    runs = [str(p) for p in three_runs(tmp_path) + [other]]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["bench", "--device", "cpu", "--summarize", *runs])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ms-gpt2: error: runs from different CPU models")
+    assert cli.main(["bench", "--device", "cpu", "--summarize", *runs, "--mixed-cpus"]) == 0
+    assert "4 runs of the quick workload" in capsys.readouterr().out
