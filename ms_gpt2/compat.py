@@ -184,18 +184,19 @@ def _install_generator_step_advances() -> None:
     ``__call__`` answers the step command by returning its inputs: the offset never moves. Every
     draw then repeated the one before until the next ``manual_seed``: each dropout call had the same
     mask, ``torch.rand`` twice gave the same numbers, sampling's ``multinomial`` the same quantile
-    at every token. The offset is replaced by a new tensor (not written in place: the caller holds
-    the old one); ``manual_seed`` and ``set_state`` keep working on whatever tensor is there.
+    at every token. ``_step`` is done here in Python: read (seed, offset), advance the offset in
+    place (the state ``get_state``/``set_state`` and checkpoints see), return copies.
     """
     import mindspore
     from mindtorch._C import Generator
 
     original = Generator._step  # pylint: disable=protected-access
 
-    def _step(self, step):
-        seed, offset = original(self, step)
-        self._offset = mindspore.Tensor(int(offset.item()) + int(step), mindspore.int64)
-        return seed, offset
+    def _step(self, step):  # what the primitive's STEP is meant to do, without the primitive
+        seed, offset = int(self._seed.item()), int(self._offset.item())
+        set_generator_offset(self, offset + int(step))
+        # fresh tensors: the caller's (seed, offset) must not alias the generator's own, now advanced
+        return mindspore.Tensor(seed, mindspore.int64), mindspore.Tensor(offset, mindspore.int64)
 
     ORIGINALS.setdefault("Generator._step", original)
     Generator._step = _step  # pylint: disable=protected-access

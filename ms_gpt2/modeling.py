@@ -115,7 +115,12 @@ def token_loss_sum(logits, labels, pad_id: int, weights=None):
         return total, loss_token_count(labels, pad_id)
     per_token = F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]).float(), targets.reshape(-1),
                                 ignore_index=pad_id, reduction="none")
-    w = (weights[..., 1:].float() * (targets != pad_id).float()).reshape(-1)
+    scored = (targets != pad_id).reshape(-1)
+    # zero the ignored entries before weighting: a weight of 0 does not cancel a NaN there (the full
+    # suite once got a NaN loss here, order-dependent, never in a fresh process: presumably pooled
+    # memory the CPU kernel leaves unset at ignored entries)
+    per_token = torch.where(scored, per_token, torch.zeros_like(per_token))
+    w = weights[..., 1:].float().reshape(-1) * scored.float()
     return (per_token * w).sum(), w.sum()
 
 
