@@ -154,7 +154,8 @@ HONOURED: dict[str, str] = {
 
 _LOOP = "the Trainer's loop around the step, the same on both engines"
 _LOGGING = "logging of what the step returns (loss, grad norm), the same on both engines"
-_SAVING = "checkpoints and resume: the engine brings the model up to date before each save; optimizer.pt holds its AdamW"
+_SAVING = ("checkpoints and resume: the engine brings the model up to date before each save; optimizer.pt holds "
+           "its AdamW state")
 _EVAL = ("evaluation runs the Hugging Face model, which the compiled engine brings up to date first (ms_gpt2 "
          "passes the Trainer no eval dataset; its evaluation is its own)")
 _DATA = "data loading, before the step (ms_gpt2's MindSpore pipeline builds the batches on both engines)"
