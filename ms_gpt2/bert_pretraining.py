@@ -385,6 +385,9 @@ class MlmNspResult:
 
 def pretrain_mlm_nsp(config: dict, data_path, output_dir, resume=None, overwrite: bool = False) -> MlmNspResult:
     """Train BertForPreTraining with MLM + NSP on a raw-text corpus as configured; evaluate; save."""
+    from ms_gpt2.engine import options
+
+    options.check_config(config, "eager")  # BERT trains on the eager engine; refused before any work
     with run_directory(output_dir) as output_dir:
         return _pretrain_mlm_nsp(config, data_path, output_dir, resume, overwrite)
 

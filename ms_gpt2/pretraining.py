@@ -47,7 +47,7 @@ from ms_gpt2.corpus import CorpusSource, parse_document  # noqa: E402
 from ms_gpt2.data import DataError  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.modeling import build_config, generation_config_for, load_model  # noqa: E402
-from ms_gpt2.engine import distributed  # noqa: E402
+from ms_gpt2.engine import distributed, options  # noqa: E402
 from ms_gpt2.rundir import atomic_write_text  # noqa: E402
 from ms_gpt2.training import fit, rank0_first, resolve_tokenizer, run_directory, run_seed, start, workdir_for  # noqa: E402
 
@@ -193,6 +193,7 @@ def _pack_split(source: CorpusSource, split: str, tokenizer, block_size: int) ->
 
 def pretrain(config: dict, data_path, output_dir, resume=None, overwrite: bool = False) -> PretrainResult:
     """Causal-LM training on a raw-text corpus as configured; returns where everything was written."""
+    options.check_config(config)  # settings the engine cannot honour: refused before any work
     with run_directory(output_dir) as output_dir:
         return _pretrain(config, data_path, output_dir, resume, overwrite)
 

@@ -47,7 +47,7 @@ from ms_gpt2.checkpoints import (FINAL_MODEL, RUN_CONFIG, incomplete_reason, is_
                                  load_tokenizer, save_pretrained)
 from ms_gpt2.config import article_loss_weight, dump_config  # noqa: E402
 from ms_gpt2.data import NLPCCSource, records  # noqa: E402
-from ms_gpt2.engine import distributed  # noqa: E402
+from ms_gpt2.engine import distributed, options  # noqa: E402
 from ms_gpt2.engine.trainer import trainer_class  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.examples import summary_fits, train_pipeline  # noqa: E402
@@ -470,6 +470,8 @@ def fit(config: dict, model, tokenizer, make_pipeline, n_examples: int, output_d
     for models the graph does not implement, which then train eagerly). Under msrun every rank
     reads the same global batches of ``per_device_train_batch_size x world size`` and keeps its rows;
     rank 0 alone writes ``train_config.yaml``, checkpoints, the loss log and curve, and ``model/``."""
+    engine = config.get("engine") if compiled_ok else "eager"
+    options.check_config(config, engine)  # the jobs checked already, before their data work; API callers here
     rank, world_size = distributed.world()
     if world_size > 1 and not data_parallel_ok:
         raise UserError(f"data parallel (msrun, --nproc) trains GPT-2 only; run {type(model).__name__} in one process")
@@ -498,7 +500,6 @@ def fit(config: dict, model, tokenizer, make_pipeline, n_examples: int, output_d
         dataloader_num_workers=0, use_cpu=runtime.ensure().device == "cpu", ignore_data_skip=True, **tcfg)
     if rank == 0:
         dump_config(config, output_dir / "train_config.yaml")
-    engine = config.get("engine") if compiled_ok else "eager"
     if not compiled_ok and config.get("engine") == "compiled":
         log.info("%s trains on the eager engine (the compiled step is GPT-2's)", type(model).__name__)
     # the compiled step or the eager one, data-parallel when msrun started several workers
@@ -517,6 +518,7 @@ def fit(config: dict, model, tokenizer, make_pipeline, n_examples: int, output_d
 
 def train(config: dict, data_path, output_dir, resume=None, overwrite: bool = False) -> TrainResult:
     """Run the tutorial's fine-tuning as configured; returns where everything was written."""
+    options.check_config(config)  # settings the engine cannot honour: refused before any work
     with run_directory(output_dir) as output_dir:
         return _train(config, data_path, output_dir, resume, overwrite)
 

@@ -27,11 +27,11 @@ AdamW), so the update is the token mean over the whole group, as the eager path'
 ``num_items_in_batch`` makes it. The loss returned is 0 for the group's earlier micro-batches
 and the group's mean at the last, so the Trainer's summed, logged loss is the eager path's.
 
-What the Trainer cannot host:
-
-* optimizers other than AdamW (``training.optim``), and the Trainer's loss hooks
-  (``compute_loss``, ``num_items_in_batch``): the graph has its own (token-mean) loss.
-* ``predict``: not synchronised (ms_gpt2 does not call it during training).
+What the graph does not do is refused before training, in one line naming ``--engine eager``:
+the TrainingArguments fields whose effect lives in the code it replaces (label smoothing, NEFTune,
+fp16/bf16, optimizers other than AdamW, ...: the decision table, field by field, is
+:mod:`ms_gpt2.engine.options`), and frozen parameters (the graph updates every GPT-2 weight).
+``predict`` is not synchronised (ms_gpt2 does not call it during training).
 """
 from __future__ import annotations
 
@@ -44,17 +44,11 @@ runtime.ensure()
 import numpy as np  # noqa: E402
 import torch  # noqa: E402  (mindtorch)
 
-from ms_gpt2.engine import DEFAULT_ENGINE, ENGINES  # noqa: E402
+from ms_gpt2.engine import DEFAULT_ENGINE, options  # noqa: E402
 from ms_gpt2.engine.compiled import CompiledEngine  # noqa: E402
-from ms_gpt2.errors import UserError  # noqa: E402
+from ms_gpt2.engine.options import EngineError  # noqa: E402,F401  (raised here; its home is options)
 
 log = logging.getLogger(__name__)
-
-SUPPORTED_OPTIM = ("adamw_torch", "adamw_torch_fused")
-
-
-class EngineError(UserError, ValueError):
-    """A setting the compiled engine cannot honour; the message names it."""
 
 
 class EngineAdamW(torch.optim.AdamW):
@@ -111,6 +105,12 @@ class CompiledTrainerMixin:
     engine_reduce = None       # a ms_gpt2.engine.step.Reduce replacement (data parallel), or None
 
     # -- set-up -----------------------------------------------------------------------------------
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # what the graph does not do, refused before training (ms_gpt2's jobs check the config earlier)
+        options.check_arguments(self.args, "compiled")
+        options.check_frozen(self.model)
+
     def create_accelerator_and_postprocess(self):
         super().create_accelerator_and_postprocess()
         # The loop's clipping call: the graph has clipped already; report the norm it measured.
@@ -120,9 +120,7 @@ class CompiledTrainerMixin:
         return self._engine_grad_norm
 
     def create_optimizer(self):
-        if str(getattr(self.args.optim, "value", self.args.optim)) not in SUPPORTED_OPTIM:
-            raise EngineError(f"training.optim={self.args.optim}: the compiled engine implements AdamW only "
-                              f"({', '.join(SUPPORTED_OPTIM)}); use --engine eager for other optimizers")
+        options.check_frozen(self.model)  # again: a model can be frozen after the Trainer is made
         super().create_optimizer()  # the Trainer's own parameter groups (weight decay rule) and settings
         groups = self.optimizer.param_groups
         self.optimizer = EngineAdamW(groups, lr=groups[0]["lr"]).attach(self)
@@ -199,9 +197,7 @@ def trainer_class(base, engine: str | None, data_parallel: bool = False):
     ``data_parallel``, one rank's of an msrun job (:mod:`ms_gpt2.engine.distributed`)."""
     from ms_gpt2.engine import distributed
 
-    engine = DEFAULT_ENGINE if engine is None else engine
-    if engine not in ENGINES:
-        raise EngineError(f"engine={engine!r}: choose one of {', '.join(ENGINES)}")
+    engine = options.check_engine(DEFAULT_ENGINE if engine is None else engine)
     if engine == "eager":
         mixins = (distributed.DataParallelMixin,) if data_parallel else ()
     else:

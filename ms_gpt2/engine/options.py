@@ -1,0 +1,287 @@
+"""Which ``TrainingArguments`` each training engine honours: the one decision table.
+
+The compiled engine (:mod:`ms_gpt2.engine.trainer`) replaces the Trainer's ``training_step``
+(``_prepare_inputs``, the autocast context, ``compute_loss`` with its label smoother,
+``accelerator.backward``), the optimizer (a facade over the graph's AdamW), the clipping call and
+the model's forward (the graph computes GPT-2 itself, from copied weights). A field whose effect
+lives in that code would be silently ignored, so every settable field is decided here, field by
+field, against transformers 4.56:
+
+* :data:`REFUSED` - a non-default value is refused in one line (:class:`EngineError`, exit 2
+  through the CLI) naming the key and what to do, before any data work;
+* :data:`HONOURED` - the compiled engine reads it (the graph, or the Trainer code it keeps);
+* :data:`OUTSIDE_THE_STEP` - its effect lives in code both engines share (the loop, logging,
+  checkpoints, evaluation, data loading, the Hub, launchers), so the engine changes nothing;
+* :data:`DECIDED_ELSEWHERE` - left to other work (named);
+* the keys ms_gpt2 sets itself are :data:`ms_gpt2.config.MANAGED_TRAINING_KEYS`.
+
+tests/test_engine_options.py walks ``dataclasses.fields(TrainingArguments)`` and fails on a field
+in none of these, so a new transformers field cannot slip through undecided.
+
+Some refusals hold for the eager engine too, where it has no working path: fp16/bf16 on CPU (the
+Trainer's CPU mixed precision does not work under mindtorch: bf16 fails in ``torch.cpu.amp``, fp16
+runs float32 kernels whose results drift from a plain float32 run), and
+``average_tokens_across_devices: false`` under data parallel (ms_gpt2's own data parallel always
+takes the token mean over every rank, :mod:`ms_gpt2.engine.distributed`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ms_gpt2.engine import ENGINES
+from ms_gpt2.errors import UserError
+
+SUPPORTED_OPTIM = ("adamw_torch", "adamw_torch_fused")
+EAGER = "use --engine eager (or drop the setting)"
+
+
+class EngineError(UserError, ValueError):
+    """A setting an engine cannot honour; the message names the key and what to do instead."""
+
+
+@dataclass(frozen=True)
+class Context:
+    engine: str        # the engine that will train: "compiled" | "eager"
+    device: str        # ms_gpt2.runtime's: "cpu" | "ascend" | "gpu"
+    world_size: int = 1
+
+
+@dataclass(frozen=True)
+class Refused:
+    """One refusal: ``reason`` (what the engine does instead), ``remedy`` (what to do)."""
+    reason: str
+    remedy: str = EAGER
+    engines: tuple = ("compiled",)
+    when: Callable[[Any, Context], bool] | None = None  # also needed besides a non-default value
+    allowed: tuple = ()                                 # values accepted besides the default
+
+
+def _on_cpu(value, ctx: Context) -> bool:
+    return ctx.device == "cpu"
+
+
+def _off_cpu(value, ctx: Context) -> bool:
+    return ctx.device != "cpu"
+
+
+_GRAPH_FP32 = "the compiled engine trains in float32 for now (mixed precision in the graph: docs/performance.md)"
+_HALF_REMEDY = "drop it, or use --engine eager for the Trainer's own mixed precision"
+
+#: key -> the refusals that apply to it, checked in order (the first that applies is raised).
+REFUSED: dict[str, tuple[Refused, ...]] = {
+    # -- precision: the graph's dtype is float32; CPU has no working half-precision path at all --
+    "fp16": (Refused("on CPU neither engine trains in float16: the compiled engine trains in float32, and the eager "
+                     "Trainer's CPU mixed precision does not work under mindtorch (float32 kernels, results drifting "
+                     "from a plain float32 run)", "drop it (train in float32), or train on Ascend",
+                     engines=ENGINES, when=_on_cpu),
+             Refused(_GRAPH_FP32, _HALF_REMEDY)),
+    "bf16": (Refused("on CPU neither engine trains in bfloat16: MindSpore 2.7 has no CPU bfloat16 MatMul, the compiled "
+                     "engine trains in float32, and the eager Trainer's CPU autocast (torch.cpu.amp) is missing under "
+                     "mindtorch", "drop it (train in float32), or train on Ascend", engines=ENGINES, when=_on_cpu),
+             Refused(_GRAPH_FP32, _HALF_REMEDY)),
+    "half_precision_backend": (Refused("the half-precision backend (amp, apex, cpu_amp) wraps the Trainer's "
+                                         "training_step, which the graph replaces"),),
+    "fp16_backend": (Refused("the deprecated alias of half_precision_backend, which wraps the Trainer's "
+                               "training_step, which the graph replaces"),),
+    "fp16_opt_level": (Refused("apex's optimisation level applies in the Trainer's training_step, which the graph "
+                                 "replaces"),),
+    # -- the loss: compute_loss is not called --
+    "label_smoothing_factor": (Refused("the graph's loss is the plain token-mean cross-entropy; the Trainer's label "
+                                         "smoother (compute_loss) does not run"),),
+    "past_index": (Refused("the Trainer feeds outputs[past_index] back as `mems` in compute_loss/_prepare_inputs, "
+                             "which the graph replaces (and GPT-2 takes no mems)"),),
+    # -- the model's forward: the graph computes GPT-2 itself, hooks and patches on the model never run --
+    "neftune_noise_alpha": (Refused("NEFTune adds noise in a forward hook on the input embeddings; the graph "
+                                      "computes the embeddings itself, without it"),),
+    "use_liger_kernel": (Refused("the Liger kernels patch the model's modules; the graph does not run them"),),
+    "liger_kernel_config": (Refused("configures the Liger kernels, which patch the model's modules the graph "
+                                      "does not run"),),
+    "torch_compile": (Refused("torch.compile wraps the eager model; the compiled engine is already one MindSpore "
+                                "graph per step"),),
+    "torch_compile_backend": (Refused("sets torch_compile (torch.compile wraps the eager model, the compiled engine "
+                                        "is already one MindSpore graph per step)"),),
+    "torch_compile_mode": (Refused("sets torch_compile (torch.compile wraps the eager model, the compiled engine is "
+                                     "already one MindSpore graph per step)"),),
+    "torchdynamo": (Refused("the deprecated alias of torch_compile_backend (torch.compile wraps the eager model)"),),
+    "use_ipex": (Refused("Intel's extension optimises the eager model and optimizer, which the graph replaces"),),
+    "debug": (Refused("underflow_overflow detection hooks the model's forward, which the graph replaces"),),
+    # -- the optimizer: the graph's AdamW (torch.optim.AdamW semantics) --
+    "optim": (Refused(f"the compiled engine implements AdamW only ({', '.join(SUPPORTED_OPTIM)})",
+                        "use --engine eager for other optimizers", allowed=SUPPORTED_OPTIM),),
+    "adafactor": (Refused("it selects Adafactor; the compiled engine implements AdamW only",
+                            "use --engine eager for other optimizers"),),
+    "optim_args": (Refused("the graph's AdamW takes no extra optimizer arguments (adam_beta1/2, adam_epsilon and "
+                             "weight_decay are honoured)"),),
+    "optim_target_modules": (Refused("it selects the modules GaLore/APOLLO-style optimizers act on; the compiled "
+                                       "engine implements AdamW on every weight"),),
+    # -- the step's housekeeping and the model wrappers the graph cannot run under --
+    "torch_empty_cache_steps": (Refused("the Trainer empties the device cache in its training_step, which the graph "
+                                          "replaces (MindSpore manages the graph's memory)"),),
+    "deepspeed": (Refused("DeepSpeed wraps the model and optimizer, which the graph replaces"),),
+    "fsdp": (Refused("FSDP shards the eager model; the graph holds whole weights (data parallel: msrun / --nproc)"),),
+    "fsdp_config": (Refused("configures FSDP, which shards the eager model the graph does not run"),),
+    "fsdp_min_num_params": (Refused("configures FSDP, which shards the eager model the graph does not run"),),
+    "fsdp_transformer_layer_cls_to_wrap": (Refused("configures FSDP, which shards the eager model the graph does "
+                                                     "not run"),),
+    "parallelism_config": (Refused("context/tensor parallelism splits the eager model's inputs in training_step, "
+                                     "which the graph replaces"),),
+    "full_determinism": (Refused("it makes torch's eager kernels deterministic, which the graph does not run (on "
+                                   "CPU, where it is accepted, the graph's seeded runs repeat bit for bit)",
+                                   when=_off_cpu),),
+    # -- both engines: ms_gpt2's own data parallel --
+    "average_tokens_across_devices": (Refused(
+        "ms_gpt2's data parallel always takes the token mean over every rank's tokens (both engines)",
+        "drop it", engines=ENGINES, when=lambda value, ctx: ctx.world_size > 1),),
+}
+
+#: Fields the compiled engine honours, and how.
+HONOURED: dict[str, str] = {
+    "per_device_train_batch_size": "the rows of each batch the graph runs (ms_gpt2's pipeline batches them)",
+    "gradient_accumulation_steps": "the accumulate and apply graphs: the token mean over the whole group",
+    "learning_rate": "the Trainer's scheduler sets the learning rate fed to each step",
+    "lr_scheduler_type": "the Trainer's scheduler sets the learning rate fed to each step",
+    "lr_scheduler_kwargs": "the Trainer's scheduler sets the learning rate fed to each step",
+    "warmup_ratio": "the Trainer's scheduler sets the learning rate fed to each step",
+    "warmup_steps": "the Trainer's scheduler sets the learning rate fed to each step",
+    "weight_decay": "the Trainer's parameter groups (biases and LayerNorm exempt) give the graph's AdamW its decay",
+    "adam_beta1": "read from the Trainer's AdamW parameter group into the graph's AdamW",
+    "adam_beta2": "read from the Trainer's AdamW parameter group into the graph's AdamW",
+    "adam_epsilon": "read from the Trainer's AdamW parameter group into the graph's AdamW",
+    "max_grad_norm": "the graph's global-norm clipping (torch's clip_grad_norm_ formula); the norm is logged",
+}
+
+_LOOP = "the Trainer's loop around the step, the same on both engines"
+_LOGGING = "logging of what the step returns (loss, grad norm), the same on both engines"
+_SAVING = ("checkpoints and resume: the engine brings the model up to date before each save; optimizer.pt holds "
+           "its AdamW state")
+_EVAL = ("evaluation runs the Hugging Face model, which the compiled engine brings up to date first (ms_gpt2 "
+         "passes the Trainer no eval dataset; its evaluation is its own)")
+_DATA = "data loading, before the step (ms_gpt2's MindSpore pipeline builds the batches on both engines)"
+_HUB = "Hugging Face Hub uploads of saved checkpoints, the same on both engines"
+_LAUNCH = ("device selection and torch.distributed launch settings, read before training (ms_gpt2: --device, and "
+           "its own data parallel through msrun on both engines)")
+
+
+def _each(reason: str, names: str) -> dict[str, str]:
+    return {name: reason for name in names.split()}
+
+
+#: Fields whose effect lives outside the code the compiled engine replaces.
+OUTSIDE_THE_STEP: dict[str, str] = {
+    **_each(_LOOP, "num_train_epochs max_steps include_num_input_tokens_seen include_tokens_per_second "
+                   "logging_nan_inf_filter"),
+    **_each(_LOGGING, "log_level log_level_replica log_on_each_node logging_dir logging_strategy logging_first_step "
+                      "logging_steps run_name disable_tqdm skip_memory_metrics"),
+    **_each(_SAVING, "save_steps save_total_limit save_on_each_node save_only_model "
+                     "restore_callback_states_from_checkpoint ignore_data_skip"),
+    "overwrite_output_dir": "not read by the Trainer (ms_gpt2: --overwrite)",
+    "resume_from_checkpoint": "not read by the Trainer (ms_gpt2: --resume)",
+    **_each("not read by the Trainer (scripts' flags)", "do_train do_eval do_predict"),
+    **_each(_EVAL, "eval_strategy eval_steps eval_delay eval_on_start per_device_eval_batch_size "
+                   "per_gpu_eval_batch_size eval_accumulation_steps prediction_loss_only include_inputs_for_metrics "
+                   "include_for_metrics eval_do_concat_batches batch_eval_metrics eval_use_gather_object "
+                   "jit_mode_eval fp16_full_eval bf16_full_eval metric_for_best_model greater_is_better "
+                   "load_best_model_at_end use_legacy_prediction_loop label_names"),
+    **_each(_DATA, "per_gpu_train_batch_size dataloader_drop_last dataloader_prefetch_factor dataloader_pin_memory "
+                   "dataloader_persistent_workers group_by_length length_column_name data_seed auto_find_batch_size "
+                   "accelerator_config"),
+    **_each(_HUB, "push_to_hub hub_model_id hub_strategy hub_token hub_private_repo hub_always_push hub_revision "
+                  "push_to_hub_model_id push_to_hub_organization push_to_hub_token"),
+    **_each(_LAUNCH, "no_cuda use_mps_device local_rank ddp_backend tpu_num_cores tpu_metrics_debug "
+                     "ddp_find_unused_parameters ddp_bucket_cap_mb ddp_broadcast_buffers ddp_timeout mp_parameters "
+                     "ray_scope"),
+    "tf32": "a CUDA matmul switch: TrainingArguments itself refuses it without an Ampere GPU",
+}
+
+#: Fields decided by other work.
+DECIDED_ELSEWHERE: dict[str, str] = {
+    "gradient_checkpointing": "recomputation inside the graph is being added (branch engine-recompute)",
+    "gradient_checkpointing_kwargs": "recomputation inside the graph is being added (branch engine-recompute)",
+}
+
+_EMPTY = (None, "", [], {}, ())
+
+
+def field_defaults() -> dict[str, Any]:
+    """The settable fields of (mindnlp's) ``TrainingArguments`` and their defaults."""
+    from ms_gpt2.config import training_fields
+
+    training_fields()  # imports TrainingArguments on the right runtime
+    from mindnlp.transformers import TrainingArguments
+
+    defaults = {}
+    for f in dataclasses.fields(TrainingArguments):
+        if f.init:
+            defaults[f.name] = (f.default if f.default is not dataclasses.MISSING else
+                                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+    return defaults
+
+
+def _plain(value):
+    return getattr(value, "value", value)  # an enum (OptimizerNames, ...) as its string
+
+
+def _is_default(value, default) -> bool:
+    value, default = _plain(value), _plain(default)
+    return value == default or (value in _EMPTY and default in _EMPTY)
+
+
+def _show(value) -> str:
+    value = _plain(value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise EngineError(f"engine={engine!r}: choose one of {', '.join(ENGINES)}")
+    return engine
+
+
+def check(training: dict, ctx: Context, defaults: dict | None = None) -> None:
+    """Refuse, in one line, the first setting of ``training`` (a ``training:`` section, or any
+    field -> value mapping) that ``ctx.engine`` cannot honour on ``ctx.device``."""
+    check_engine(ctx.engine)
+    defaults = field_defaults() if defaults is None else defaults
+    for key, rules in REFUSED.items():
+        if key not in training:
+            continue
+        value = training[key]
+        for rule in rules:
+            if ctx.engine not in rule.engines or _is_default(value, defaults.get(key)):
+                continue
+            if _plain(value) in rule.allowed or (rule.when is not None and not rule.when(value, ctx)):
+                continue
+            raise EngineError(f"training.{key}={_show(value)}: {rule.reason}; {rule.remedy}")
+
+
+def check_config(config: dict, engine: str | None = None) -> None:
+    """:func:`check` for a loaded ms_gpt2 config, on this process's device and msrun world, for
+    ``engine`` (default: the config's). Call it before any data work."""
+    from ms_gpt2 import runtime
+
+    current = runtime.ensure()
+    check(config.get("training") or {}, Context(engine or config.get("engine") or "compiled", current.device,
+                                                current.world_size))
+
+
+def check_arguments(args, engine: str = "compiled") -> None:
+    """:func:`check` for a built ``TrainingArguments`` (a Trainer made without :func:`check_config`).
+    Its ``__post_init__`` rewrites some defaults (``debug`` and ``fsdp`` to lists, ``fsdp_config``
+    to a filled dict, read only with ``fsdp``), which count as defaults here."""
+    from ms_gpt2 import runtime
+
+    values = {key: getattr(args, key) for key in REFUSED if hasattr(args, key)}
+    if not values.get("fsdp"):
+        values.pop("fsdp_config", None)
+    check(values, Context(engine, runtime.ensure().device))
+
+
+def check_frozen(model) -> None:
+    """The compiled engine updates every GPT-2 weight: refuse a model with frozen parameters."""
+    frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
+    if frozen:
+        shown = ", ".join(frozen[:3]) + (f" and {len(frozen) - 3} more" if len(frozen) > 3 else "")
+        raise EngineError(f"{len(frozen)} parameter(s) have requires_grad=False ({shown}): the compiled engine "
+                          f"updates every GPT-2 weight; use --engine eager to keep them frozen")

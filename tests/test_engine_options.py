@@ -1,0 +1,176 @@
+"""What the compiled engine does not do is refused in one line (ms_gpt2.engine.options): every
+TrainingArguments field is decided, refused settings fail through the CLI with exit 2 before any
+data work, frozen parameters are refused, and fp16/bf16 are refused on CPU on both engines."""
+import dataclasses
+
+import pytest
+
+from conftest import DEMO_DATA
+from ms_gpt2 import runtime
+from ms_gpt2.config import MANAGED_TRAINING_KEYS
+from ms_gpt2.engine import options
+from ms_gpt2.errors import UserError
+
+TINY = ["model.n_positions=32", "model.n_embd=16", "model.n_layer=1", "model.n_head=2", "data.max_seq_len=32",
+        "data.max_summary_len=10", "tokenizer.vocab_size=300", "training.num_train_epochs=1"]
+
+
+def test_every_training_argument_is_decided():
+    """A field in no table (a new transformers release) fails here, so it cannot be silently ignored."""
+    from mindnlp.transformers import TrainingArguments
+
+    tables = {"REFUSED": options.REFUSED, "HONOURED": options.HONOURED, "OUTSIDE_THE_STEP": options.OUTSIDE_THE_STEP,
+              "DECIDED_ELSEWHERE": options.DECIDED_ELSEWHERE, "MANAGED_TRAINING_KEYS": MANAGED_TRAINING_KEYS}
+    fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}  # _n_gpu (init=False) cannot be set
+    undecided = sorted(name for name in fields if not any(name in table for table in tables.values()))
+    assert not undecided, f"TrainingArguments fields in no table of ms_gpt2/engine/options.py: {undecided}"
+    for name in fields:
+        homes = [table for table, entries in tables.items() if name in entries]
+        assert len(homes) == 1, f"{name} is decided twice: {homes}"
+    for table, entries in tables.items():
+        stale = sorted(set(entries) - fields)
+        assert not stale, f"{table} names what is not a TrainingArguments field: {stale}"
+        assert all(isinstance(why, (str, tuple)) and why for why in entries.values())
+
+
+# (setting, what the line says besides the key); all refused on the compiled engine, on CPU
+COMPILED_REFUSES = [
+    ("label_smoothing_factor=0.1", "label smoother"),
+    ("neftune_noise_alpha=5", "NEFTune"),
+    ("torch_compile=true", "torch.compile"),
+    ("torch_compile_backend=eager", "torch_compile"),
+    ("use_liger_kernel=true", "Liger"),
+    ("optim=sgd", "AdamW only"),
+    ("optim=adafactor", "AdamW only"),
+    ("optim_args=foo=1", "no extra optimizer arguments"),
+    ("past_index=0", "mems"),
+    ("torch_empty_cache_steps=2", "empties the device cache"),
+    ("half_precision_backend=apex", "training_step"),
+    ("debug=underflow_overflow", "forward"),
+]
+
+
+def _cli(tmp_path, capsys, *extra, engine="compiled"):
+    from ms_gpt2.cli import main
+
+    out = tmp_path / "out"
+    argv = ["train", "--config", "configs/smoke.yaml", "--data", DEMO_DATA, "--output-dir", str(out),
+            "--device", "cpu", "--engine", engine]
+    for setting in TINY + list(extra):
+        argv += ["--set", setting]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("ms-gpt2: error:")]
+    assert len(lines) == 1, err
+    assert not out.exists()  # refused before the run directory (or any data work) was touched
+    return lines[0]
+
+
+@pytest.mark.parametrize("setting, says", COMPILED_REFUSES, ids=[s for s, _ in COMPILED_REFUSES])
+def test_compiled_engine_refuses_in_one_line_before_training(setting, says, tmp_path, capsys):
+    line = _cli(tmp_path, capsys, f"training.{setting}")
+    key, value = setting.split("=", 1)
+    assert f"training.{key}={value}" in line
+    assert "--engine eager" in line and says in line
+
+
+@pytest.mark.parametrize("key", ["fp16", "bf16"])
+@pytest.mark.parametrize("engine", ["compiled", "eager"])
+def test_half_precision_is_refused_on_cpu_on_both_engines(key, engine, tmp_path, capsys):
+    """Eager on CPU trained fp16 in float32 kernels (results drifting from float32's) and crashed in
+    torch.cpu.amp on bf16; compiled trained float32 either way."""
+    line = _cli(tmp_path, capsys, f"training.{key}=true", engine=engine)
+    assert f"training.{key}=true: on CPU neither engine" in line and "float32" in line
+
+
+def test_half_precision_off_cpu_names_the_eager_engine():
+    for key in ("fp16", "bf16"):
+        with pytest.raises(options.EngineError, match=f"training.{key}=true: the compiled engine trains in float32.*"
+                                                      "--engine eager"):
+            options.check({key: True}, options.Context("compiled", "ascend"))
+        options.check({key: True}, options.Context("eager", "ascend"))  # the Trainer's own mixed precision
+
+
+def test_only_non_default_values_are_refused_and_eager_accepts_the_graphs_refusals():
+    cpu = options.Context("compiled", "cpu")
+    defaults = {"fp16": False, "bf16": False, "label_smoothing_factor": 0, "neftune_noise_alpha": None,
+                "optim": "adamw_torch", "debug": "", "fsdp": "", "torch_compile": False, "past_index": -1,
+                "average_tokens_across_devices": True, "half_precision_backend": "auto", "full_determinism": True}
+    options.check(defaults, cpu)  # full_determinism is accepted on CPU: the graph's seeded runs repeat exactly
+    options.check({"optim": "adamw_torch_fused", "gradient_checkpointing": True, "learning_rate": 1.0}, cpu)
+    eager = options.Context("eager", "cpu")
+    for setting, _ in COMPILED_REFUSES:
+        key, value = setting.split("=", 1)
+        options.check({key: value}, eager)
+    with pytest.raises(options.EngineError, match="training.full_determinism=true: .*--engine eager"):
+        options.check({"full_determinism": True}, options.Context("compiled", "ascend"))
+
+
+def test_data_parallel_refuses_average_tokens_across_devices_false():
+    for engine in ("compiled", "eager"):
+        options.check({"average_tokens_across_devices": False}, options.Context(engine, "cpu", 1))  # one process
+        with pytest.raises(options.EngineError, match="training.average_tokens_across_devices=false: ms_gpt2's data "
+                                                      "parallel always takes the token mean"):
+            options.check({"average_tokens_across_devices": False}, options.Context(engine, "cpu", 2))
+
+
+def test_bert_pretraining_checks_as_the_eager_engine(tmp_path):
+    """BERT trains eagerly whatever `engine` says: the graph's refusals do not apply, CPU's do."""
+    from ms_gpt2.bert_pretraining import pretrain_mlm_nsp
+    from ms_gpt2.config import load_config
+
+    config = load_config("configs/bert_tiny.yaml", ["training.bf16=true"])
+    with pytest.raises(UserError, match="training.bf16=true: on CPU neither engine"):
+        pretrain_mlm_nsp(config, DEMO_DATA, tmp_path / "bert")
+    assert not (tmp_path / "bert").exists()
+
+
+def _tiny_model(char_vocab_dir):
+    from ms_gpt2.modeling import GPT2ForSummarization, build_config
+    from ms_gpt2.tokenization import load_tokenizer
+
+    runtime.seed_everything(0)
+    return GPT2ForSummarization(build_config(load_tokenizer(char_vocab_dir), 32, 16, 1, 2, 0.0))
+
+
+def _trainer(engine, model, tmp_path, **args):
+    from mindnlp.transformers import TrainingArguments
+
+    from ms_gpt2.engine.trainer import trainer_class
+    from ms_gpt2.training import PipelineTrainer
+
+    arguments = TrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to=[], **args)
+    return trainer_class(PipelineTrainer, engine)(model=model, args=arguments)
+
+
+def test_frozen_parameters_are_refused_by_the_compiled_engine(char_vocab_dir, tmp_path):
+    """The graph updated requires_grad=False weights as if they were trainable."""
+    model = _tiny_model(char_vocab_dir)
+    model.transformer.wpe.weight.requires_grad = False
+    with pytest.raises(options.EngineError, match=r"1 parameter\(s\) have requires_grad=False "
+                                                  r"\(transformer.wpe.weight\): .*--engine eager"):
+        _trainer("compiled", model, tmp_path)
+    _trainer("eager", model, tmp_path)  # the eager Trainer leaves them alone
+    trainer = _trainer("compiled", _tiny_model(char_vocab_dir), tmp_path)
+    for p in trainer.model.transformer.h[0].mlp.parameters():  # frozen after the Trainer was made
+        p.requires_grad = False
+    with pytest.raises(options.EngineError, match=r"4 parameter\(s\) have requires_grad=False"):
+        trainer.create_optimizer()
+
+
+def test_a_trainer_made_directly_is_checked_too(char_vocab_dir, tmp_path):
+    with pytest.raises(options.EngineError, match="training.neftune_noise_alpha=5.0: NEFTune"):
+        _trainer("compiled", _tiny_model(char_vocab_dir), tmp_path, neftune_noise_alpha=5.0)
+    _trainer("compiled", _tiny_model(char_vocab_dir), tmp_path)  # every default passes
+
+
+def test_adam_settings_are_honoured_by_the_graph(char_vocab_dir, tmp_path):
+    """HONOURED says the graph's AdamW reads adam_beta1/2 and adam_epsilon: it does."""
+    trainer = _trainer("compiled", _tiny_model(char_vocab_dir), tmp_path, adam_beta1=0.8, adam_beta2=0.99,
+                       adam_epsilon=1e-6, weight_decay=0.1, max_grad_norm=0.5)
+    trainer.create_optimizer()
+    engine = trainer._build_engine()
+    assert engine.cfg.betas == (0.8, 0.99) and engine.cfg.eps == pytest.approx(1e-6)
+    assert engine.cfg.max_grad_norm == 0.5
