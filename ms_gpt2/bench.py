@@ -14,6 +14,10 @@ One invocation measures, on the current device:
 * the same workloads under real PyTorch + transformers, when ``--reference-python`` names an
   interpreter that has them (never a project dependency), in the same run.
 
+``--recompute-memory`` measures something else instead: compiled training's peak memory and step
+time without and with recomputation (``training.gradient_checkpointing``), each setting in a fresh
+process (:func:`recompute_memory`; ``scripts/recompute_memory.py`` for other shapes).
+
 Ratios are oriented so that > 1 means ms_gpt2 is faster. Fractions of ceiling: training FLOP/s
 (6·params + attention per token) over matmul GFLOP/s (NumPy's, and MindSpore's own MatMul); decoding bytes/s (all weights read once
 per token) over read bandwidth.
@@ -189,6 +193,101 @@ def compiled_train(spec: dict, device: str) -> dict:
     median = statistics.median(times)
     return {"tokens_per_s": spec["train_batch"] * spec["train_len"] / median, "step_s": median, "steps": times,
             "compile_s": compile_s, "peak_rss_mb": bench_workloads.peak_rss_mb()}
+
+
+def _vm_kib(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as status:
+            return next(float(line.split()[1]) for line in status if line.startswith(field + ":"))
+    except (OSError, StopIteration):
+        return None
+
+
+def compiled_train_memory(spec: dict, device: str, recompute: bool) -> dict:
+    """One process's compiled training on the training workload, with or without recomputation
+    (``gradient_checkpointing``): peak resident memory (``VmHWM``) once the engine is built and
+    after ``train_steps`` steps, and the step time. Meant for a fresh process
+    (:func:`recompute_memory` starts one per setting): the peak is the process's whole life."""
+    from ms_gpt2 import bench_workloads
+    from ms_gpt2.engine.compiled import CompiledEngine
+
+    model = bench_workloads.build_model(spec, device)
+    model.train()
+    names = [n for n, _ in model.named_parameters()]
+    engine = CompiledEngine(model, {n: 0.01 for n in names}, max_grad_norm=1.0, seed=spec["seed"],
+                            recompute=recompute)
+    del model
+    built_mb = (_vm_kib("VmHWM") or 0.0) / 1024
+    batch = bench_workloads.tokens(spec, (spec["train_batch"], spec["train_len"])).numpy()
+    times, losses = [], []
+    for step in range(spec["train_steps"]):
+        start = time.perf_counter()
+        losses.append(engine.train_step(batch, None, None, 1e-4, step)[0])
+        times.append(time.perf_counter() - start)
+    return {"recompute": recompute, "peak_rss_mb": bench_workloads.peak_rss_mb(), "built_rss_mb": built_mb,
+            "first_step_s": times[0], "step_s": statistics.median(times[1:]) if len(times) > 1 else times[0],
+            "losses": losses}
+
+
+def recompute_memory(spec: dict, python: str | None = None, device: str | None = None, timeout: float = 3600,
+                     print_fn=print) -> dict:
+    """Peak memory of compiled training without and with recomputation, each in a fresh process
+    (``python -m ms_gpt2.bench '<spec json>'``) so neither peak includes the other's; the losses of
+    the two runs are checked to be the same."""
+    import sys
+
+    device = device or runtime.ensure().device
+    runs = {}
+    for recompute in (False, True):
+        child = dict(spec, recompute=recompute, device=device)
+        try:
+            done = subprocess.run([python or sys.executable, "-m", "ms_gpt2.bench", json.dumps(child)],
+                                  capture_output=True, text=True, timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise UserError(f"the recompute={recompute} memory run failed: {err}") from err
+        if done.returncode != 0:
+            tail = (done.stderr or "").strip().splitlines()[-1:] or ["no output"]
+            raise UserError(f"the recompute={recompute} memory run failed: {tail[0]}")
+        runs["on" if recompute else "off"] = json.loads(done.stdout.strip().splitlines()[-1])
+    off, on = runs["off"], runs["on"]
+    result = {"device": device, "workload": spec, "machine": machine(), "off": off, "on": on,
+              "saved_mb": off["peak_rss_mb"] - on["peak_rss_mb"],
+              "step_peak_mb": {k: runs[k]["peak_rss_mb"] - runs[k]["built_rss_mb"] for k in runs},
+              "slowdown": _ratio(on["step_s"], off["step_s"]),
+              "same_losses": off["losses"] == on["losses"]}
+    print_fn(recompute_table(result))
+    return result
+
+
+def recompute_memory_report(quick: bool = False, json_path=None, print_fn=print) -> dict:
+    """``ms-gpt2 bench --recompute-memory``: :func:`recompute_memory` on the training workload."""
+    spec = QUICK if quick else FULL
+    print_fn(f"== recompute memory ({'quick' if quick else 'GPT-2 small'}): two fresh processes")
+    result = recompute_memory(spec, print_fn=print_fn)
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=2), encoding="utf-8")
+        print_fn(f"wrote {json_path}")
+    return result
+
+
+def recompute_table(result: dict) -> str:
+    spec, off, on = result["workload"], result["off"], result["on"]
+    step = result["step_peak_mb"]
+
+    def mb(value):
+        return f"{value:,.0f} MB"
+
+    return "\n".join([
+        f"compiled training, n_layer {spec['n_layer']}, n_embd {spec['n_embd']}, batch {spec['train_batch']} x "
+        f"{spec['train_len']}, vocab {spec['vocab_size']}, {spec['train_steps']} steps on {result['device']}, "
+        f"each setting in a fresh process",
+        f"{'recompute':<12}{'peak RSS':>12}{'of which steps':>16}{'step (s)':>10}",
+        f"{'off':<12}{mb(off['peak_rss_mb']):>12}{mb(step['off']):>16}{off['step_s']:>10.3g}",
+        f"{'on':<12}{mb(on['peak_rss_mb']):>12}{mb(step['on']):>16}{on['step_s']:>10.3g}",
+        f"recomputation saves {mb(result['saved_mb'])} of peak memory ({mb(step['off'] - step['on'])} of the steps' "
+        f"share), steps take "
+        f"{_fmt(result['slowdown'], 'x')} as long; same losses: {result['same_losses']}"])
 
 
 def train_flops_per_token(spec: dict, params: int) -> float:
@@ -521,3 +620,11 @@ def summarize(paths, mixed_cpus: bool = False, json_path=None, print_fn=print) -
         Path(json_path).write_text(json.dumps(summary, indent=2), encoding="utf-8")
         print_fn(f"wrote {json_path}")
     return summary
+
+
+if __name__ == "__main__":  # one recompute_memory run: python -m ms_gpt2.bench '<spec json>'
+    import sys
+
+    _spec = json.loads(sys.argv[1])
+    runtime.setup(_spec.pop("device", None), seed=_spec["seed"])
+    print(json.dumps(compiled_train_memory(_spec, runtime.ensure().torch_device, bool(_spec.pop("recompute")))))

@@ -211,13 +211,18 @@ def _bench(args) -> int:
     from ms_gpt2 import bench
 
     if args.summarize:
-        if args.quick or args.reference_python or args.png:
-            raise UserError("--summarize combines saved reports and runs nothing: drop --quick, --reference-python "
-                            "and --png")
+        if args.quick or args.reference_python or args.png or args.recompute_memory:
+            raise UserError("--summarize combines saved reports and runs nothing: drop --quick, --reference-python, "
+                            "--png and --recompute-memory")
         bench.summarize(args.summarize, args.mixed_cpus, args.json)
         return 0
     if args.mixed_cpus:
         raise UserError("--mixed-cpus only applies to --summarize")
+    if args.recompute_memory:
+        if args.reference_python or args.png:
+            raise UserError("--recompute-memory measures ms_gpt2 alone: drop --reference-python and --png")
+        bench.recompute_memory_report(args.quick, args.json)
+        return 0
     bench.bench(args.quick, args.reference_python, args.json, args.png)
     return 0
 
@@ -359,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(--json writes the summary)")
     p.add_argument("--mixed-cpus", action="store_true",
                    help="with --summarize: combine runs from different CPU models (refused by default)")
+    p.add_argument("--recompute-memory", action="store_true",
+                   help="instead: peak memory and step time of compiled training without and with recomputation "
+                        "(training.gradient_checkpointing), each in a fresh process")
     p.set_defaults(handler=_bench)
 
     p = sub.add_parser("download-data", parents=[common],

@@ -502,6 +502,11 @@ def fit(config: dict, model, tokenizer, make_pipeline, n_examples: int, output_d
         dump_config(config, output_dir / "train_config.yaml")
     if not compiled_ok and config.get("engine") == "compiled":
         log.info("%s trains on the eager engine (the compiled step is GPT-2's)", type(model).__name__)
+    if engine == "eager" and args.gradient_checkpointing:
+        # the Trainer enables it on the model, whose blocks then go through torch.utils.checkpoint:
+        # mindtorch's runs the block once and keeps its activations (no recomputation, no saving)
+        log.warning("training.gradient_checkpointing saves no memory on the eager engine (mindtorch's "
+                    "checkpoint does not recompute); the compiled engine recomputes each block")
     # the compiled step or the eager one, data-parallel when msrun started several workers
     trainer_cls = trainer_class(PipelineTrainer, engine, data_parallel=world_size > 1)
     callbacks = [EpochProgress(batches)] + ([LossLog(output_dir / LOSS_LOG)] if rank == 0 else [])

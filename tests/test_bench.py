@@ -184,3 +184,28 @@ def test_the_command_line_refuses_mixed_cpus_in_one_line_exit_2(tmp_path, capsys
     assert len(err) == 1 and err[0].startswith("ms-gpt2: error: runs from different CPU models")
     assert cli.main(["bench", "--device", "cpu", "--summarize", *runs, "--mixed-cpus"]) == 0
     assert "4 runs of the quick workload" in capsys.readouterr().out
+
+
+def test_recompute_memory_runs_each_setting_in_a_fresh_process():
+    """``bench --recompute-memory``: peak memory without and with recomputation, each measured in a
+    child process of its own, the same losses in both (toy sizes: checks the report, not the saving)."""
+    lines = []
+    spec = dict(bench.QUICK, n_layer=1, train_steps=2)
+    result = bench.recompute_memory(spec, device="cpu", print_fn=lines.append)
+    assert (result["off"]["recompute"], result["on"]["recompute"]) == (False, True)
+    assert result["same_losses"] and len(result["off"]["losses"]) == 2
+    for key in ("off", "on"):
+        assert 0 < result[key]["built_rss_mb"] <= result[key]["peak_rss_mb"]
+        assert result["step_peak_mb"][key] == result[key]["peak_rss_mb"] - result[key]["built_rss_mb"]
+    assert result["saved_mb"] == result["off"]["peak_rss_mb"] - result["on"]["peak_rss_mb"]
+    assert "recomputation saves" in lines[0] and "n_layer 1, n_embd 64, batch 2 x 32" in lines[0]
+
+
+def test_recompute_memory_refuses_what_it_does_not_measure(capsys):
+    from ms_gpt2 import cli
+
+    for extra in (["--png", "x.png"], ["--reference-python", "python3"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["bench", "--device", "cpu", "--recompute-memory", *extra])
+        assert exit_.value.code == 2
+        assert "--recompute-memory measures ms_gpt2 alone" in capsys.readouterr().err

@@ -26,11 +26,14 @@ class CompiledEngine:
     ``dropout``: the model's dropout (``resid_pdrop``; GPT-2 configs from :func:`ms_gpt2.modeling.build_config`
     use one value for all three sites, checked). ``seed`` keys the dropout masks. ``accumulation > 1``
     builds the accumulators and the two graphs of :meth:`accumulate` / :meth:`apply` beside
-    :meth:`train_step`'s fused one.
+    :meth:`train_step`'s fused one. ``recompute``: recompute each transformer block in the backward
+    pass rather than keep its activations (``StepConfig.recompute``; the Trainer's
+    ``gradient_checkpointing``): the same losses, gradients and weights either way.
     """
 
     def __init__(self, model, weight_decay: dict, max_grad_norm: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8,
-                 seed: int = 0, dtype=mindspore.float32, reduce=None, accumulation: int = 1):
+                 seed: int = 0, dtype=mindspore.float32, reduce=None, accumulation: int = 1,
+                 recompute: bool = False):
         from ms_gpt2.fast_decode import unsupported
         from ms_gpt2.modeling import ignored_label_id
 
@@ -49,7 +52,7 @@ class CompiledEngine:
                               pad_token_id=ignored_label_id(model),
                               dropout=dropout.pop() if model.training else 0.0,
                               max_grad_norm=float(max_grad_norm or 0.0), betas=tuple(float(b) for b in betas),
-                              eps=float(eps), dtype=dtype)
+                              eps=float(eps), dtype=dtype, recompute=bool(recompute))
         self.n_embd, self.seed = c.n_embd, int(seed)
         self.names = hf_parameter_names(c.n_layer)
         own = dict(model.named_parameters())

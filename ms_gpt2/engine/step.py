@@ -27,6 +27,14 @@ Dropout masks are inputs, drawn on the host from NumPy keyed on (seed, step, mic
 the eager path's dropout uses, see :mod:`ms_gpt2.compat`): a seeded run repeats exactly and a
 resumed run draws the masks the uninterrupted run drew at the same step. With dropout 0 no masks
 are drawn or passed.
+
+Recomputation (``StepConfig.recompute``, the Trainer's ``gradient_checkpointing``): every
+:class:`Block` is marked with ``Cell.recompute()``, so the graph keeps only each block's input
+for the backward pass and recomputes the block's activations there (MindSpore's
+``add_recomputation`` pass, which also runs for cells inside a ``mindspore.jit`` graph in
+PyNative mode: the recomputed nodes carry ``recompute: Bool(1)`` in the saved IR). The dropout
+keep-masks are graph inputs, so the recomputed forward applies the very masks the first one did:
+losses, gradients and weights are those of the run without recomputation (bit for bit on CPU).
 """
 from __future__ import annotations
 
@@ -65,6 +73,7 @@ class StepConfig:
     betas: tuple = (0.9, 0.999)
     eps: float = 1e-8
     dtype: object = mindspore.float32  # the parameters' and activations' dtype (fp32 only for now)
+    recompute: bool = False       # recompute each Block in the backward pass instead of keeping its activations
 
 
 def _dropout(x, mask, scale):
@@ -124,6 +133,9 @@ class GPT2Loss(nn.Cell):
         self.ln_f_w, self.ln_f_b = params["transformer.ln_f.weight"], params["transformer.ln_f.bias"]
         self.blocks = nn.CellList([Block([params[f"transformer.h.{i}.{n}"] for n in BLOCK_PARAMS], cfg)
                                    for i in range(cfg.n_layer)])
+        if cfg.recompute:  # keep each block's input only; its activations are recomputed in the backward pass
+            for block in self.blocks:
+                block.recompute()
         self.ln_f = layer_norm(cfg.layer_norm_epsilon)
         self.logits_of = ops.MatMul(transpose_b=True)   # the LM head, tied to wte
         self.use_dropout = cfg.dropout > 0

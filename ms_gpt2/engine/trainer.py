@@ -134,10 +134,13 @@ class CompiledTrainerMixin:
         self.model.train()
         engine = CompiledEngine(self.model, decay, max_grad_norm=self.args.max_grad_norm or 0.0,
                                 betas=group["betas"], eps=group["eps"], seed=self.args.seed, reduce=self.engine_reduce,
-                                accumulation=self.args.gradient_accumulation_steps)
+                                accumulation=self.args.gradient_accumulation_steps,
+                                # gradient_checkpointing: the Trainer enabled it on the Hugging Face model too,
+                                # which the graph does not run; here the graph's own blocks are recomputed
+                                recompute=bool(self.args.gradient_checkpointing))
         engine.load_optimizer_state(optimizer.engine_state())
-        log.info("compiled training engine: %d weights, dropout %s, AdamW state at step %d",
-                 len(engine.names), engine.cfg.dropout, engine.optimizer_steps)
+        log.info("compiled training engine: %d weights, dropout %s, recompute %s, AdamW state at step %d",
+                 len(engine.names), engine.cfg.dropout, engine.cfg.recompute, engine.optimizer_steps)
         return engine
 
     # -- the step ---------------------------------------------------------------------------------
