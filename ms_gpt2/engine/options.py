@@ -12,7 +12,6 @@ field, against transformers 4.56:
 * :data:`HONOURED` - the compiled engine reads it (the graph, or the Trainer code it keeps);
 * :data:`OUTSIDE_THE_STEP` - its effect lives in code both engines share (the loop, logging,
   checkpoints, evaluation, data loading, the Hub, launchers), so the engine changes nothing;
-* :data:`DECIDED_ELSEWHERE` - left to other work (named);
 * the keys ms_gpt2 sets itself are :data:`ms_gpt2.config.MANAGED_TRAINING_KEYS`.
 
 tests/test_engine_options.py walks ``dataclasses.fields(TrainingArguments)`` and fails on a field
@@ -150,6 +149,9 @@ HONOURED: dict[str, str] = {
     "adam_beta2": "read from the Trainer's AdamW parameter group into the graph's AdamW",
     "adam_epsilon": "read from the Trainer's AdamW parameter group into the graph's AdamW",
     "max_grad_norm": "the graph's global-norm clipping (torch's clip_grad_norm_ formula); the norm is logged",
+    "gradient_checkpointing": "each block is recomputed in the graph's backward pass (Cell.recompute)",
+    "gradient_checkpointing_kwargs": "torch.utils.checkpoint's options (use_reentrant, ...): the graph's "
+                                     "recomputation has no variants to choose",
 }
 
 _LOOP = "the Trainer's loop around the step, the same on both engines"
@@ -193,12 +195,6 @@ OUTSIDE_THE_STEP: dict[str, str] = {
                      "ddp_find_unused_parameters ddp_bucket_cap_mb ddp_broadcast_buffers ddp_timeout mp_parameters "
                      "ray_scope"),
     "tf32": "a CUDA matmul switch: TrainingArguments itself refuses it without an Ampere GPU",
-}
-
-#: Fields decided by other work.
-DECIDED_ELSEWHERE: dict[str, str] = {
-    "gradient_checkpointing": "recomputation inside the graph is being added (branch engine-recompute)",
-    "gradient_checkpointing_kwargs": "recomputation inside the graph is being added (branch engine-recompute)",
 }
 
 _EMPTY = (None, "", [], {}, ())
