@@ -8,25 +8,14 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import DEMO_DATA, write_jsonl
 from ms_gpt2 import runtime
 from ms_gpt2.config import load_config
 from ms_gpt2.training import train
+from test_engine import TINY as ENGINE_TINY, eight  # noqa: F401  (eight: the shared data fixture)
 
-# Tiny Trainer runs (as tests/test_engine.py's): 8 short records, 4 per batch, 2 steps per epoch,
-# clipping and weight decay on, dropout 0.1 so that the recomputed forward must replay the masks.
-TINY = ["model.n_positions=64", "model.n_embd=32", "model.n_layer=2", "model.n_head=2", "model.dropout=0.1",
-        "data.max_seq_len=64", "data.max_summary_len=30", "data.train_ratio=1.0", "data.summary_only_loss=false",
-        "training.per_device_train_batch_size=4", "training.learning_rate=5.0e-3", "training.warmup_steps=2",
-        "training.max_grad_norm=0.5", "training.weight_decay=0.1", "training.logging_steps=1",
-        "training.save_steps=1000"]
-
-
-@pytest.fixture(scope="module")
-def eight(tmp_path_factory):
-    rows = [json.loads(line) for line in open(DEMO_DATA, encoding="utf-8")]
-    rows = sorted(rows, key=lambda r: len(r["summarization"]))[:8]
-    return write_jsonl(tmp_path_factory.mktemp("data") / "eight.jsonl", rows)
+# Tiny Trainer runs: tests/test_engine.py's (8 short records, 4 per batch, 2 steps per epoch,
+# clipping and weight decay on), with dropout 0.1 so that the recomputed forward must replay the masks.
+TINY = ENGINE_TINY + ["model.dropout=0.1", "training.warmup_steps=2"]  # later overrides win
 
 
 def _tiny_engine(recompute, accumulation=1, dropout=0.1):
