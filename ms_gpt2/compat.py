@@ -62,6 +62,21 @@ def _replace(table, name: str, shim: Callable) -> None:
     setattr(table, name, shim)
 
 
+def write_parameter(param, value) -> None:
+    """Write ``value`` (array-like, the parameter's shape) into a MindSpore ``Parameter`` in place.
+
+    MindSpore 2.7: ``Parameter.set_data`` swaps in a new buffer, and a graph compiled before reads
+    garbage from it (measured: a 0-d parameter read back as -1.9e17 after ``set_data``, from a
+    Python float, a NumPy scalar or a NumPy array alike). ``ops.assign`` writes into the buffer the
+    graphs hold, before or after they were compiled."""
+    import mindspore
+    import numpy as np
+    from mindspore import Tensor, ops
+
+    dtype = mindspore.dtype_to_nptype(param.dtype)
+    ops.assign(param, Tensor(np.array(value, dtype=dtype).reshape(tuple(param.shape))))  # a copy, contiguous, 0-d kept
+
+
 def _install_cpu_addcdiv() -> None:
     cpu = _cpu_table()
 

@@ -114,6 +114,8 @@ def setup(device: str | None = None, seed: int | None = None) -> Runtime:
                 "call setup() (or pass --device) before importing mindnlp."
             )
         mindspore.set_device(MINDSPORE_TARGET[chosen])
+        if chosen == "ascend":
+            _keep_origin_dtype()
         rank, world_size = _join_msrun_group()
         import mindnlp  # noqa: F401  (binds mindtorch to the device just set)
 
@@ -129,6 +131,26 @@ def setup(device: str | None = None, seed: int | None = None) -> Runtime:
         seed_everything(seed)
         _current = replace(_current, seed=seed)
     return _current
+
+
+def _keep_origin_dtype() -> None:
+    """An fp32 run means fp32 on every Ascend: the Atlas training series (910A) defaults to
+    ``force_fp16``, which runs a float32 graph's MatMuls in float16, unscaled. ``must_keep_origin_dtype``
+    keeps each op's dtype, so float32 stays float32 and fp16/bf16 come only from the graph's own casts
+    (:mod:`ms_gpt2.engine.precision`; A2/A3 already default to it)."""
+    from mindspore.device_context.ascend.op_precision import precision_mode
+
+    precision_mode("must_keep_origin_dtype")
+
+
+def ascend_soc() -> str | None:
+    """The Ascend SoC MindSpore runs on ("ascend910" = 910A, "ascend910b"/"ascend910_93" = A2/A3),
+    or None off Ascend."""
+    if _current is None or _current.device != "ascend":
+        return None
+    from mindspore._c_expression import MSContext  # pylint: disable=no-name-in-module
+
+    return MSContext.get_instance().get_ascend_soc_version() or None
 
 
 def _join_msrun_group() -> tuple[int, int]:

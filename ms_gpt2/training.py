@@ -237,6 +237,7 @@ class LossLog(TrainerCallback):
         if logs and "loss" in logs:
             entry = {"step": state.global_step, "epoch": logs.get("epoch"), "loss": logs["loss"],
                      "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm")}
+            entry.update({k: logs[k] for k in ("loss_scale", "skipped_steps") if k in logs})  # fp16's loss scaling
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(entry) + "\n")
 

@@ -80,17 +80,28 @@ def test_compiled_engine_refuses_in_one_line_before_training(setting, says, tmp_
 @pytest.mark.parametrize("engine", ["compiled", "eager"])
 def test_half_precision_is_refused_on_cpu_on_both_engines(key, engine, tmp_path, capsys):
     """Eager on CPU trained fp16 in float32 kernels (results drifting from float32's) and crashed in
-    torch.cpu.amp on bf16; compiled trained float32 either way."""
+    torch.cpu.amp on bf16; the compiled graph's CPU fp16/bf16 is an emulation, for tests only."""
     line = _cli(tmp_path, capsys, f"training.{key}=true", engine=engine)
     assert f"training.{key}=true: on CPU neither engine" in line and "float32" in line
 
 
-def test_half_precision_off_cpu_names_the_eager_engine():
+def test_half_precision_runs_off_cpu_and_bf16_is_refused_on_910a(monkeypatch):
+    from ms_gpt2.engine.precision import EMULATE_ENV
+
+    for engine in ("compiled", "eager"):
+        for soc in (None, "ascend910b", "ascend910_93"):
+            for key in ("fp16", "bf16"):
+                options.check({key: True}, options.Context(engine, "ascend", soc=soc))
+            options.check({"fp16": True}, options.Context(engine, "gpu"))
+        options.check({"fp16": True}, options.Context(engine, "ascend", soc="ascend910"))
+        with pytest.raises(options.EngineError, match="training.bf16=true: this NPU is an Atlas training-series 910A, "
+                                                      "which has no bfloat16 .*use training.fp16"):
+            options.check({"bf16": True}, options.Context(engine, "ascend", soc="ascend910"))
+    monkeypatch.setenv(EMULATE_ENV, "1")   # the tests' CPU emulation: the compiled graph only
     for key in ("fp16", "bf16"):
-        with pytest.raises(options.EngineError, match=f"training.{key}=true: the compiled engine trains in float32.*"
-                                                      "--engine eager"):
-            options.check({key: True}, options.Context("compiled", "ascend"))
-        options.check({key: True}, options.Context("eager", "ascend"))  # the Trainer's own mixed precision
+        options.check({key: True}, options.Context("compiled", "cpu"))
+        with pytest.raises(options.EngineError, match=f"training.{key}=true: on CPU neither engine"):
+            options.check({key: True}, options.Context("eager", "cpu"))
 
 
 def test_only_non_default_values_are_refused_and_eager_accepts_the_graphs_refusals():

@@ -12,6 +12,9 @@ import numpy as np
 import mindspore
 from mindspore import Parameter, Tensor
 
+from ms_gpt2.compat import write_parameter
+from ms_gpt2.engine import dropout as keyed
+from ms_gpt2.engine.precision import Precision
 from ms_gpt2.engine.step import StepConfig, TrainStep, compile_step, dropout_masks, hf_parameter_names
 
 
@@ -28,12 +31,16 @@ class CompiledEngine:
     builds the accumulators and the two graphs of :meth:`accumulate` / :meth:`apply` beside
     :meth:`train_step`'s fused one. ``recompute``: recompute each transformer block in the backward
     pass rather than keep its activations (``StepConfig.recompute``; the Trainer's
-    ``gradient_checkpointing``): the same losses, gradients and weights either way.
+    ``gradient_checkpointing``): the same losses, gradients and weights either way. ``precision``:
+    the MatMuls' dtype and fp16's loss scaling (:mod:`ms_gpt2.engine.precision`; float32 by default).
+    ``dropout_source``: where the keep-masks are drawn (:mod:`ms_gpt2.engine.dropout`; ``"auto"``:
+    on the host on CPU, in the graph elsewhere).
     """
 
     def __init__(self, model, weight_decay: dict, max_grad_norm: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8,
-                 seed: int = 0, dtype=mindspore.float32, reduce=None, accumulation: int = 1,
-                 recompute: bool = False):
+                 seed: int = 0, precision: Precision | None = None, reduce=None, accumulation: int = 1,
+                 recompute: bool = False, dropout_source: str = "auto"):
+        from ms_gpt2 import runtime
         from ms_gpt2.fast_decode import unsupported
         from ms_gpt2.modeling import ignored_label_id
 
@@ -43,8 +50,6 @@ class CompiledEngine:
             why = "tie_word_embeddings=False (the graph's LM head is the token embedding)"
         if why:
             raise NotImplementedError(f"the compiled engine does not implement {why}")
-        if dtype != mindspore.float32:
-            raise NotImplementedError("the compiled engine trains in float32 only (see docs/performance.md)")
         dropout = {float(c.resid_pdrop), float(c.embd_pdrop), float(c.attn_pdrop)}
         if len(dropout) != 1:
             raise NotImplementedError(f"the compiled engine needs one dropout rate, the model has {sorted(dropout)}")
@@ -52,7 +57,8 @@ class CompiledEngine:
                               pad_token_id=ignored_label_id(model),
                               dropout=dropout.pop() if model.training else 0.0,
                               max_grad_norm=float(max_grad_norm or 0.0), betas=tuple(float(b) for b in betas),
-                              eps=float(eps), dtype=dtype, recompute=bool(recompute))
+                              eps=float(eps), precision=precision or Precision(), recompute=bool(recompute),
+                              dropout_source=keyed.resolve_source(dropout_source, runtime.ensure().device))
         self.n_embd, self.seed = c.n_embd, int(seed)
         self.names = hf_parameter_names(c.n_layer)
         own = dict(model.named_parameters())
@@ -123,6 +129,23 @@ class CompiledEngine:
         return {n: {"step": float(steps), "exp_avg": m.asnumpy(), "exp_avg_sq": v.asnumpy()}
                 for n, m, v in zip(self.step.names, self.step.exp_avg, self.step.exp_avg_sq)}
 
+    @property
+    def loss_scaled(self) -> bool:
+        return self.step.scaled
+
+    def loss_scale_state(self) -> dict:
+        """fp16's dynamic loss scale: {"scale", "good_steps"} (empty without loss scaling)."""
+        if not self.step.scaled:
+            return {}
+        return {"scale": float(self.step.loss_scale.asnumpy()), "good_steps": int(self.step.good_steps.asnumpy())}
+
+    def load_loss_scale_state(self, state: dict | None) -> None:
+        """The inverse of :meth:`loss_scale_state`; nothing to load (e.g. a checkpoint from an
+        fp32 run) leaves the initial scale."""
+        if self.step.scaled and state:
+            write_parameter(self.step.loss_scale, state["scale"])
+            write_parameter(self.step.good_steps, state["good_steps"])
+
     def load_optimizer_state(self, state: dict[str, dict]) -> None:
         """The inverse of :meth:`optimizer_state`; every parameter must have the same step count."""
         if not state:
@@ -131,6 +154,6 @@ class CompiledEngine:
         if len(steps) != 1 or set(state) != set(self.step.names):
             raise ValueError("optimizer state does not cover every GPT-2 weight at one step count")
         for n, m, v in zip(self.step.names, self.step.exp_avg, self.step.exp_avg_sq):
-            m.set_data(Tensor(np.asarray(state[n]["exp_avg"], np.float32)))
-            v.set_data(Tensor(np.asarray(state[n]["exp_avg_sq"], np.float32)))
-        self.step.step.set_data(Tensor(steps.pop(), mindspore.float32))
+            write_parameter(m, state[n]["exp_avg"])
+            write_parameter(v, state[n]["exp_avg_sq"])
+        write_parameter(self.step.step, steps.pop())

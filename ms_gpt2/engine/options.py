@@ -17,9 +17,11 @@ field, against transformers 4.56:
 tests/test_engine_options.py walks ``dataclasses.fields(TrainingArguments)`` and fails on a field
 in none of these, so a new transformers field cannot slip through undecided.
 
-Some refusals hold for the eager engine too, where it has no working path: fp16/bf16 on CPU (the
+``fp16``/``bf16`` are honoured by the compiled engine (:mod:`ms_gpt2.engine.precision`) where they
+run. Some refusals hold for the eager engine too, where it has no working path: fp16/bf16 on CPU (the
 Trainer's CPU mixed precision does not work under mindtorch: bf16 fails in ``torch.cpu.amp``, fp16
-runs float32 kernels whose results drift from a plain float32 run), and
+runs float32 kernels whose results drift from a plain float32 run; the compiled graph's CPU run is
+an emulation kept for tests), bf16 on Ascend 910A (no bfloat16 there), and
 ``average_tokens_across_devices: false`` under data parallel (ms_gpt2's own data parallel always
 takes the token mean over every rank, :mod:`ms_gpt2.engine.distributed`).
 """
@@ -45,6 +47,7 @@ class Context:
     engine: str        # the engine that will train: "compiled" | "eager"
     device: str        # ms_gpt2.runtime's: "cpu" | "ascend" | "gpu"
     world_size: int = 1
+    soc: str | None = None  # Ascend's SoC ("ascend910" is the 910A, "ascend910b"/"ascend910_93" A2/A3)
 
 
 @dataclass(frozen=True)
@@ -65,21 +68,33 @@ def _off_cpu(value, ctx: Context) -> bool:
     return ctx.device != "cpu"
 
 
-_GRAPH_FP32 = "the compiled engine trains in float32 for now (mixed precision in the graph: docs/performance.md)"
-_HALF_REMEDY = "drop it, or use --engine eager for the Trainer's own mixed precision"
+def _half_on_cpu(value, ctx: Context) -> bool:
+    """fp16/bf16 on CPU: refused, except the compiled graph's emulation that tests switch on."""
+    from ms_gpt2.engine.precision import emulating
+
+    return ctx.device == "cpu" and not (ctx.engine == "compiled" and emulating())
+
+
+def _on_910a(value, ctx: Context) -> bool:
+    return ctx.device == "ascend" and ctx.soc == "ascend910"
+
+
+_HALF_ON_CPU = "drop it (train in float32), or train on Ascend (or a GPU)"
 
 #: key -> the refusals that apply to it, checked in order (the first that applies is raised).
 REFUSED: dict[str, tuple[Refused, ...]] = {
     # -- precision: the graph's dtype is float32; CPU has no working half-precision path at all --
-    "fp16": (Refused("on CPU neither engine trains in float16: the compiled engine trains in float32, and the eager "
-                     "Trainer's CPU mixed precision does not work under mindtorch (float32 kernels, results drifting "
-                     "from a plain float32 run)", "drop it (train in float32), or train on Ascend",
-                     engines=ENGINES, when=_on_cpu),
-             Refused(_GRAPH_FP32, _HALF_REMEDY)),
-    "bf16": (Refused("on CPU neither engine trains in bfloat16: MindSpore 2.7 has no CPU bfloat16 MatMul, the compiled "
-                     "engine trains in float32, and the eager Trainer's CPU autocast (torch.cpu.amp) is missing under "
-                     "mindtorch", "drop it (train in float32), or train on Ascend", engines=ENGINES, when=_on_cpu),
-             Refused(_GRAPH_FP32, _HALF_REMEDY)),
+    "fp16": (Refused("on CPU neither engine trains in float16: MindSpore's CPU kernels compute it in float32 (the "
+                     "compiled graph's CPU float16 is an emulation for tests), and the eager Trainer's CPU mixed "
+                     "precision does not work under mindtorch (results drifting from a plain float32 run)",
+                     _HALF_ON_CPU, engines=ENGINES, when=_half_on_cpu),),
+    "bf16": (Refused("on CPU neither engine trains in bfloat16: MindSpore 2.7 has no CPU bfloat16 MatMul (the compiled "
+                     "graph's CPU bfloat16 is an emulation for tests), and the eager Trainer's CPU autocast "
+                     "(torch.cpu.amp) is missing under mindtorch", _HALF_ON_CPU, engines=ENGINES,
+                     when=_half_on_cpu),
+             Refused("this NPU is an Atlas training-series 910A, which has no bfloat16 (bf16 runs on Ascend A2/A3, "
+                     "910B and later)", "use training.fp16 (with loss scaling) instead", engines=ENGINES,
+                     when=_on_910a)),
     "half_precision_backend": (Refused("the half-precision backend (amp, apex, cpu_amp) wraps the Trainer's "
                                          "training_step, which the graph replaces"),),
     "fp16_backend": (Refused("the deprecated alias of half_precision_backend, which wraps the Trainer's "
@@ -259,7 +274,7 @@ def check_config(config: dict, engine: str | None = None) -> None:
 
     current = runtime.ensure()
     check(config.get("training") or {}, Context(engine or config.get("engine") or "compiled", current.device,
-                                                current.world_size))
+                                                current.world_size, runtime.ascend_soc()))
 
 
 def check_arguments(args, engine: str = "compiled") -> None:
@@ -271,7 +286,7 @@ def check_arguments(args, engine: str = "compiled") -> None:
     values = {key: getattr(args, key) for key in REFUSED if hasattr(args, key)}
     if not values.get("fsdp"):
         values.pop("fsdp_config", None)
-    check(values, Context(engine, runtime.ensure().device))
+    check(values, Context(engine, runtime.ensure().device, soc=runtime.ascend_soc()))
 
 
 def check_frozen(model) -> None:

@@ -47,6 +47,7 @@ import torch  # noqa: E402  (mindtorch)
 from ms_gpt2.engine import DEFAULT_ENGINE, options  # noqa: E402
 from ms_gpt2.engine.compiled import CompiledEngine  # noqa: E402
 from ms_gpt2.engine.options import EngineError  # noqa: E402,F401  (raised here; its home is options)
+from ms_gpt2.engine.precision import Precision  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,10 @@ class EngineAdamW(torch.optim.AdamW):
     def _params_by_name(self) -> dict:
         return {name: p for name, p in self._trainer.model.named_parameters()}
 
+    #: fp16's dynamic loss scale travels in optimizer.pt under this key (torch's loader ignores it)
+    LOSS_SCALE_KEY = "ms_gpt2_loss_scale"
+    loaded_loss_scale: dict | None = None
+
     def state_dict(self):
         engine = getattr(self._trainer, "_engine", None)
         if engine is not None:
@@ -75,13 +80,19 @@ class EngineAdamW(torch.optim.AdamW):
                 self.state[by_name[name]] = {"step": torch.tensor(entry["step"], dtype=torch.float32),
                                              "exp_avg": torch.tensor(entry["exp_avg"]),
                                              "exp_avg_sq": torch.tensor(entry["exp_avg_sq"])}
-        return super().state_dict()
+        state = super().state_dict()
+        scale = engine.loss_scale_state() if engine is not None else self.loaded_loss_scale
+        if scale:
+            state[self.LOSS_SCALE_KEY] = dict(scale)
+        return state
 
     def load_state_dict(self, state_dict):
+        self.loaded_loss_scale = state_dict.get(self.LOSS_SCALE_KEY)
         super().load_state_dict(state_dict)
         engine = getattr(self._trainer, "_engine", None)
         if engine is not None:  # normally the engine is built later and reads engine_state() itself
             engine.load_optimizer_state(self.engine_state())
+            engine.load_loss_scale_state(self.loaded_loss_scale)
 
     def engine_state(self) -> dict:
         """The loaded AdamW state by parameter name, as the engine takes it."""
@@ -102,6 +113,7 @@ class CompiledTrainerMixin:
     _engine_dirty = False      # the graph's weights are newer than the model's
     _engine_grad_norm = None
     _engine_micro = 0          # micro-batches accumulated since the last apply (accumulation > 1)
+    _engine_skipped = 0        # optimizer steps fp16 skipped (overflow) in this train() call
     engine_reduce = None       # a ms_gpt2.engine.step.Reduce replacement (data parallel), or None
 
     # -- set-up -----------------------------------------------------------------------------------
@@ -137,10 +149,16 @@ class CompiledTrainerMixin:
                                 accumulation=self.args.gradient_accumulation_steps,
                                 # gradient_checkpointing: the Trainer enabled it on the Hugging Face model too,
                                 # which the graph does not run; here the graph's own blocks are recomputed
-                                recompute=bool(self.args.gradient_checkpointing))
+                                recompute=bool(self.args.gradient_checkpointing),
+                                precision=Precision.of(fp16=bool(self.args.fp16), bf16=bool(self.args.bf16)))
         engine.load_optimizer_state(optimizer.engine_state())
-        log.info("compiled training engine: %d weights, dropout %s, recompute %s, AdamW state at step %d",
-                 len(engine.names), engine.cfg.dropout, engine.cfg.recompute, engine.optimizer_steps)
+        engine.load_loss_scale_state(optimizer.loaded_loss_scale)
+        log.info("compiled training engine: %d weights, dropout %s (masks drawn on the %s), recompute %s, MatMuls in "
+                 "%s%s%s, AdamW state at step %d", len(engine.names), engine.cfg.dropout, engine.cfg.dropout_source,
+                 engine.cfg.recompute, engine.cfg.precision.compute,
+                 " (emulated: rounded, multiplied in float32)" if engine.cfg.precision.emulate else "",
+                 f", loss scale {engine.loss_scale_state()['scale']:g}" if engine.loss_scaled else "",
+                 engine.optimizer_steps)
         return engine
 
     # -- the step ---------------------------------------------------------------------------------
@@ -163,7 +181,17 @@ class CompiledTrainerMixin:
             loss, self._engine_grad_norm = self._engine.apply(self._get_learning_rate())
             self._engine_micro = 0
         self._engine_dirty = True
+        if self._engine.loss_scaled and not np.isfinite(self._engine_grad_norm):
+            self._engine_skipped += 1
+            log.warning("step %d skipped: the float16 gradients overflowed; loss scale now %g",
+                        self.state.global_step + 1, self._engine.loss_scale_state()["scale"])
         return torch.tensor(loss, device=self.args.device)
+
+    def log(self, logs, *args, **kwargs):
+        """The Trainer's log line, plus fp16's loss scale and the steps it skipped so far."""
+        if self._engine is not None and self._engine.loss_scaled and "loss" in logs:
+            logs = dict(logs, loss_scale=self._engine.loss_scale_state()["scale"], skipped_steps=self._engine_skipped)
+        return super().log(logs, *args, **kwargs)
 
     # -- keeping the Hugging Face model up to date --------------------------------------------------
     def sync_model(self) -> None:
@@ -189,6 +217,7 @@ class CompiledTrainerMixin:
         self.sync_model()
         self._engine = None  # built at the first step, from the model as train() (or --resume) left it
         self._engine_micro = 0
+        self._engine_skipped = 0
         try:
             return super().train(*args, **kwargs)
         finally:

@@ -1,0 +1,182 @@
+"""The compiled step's dropout (ms_gpt2.engine.dropout): the masks sit at Hugging Face's three sites
+with the 1/(1-p) scale, the in-graph (device) masks are the NumPy reference's bit for bit, and they
+are a function of (seed, step, micro-batch, rank) only: seeded runs repeat, resume repeats,
+recomputation replays, ranks differ."""
+import numpy as np
+import pytest
+
+from ms_gpt2 import runtime
+
+runtime.ensure()
+
+import mindspore  # noqa: E402
+import torch  # noqa: E402  (mindtorch)
+from mindspore import Tensor, nn  # noqa: E402
+
+from ms_gpt2.compat import write_parameter  # noqa: E402
+from ms_gpt2.engine import dropout as keyed  # noqa: E402
+from ms_gpt2.engine.step import GPT2Loss, StepConfig, dropout_mask_shapes, dropout_masks, hf_parameter_names  # noqa: E402
+
+P = 0.1
+B, T, V, C, H, L = 2, 12, 40, 32, 2, 2
+
+
+def _model(p=P):
+    from mindnlp.transformers import GPT2Config
+
+    from ms_gpt2.modeling import GPT2ForSummarization
+
+    runtime.seed_everything(0)
+    config = GPT2Config(vocab_size=V, n_positions=16, n_embd=C, n_layer=L, n_head=H, resid_pdrop=p, embd_pdrop=p,
+                        attn_pdrop=p, pad_token_id=0)
+    config._attn_implementation = "eager"  # applies attn_dropout to the weights as a module we can replace
+    model = GPT2ForSummarization(config)
+    model.train()
+    return model
+
+
+def _batch():
+    ids = np.random.default_rng(1).integers(1, V, (B, T))
+    ids[1, 9:] = 0  # [PAD]: not scored
+    return ids
+
+
+def _graph_loss_and_grads(model, cfg, drop):
+    """GPT2Loss on the model's weights: (mean loss, {name: grad of the mean})."""
+    own = dict(model.named_parameters())
+    names = hf_parameter_names(L)
+    weights = {n: mindspore.Parameter(Tensor(own[n].detach().numpy()), name=n) for n in names}
+    net = GPT2Loss(weights, cfg)
+    params = mindspore.ParameterTuple([weights[n] for n in names])
+
+    def mean_loss(ids, mask, labels, w, drop):
+        loss_sum, count = net(ids, mask, labels, w, drop)
+        return loss_sum / count
+
+    grad_fn = mindspore.jit(mindspore.value_and_grad(mean_loss, None, params))
+    ids = Tensor(_batch().astype(np.int32))
+    loss, grads = grad_fn(ids, Tensor(np.ones((B, T), np.int32)), ids, Tensor(np.ones((B, T), np.float32)),
+                          mindspore.mutable(drop) if drop else drop)
+    return float(loss.asnumpy()), {n: g.asnumpy() for n, g in zip(names, grads)}
+
+
+class _GivenMask(torch.nn.Module):
+    """Hugging Face's nn.Dropout at one site, with the keep-mask given: x * mask / (1 - p)."""
+
+    def __init__(self, mask: np.ndarray, p: float):
+        super().__init__()
+        self.mask, self.p = torch.tensor(mask.astype(np.float32)), p
+
+    def forward(self, x):
+        return x * self.mask / (1 - self.p)
+
+
+def _reference_loss_and_grads(model, masks):
+    """The eager Hugging Face model with masks[0] at the embeddings and, per layer i, masks[1+3i] on
+    the attention weights, masks[2+3i] on the attention output, masks[3+3i] on the MLP output."""
+    from mindtorch import autograd
+
+    model.transformer.drop = _GivenMask(masks[0], P)
+    for i, block in enumerate(model.transformer.h):
+        block.attn.attn_dropout = _GivenMask(masks[1 + 3 * i], P)
+        block.attn.resid_dropout = _GivenMask(masks[2 + 3 * i], P)
+        block.mlp.dropout = _GivenMask(masks[3 + 3 * i], P)
+    ids = torch.tensor(_batch().astype(np.int64))
+    named = [(n, p) for n, p in model.named_parameters() if n in set(hf_parameter_names(L))]
+    loss, grads = autograd.value_and_grad(lambda: model(input_ids=ids, labels=ids)["loss"], [p for _, p in named],
+                                          attach_grads=False)()
+    return float(loss.asnumpy()), {n: g.asnumpy() for (n, _), g in zip(named, grads)}
+
+
+def _cfg(source):
+    return StepConfig(n_layer=L, n_head=H, layer_norm_epsilon=1e-5, pad_token_id=0, dropout=P, dropout_source=source)
+
+
+def _assert_same(graph, reference, tol=1e-5):
+    (loss_a, grads_a), (loss_b, grads_b) = graph, reference
+    assert loss_a == pytest.approx(loss_b, rel=tol)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:   # each gradient within tol of its tensor's largest entry
+        scale = max(np.abs(grads_b[name]).max(), 1e-12)
+        assert np.abs(grads_a[name] - grads_b[name]).max() <= tol * scale, name
+
+
+def test_given_masks_land_at_hugging_faces_three_sites_with_the_inverted_scale():
+    cfg = _cfg("host")
+    masks = dropout_masks(cfg, seed=3, step=7, batch=B, length=T, n_embd=C)
+    assert [tuple(m.shape) for m in masks] == dropout_mask_shapes(cfg, B, T, C)
+    numpy_masks = [m.asnumpy() for m in masks]
+    assert 0.8 < np.mean(np.concatenate([m.ravel() for m in numpy_masks])) < 0.97
+    graph = _graph_loss_and_grads(_model(), cfg, masks)
+    reference = _reference_loss_and_grads(_model(), numpy_masks)
+    _assert_same(graph, reference)                      # loss within 1e-5 relative, gradients 1e-5 of max
+    without = _graph_loss_and_grads(_model(), _cfg("host"), tuple(Tensor(np.ones_like(m)) for m in numpy_masks))
+    assert abs(without[0] - graph[0]) > 1e-4            # the masks matter at this size: the check can fail
+
+
+def test_masks_drawn_in_the_graph_are_the_numpy_hash_and_match_the_reference():
+    cfg = _cfg("device")
+    drop = dropout_masks(cfg, seed=3, step=7, batch=B, length=T, n_embd=C)
+    key = int(drop[0].asnumpy())
+    assert key == keyed.step_key(3, 7)
+    numpy_masks = [keyed.keep_mask_numpy(shape, key, site, P)
+                   for site, shape in enumerate(dropout_mask_shapes(cfg, B, T, C))]
+    graph = _graph_loss_and_grads(_model(), cfg, drop)
+    given = _graph_loss_and_grads(_model(), _cfg("host"), tuple(Tensor(m) for m in numpy_masks))
+    assert graph[0] == given[0]                          # the graph drew exactly the NumPy masks
+    for name in graph[1]:
+        np.testing.assert_array_equal(graph[1][name], given[1][name], err_msg=name)
+    _assert_same(graph, _reference_loss_and_grads(_model(), numpy_masks))
+
+
+def test_the_in_graph_hash_is_uint32_arithmetic_and_keys_each_site():
+    class Keep(nn.Cell):
+        def construct(self, index, key, constant):
+            return keyed.keep_mask(index, keyed.site_key(key, constant), keyed.threshold(0.3))
+
+    keep = Keep()
+    keep.construct = mindspore.jit(keep.construct)
+    shape = (3, 5, 7, 11)
+    for key in (0, 1, -2**31, 2**31 - 1, keyed.step_key(42, 10**9, 3)):
+        for site in (0, 5):
+            got = keep(keyed.index_hash(shape), Tensor(np.int32(key)), keyed.site_constant(site)).asnumpy()
+            np.testing.assert_array_equal(got, keyed.keep_mask_numpy(shape, key, site, 0.3))
+    big = keyed.keep_mask_numpy((200_000,), keyed.step_key(0, 0), 1, 0.3)
+    assert abs(big.mean() - 0.7) < 0.005                # keep probability 1 - p (5 sigma is 0.005)
+    # distinct sites, steps, micro-batches and seeds (the rank is in the seed) draw different masks
+    masks = [keyed.keep_mask_numpy((4096,), keyed.step_key(seed, step, micro), site, 0.3)
+             for seed, step, micro, site in ((0, 0, 0, 1), (0, 0, 0, 2), (0, 1, 0, 1), (0, 0, 1, 1),
+                                             (2**40, 0, 0, 1))]
+    for i in range(len(masks)):
+        for j in range(i):
+            assert 0.3 < np.mean(masks[i] == masks[j]) < 0.7  # independent masks agree ~58% of the time
+
+
+def _engine_run(source, seed=5, steps=3, start=0, engine=None, recompute=False):
+    from ms_gpt2.engine.compiled import CompiledEngine
+
+    if engine is None:
+        engine = CompiledEngine(_model(0.2), {}, max_grad_norm=1.0, seed=seed, dropout_source=source,
+                                recompute=recompute)
+    ids = _batch()
+    return [engine.train_step(ids, None, None, 1e-2, step) for step in range(start, start + steps)], engine
+
+
+def test_device_masks_repeat_resume_recompute_and_differ_by_seed():
+    first, engine = _engine_run("device")
+    again, _ = _engine_run("device")
+    assert first == again                                # seeded: bit for bit
+    # resume at step 1: a fresh engine with step 0's weights and AdamW state draws what step 1 drew
+    one, resumed = _engine_run("device", steps=1)
+    state, weights = resumed.optimizer_state(), resumed.weights()
+    fresh = _engine_run("device", steps=0)[1]
+    for param, name in zip(fresh.step.weights, fresh.step.names):
+        write_parameter(param, weights[name])
+    fresh.load_optimizer_state(state)
+    assert _engine_run("device", start=1, steps=2, engine=fresh)[0] == first[1:]
+    recomputed, _ = _engine_run("device", recompute=True)
+    np.testing.assert_allclose(recomputed, first, rtol=1e-6)   # the recomputed blocks replay the masks
+    other_rank, _ = _engine_run("device", seed=5 + 2**40)      # rank 1's seed (distributed.py)
+    assert other_rank[0][0] != first[0][0]
+    host, _ = _engine_run("host")
+    assert host[0][0] != first[0][0]                     # the two sources draw different masks

@@ -1,0 +1,172 @@
+"""fp16/bf16 in the compiled step (ms_gpt2.engine.precision), on CPU through the emulation: MatMul
+inputs and outputs rounded to the low precision, products in float32. The loss scaling (skip and
+halve on overflow, grow after the window, every rank skips together, resume restores the scale)
+and a tiny model's loss tracking the float32 run."""
+import json
+
+import numpy as np
+import pytest
+
+from ms_gpt2 import runtime
+
+runtime.ensure()
+
+import mindspore  # noqa: E402
+from mindspore import Tensor, nn, ops  # noqa: E402
+
+from ms_gpt2.compat import write_parameter  # noqa: E402
+from ms_gpt2.engine.precision import EMULATE_ENV, Precision, matmul  # noqa: E402
+
+
+def _engine(precision=None, reduce=None, accumulation=1):
+    from mindnlp.transformers import GPT2Config
+
+    from ms_gpt2.engine.compiled import CompiledEngine
+    from ms_gpt2.modeling import GPT2ForSummarization
+
+    runtime.seed_everything(0)
+    model = GPT2ForSummarization(GPT2Config(vocab_size=40, n_positions=16, n_embd=32, n_layer=2, n_head=2,
+                                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0))
+    model.train()
+    return CompiledEngine(model, {"transformer.wte.weight": 0.1}, max_grad_norm=1.0, seed=0, precision=precision,
+                          reduce=reduce, accumulation=accumulation)
+
+
+def _ids():
+    ids = np.random.default_rng(1).integers(1, 40, (4, 12))
+    ids[0, 7:] = 0
+    return ids
+
+
+def _train(engine, steps, start=0):
+    return [engine.train_step(_ids(), None, None, 1e-2, s) for s in range(start, start + steps)]
+
+
+def test_the_emulated_matmul_rounds_inputs_and_output():
+    a = np.array([[1 + 2**-12, 3.0]], np.float32)       # 1 + 2^-12 is not a float16: it rounds to 1
+    b = np.array([[1.0], [2**-11]], np.float32)
+    exact = float((a @ b)[0, 0])
+    fp16 = float(matmul(Tensor(a), Tensor(b), mindspore.float16, emulate=True).asnumpy()[0, 0])
+    assert fp16 == np.float32(np.float16(1.0 + 3 * 2**-11))  # rounded inputs, product rounded to float16
+    assert fp16 != exact
+    assert float(matmul(Tensor(a), Tensor(b), None, emulate=False).asnumpy()[0, 0]) == exact
+    bf16 = float(matmul(Tensor(a), Tensor(b), mindspore.bfloat16, emulate=True).asnumpy()[0, 0])
+    assert bf16 == 1.0   # bfloat16 keeps 8 bits: 3 * 2^-11 is lost in the rounded product
+
+
+def test_fp16_and_bf16_track_the_float32_run_and_cpu_float16_kernels_agree_with_the_emulation():
+    fp32 = _train(_engine(), 6)
+    for precision, rtol in ((Precision.of(fp16=True, emulate=True), 5e-3), (Precision.of(bf16=True, emulate=True), 3e-2)):
+        low = _train(_engine(precision), 6)
+        assert all(np.isfinite(norm) for _, norm in low)  # 2^16 fits this model: nothing skipped
+        np.testing.assert_allclose([l for l, _ in low], [l for l, _ in fp32], rtol=rtol)
+        assert [l for l, _ in low] != [l for l, _ in fp32]   # the MatMuls did round
+        assert low[-1][0] < low[0][0] - 0.3                  # and it trains
+    # CPU does have float16 MatMul kernels (no bfloat16 ones): the real casts give the emulation's numbers
+    real = _train(_engine(Precision.of(fp16=True, emulate=False)), 3)
+    emulated = _train(_engine(Precision.of(fp16=True, emulate=True)), 3)
+    np.testing.assert_allclose(real, emulated, rtol=1e-6)
+
+
+def test_overflow_skips_the_step_and_halves_the_scale_then_training_goes_on():
+    engine = _engine(Precision.of(fp16=True, emulate=True, init_loss_scale=2.0**40))
+    before = engine.weights()
+    skipped = _train(engine, 3)
+    assert all(not np.isfinite(norm) for _, norm in skipped)     # 2^40 overflows float16 gradients
+    assert engine.loss_scale_state() == {"scale": 2.0**37, "good_steps": 0}
+    assert engine.optimizer_steps == 0 and not np.any(engine.optimizer_state())
+    for name, value in engine.weights().items():                 # weights untouched, decay included
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
+    taken = _train(engine, 30, start=3)
+    first = next(i for i, (_, norm) in enumerate(taken) if np.isfinite(norm))
+    assert all(np.isfinite(norm) for _, norm in taken[first:])   # once it fits, it stays
+    assert engine.optimizer_steps == 30 - first
+    assert engine.loss_scale_state()["scale"] == 2.0 ** (37 - first)
+    # the first step taken is the float32 engine's first step, at that scale
+    fp32 = _train(_engine(), 1)[0]
+    assert taken[first][0] == pytest.approx(fp32[0], rel=1e-3)
+
+
+def test_the_scale_doubles_after_a_window_of_clean_steps():
+    engine = _engine(Precision.of(fp16=True, emulate=True, init_loss_scale=2.0**10, scale_window=3))
+    _train(engine, 2)
+    assert engine.loss_scale_state() == {"scale": 2.0**10, "good_steps": 2}
+    _train(engine, 1, start=2)
+    assert engine.loss_scale_state() == {"scale": 2.0**11, "good_steps": 0}
+    _train(engine, 3, start=3)
+    assert engine.loss_scale_state() == {"scale": 2.0**12, "good_steps": 0}
+
+
+class _OtherRankOverflows(nn.Cell):
+    """A data-parallel reduce in which another rank's gradients overflowed at chosen steps: the sum
+    of this rank's finite gradients and that rank's inf."""
+
+    def __init__(self):
+        super().__init__()
+        self.other = mindspore.Parameter(Tensor(0.0, mindspore.float32), name="other_rank", requires_grad=False)
+
+    def construct(self, loss_sum, count, grads):
+        return loss_sum, count, (ops.add(grads[0], self.other),) + grads[1:]
+
+
+def test_every_rank_skips_when_one_overflows_and_accumulation_skips_the_whole_group():
+    for accumulation in (1, 2):
+        reduce = _OtherRankOverflows()
+        engine = _engine(Precision.of(fp16=True, emulate=True), reduce=reduce, accumulation=accumulation)
+        ids = _ids()
+
+        def step(index):
+            if accumulation == 1:
+                return engine.train_step(ids, None, None, 1e-2, index)[1]
+            for micro in range(2):
+                engine.accumulate(ids[2 * micro:2 * micro + 2], None, None, index, micro)
+            return engine.apply(1e-2)[1]
+
+        assert np.isfinite(step(0))
+        weights = engine.weights()
+        write_parameter(reduce.other, np.inf)
+        assert not np.isfinite(step(1))                       # this rank's own gradients were finite
+        assert engine.loss_scale_state()["scale"] == 2.0**15 and engine.optimizer_steps == 1
+        for name, value in engine.weights().items():
+            np.testing.assert_array_equal(value, weights[name], err_msg=name)
+        write_parameter(reduce.other, 0.0)
+        assert np.isfinite(step(2)) and engine.optimizer_steps == 2   # the accumulators were emptied
+
+
+def test_fp16_training_logs_saves_and_resumes_the_loss_scale(tmp_path, monkeypatch, char_vocab_dir):
+    """Through the Trainer: the scale and skipped steps are logged, optimizer.pt carries the scale,
+    and --resume continues from it with the uninterrupted run's losses."""
+    import torch  # mindtorch
+
+    from conftest import DEMO_DATA
+    from ms_gpt2.config import load_config
+    from ms_gpt2.training import train
+
+    monkeypatch.setenv(EMULATE_ENV, "1")
+    overrides = ["model.n_positions=64", "model.n_embd=32", "model.n_layer=2", "model.n_head=2",
+                 "model.dropout=0.0", "data.max_seq_len=64", "data.max_summary_len=30", "data.train_ratio=1.0",
+                 "training.per_device_train_batch_size=4", "training.learning_rate=5.0e-3",
+                 "training.logging_steps=1", "training.save_steps=2", "training.max_steps=4", "training.fp16=true",
+                 f"tokenizer.path={char_vocab_dir}"]
+
+    def run(out, resume=None, steps=4):
+        config = load_config("configs/smoke.yaml", overrides + [f"training.max_steps={steps}"])
+        config["engine"] = "compiled"
+        runtime.seed_everything(0)
+        train(config, DEMO_DATA, out, resume=resume)
+        return [json.loads(line) for line in (out / "loss_log.jsonl").read_text().splitlines()]
+
+    whole = run(tmp_path / "whole")
+    assert [e["loss_scale"] for e in whole] == [2.0**16] * 4 and [e["skipped_steps"] for e in whole] == [0] * 4
+    saved = torch.load(str(tmp_path / "whole" / "checkpoint-2" / "optimizer.pt"), weights_only=False)
+    assert saved["ms_gpt2_loss_scale"] == {"scale": 2.0**16, "good_steps": 2}
+
+    run(tmp_path / "cut", steps=2)
+    ckpt = tmp_path / "cut" / "checkpoint-2" / "optimizer.pt"
+    state = torch.load(str(ckpt), weights_only=False)
+    state["ms_gpt2_loss_scale"] = {"scale": 2.0**12, "good_steps": 0}   # as if it had overflowed earlier
+    torch.save(state, str(ckpt))
+    resumed = run(tmp_path / "cut", resume=tmp_path / "cut" / "checkpoint-2")
+    after = [e for e in resumed if e["step"] > 2]
+    assert [e["loss_scale"] for e in after] == [2.0**12] * 2      # restored, not the initial 2^16
+    np.testing.assert_allclose([e["loss"] for e in after], [e["loss"] for e in whole[2:]], rtol=1e-3)
