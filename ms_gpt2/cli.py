@@ -267,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--skip-bad-lines", action="store_true",
                        help="skip and count malformed lines instead of stopping at the first")
 
+    def nproc_argument(p):
+        p.add_argument("--nproc", type=int, default=1, metavar="N",
+                       help="data-parallel on N devices of this machine, launched through msrun (global batch = "
+                            "per-device batch x N); worker logs in OUTPUT_DIR/msrun_logs")
+
     def engine_argument(p):
         p.add_argument("--engine", choices=["compiled", "eager"], default=None,
                        help="compiled: one MindSpore graph per training step (default); eager: the tutorial's "
@@ -286,9 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="NLPCC2017-format JSON lines file")
     p.add_argument("--tokenizer", help="bert-base-chinese style directory or vocab.txt (default: build one)")
     run_args(p, "start from a local GPT-2 checkpoint (e.g. runs/pt/model); its vocabulary unless --tokenizer")
-    p.add_argument("--nproc", type=int, default=1, metavar="N",
-                   help="data-parallel on N devices of this machine, launched through msrun (global batch = "
-                        "per-device batch x N); worker logs in OUTPUT_DIR/msrun_logs")
+    nproc_argument(p)
     engine_argument(p)
     p.set_defaults(handler=_train)
 
@@ -301,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="BERT vocab.txt / directory, or a GPT-2 BPE directory (default: build one)")
     run_args(p, "continue pretraining a local checkpoint")
     add_objective_argument(p)
+    nproc_argument(p)
     engine_argument(p)
     p.set_defaults(handler=_pretrain)
 
