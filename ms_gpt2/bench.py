@@ -482,6 +482,9 @@ def bench(quick: bool = False, reference_python: str | None = None, json_path=No
     where["load_average_end"] = _load_average()
     result = report(rt.device, spec, ours, reference, ceil, where)
     print_fn(table(result))
+    from ms_gpt2 import bench_bert
+
+    result["bert_pretraining"] = bench_bert.report(quick, reference_python, rt.device, print_fn=print_fn)
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(result, indent=2), encoding="utf-8")

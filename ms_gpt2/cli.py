@@ -223,6 +223,14 @@ def _bench(args) -> int:
             raise UserError("--recompute-memory measures ms_gpt2 alone: drop --reference-python and --png")
         bench.recompute_memory_report(args.quick, args.json)
         return 0
+    if args.bert:
+        from ms_gpt2 import bench_bert
+
+        result = bench_bert.report(args.quick, args.reference_python, runtime.ensure().device)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
+        return 0
     bench.bench(args.quick, args.reference_python, args.json, args.png)
     return 0
 
@@ -371,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recompute-memory", action="store_true",
                    help="instead: peak memory and step time of compiled training without and with recomputation "
                         "(training.gradient_checkpointing), each in a fresh process")
+    p.add_argument("--bert", action="store_true",
+                   help="instead: BERT-base pretraining (MLM + NSP) tokens/s and peak memory against Hugging Face on "
+                        "PyTorch, each in a fresh process (the full bench includes it)")
     p.set_defaults(handler=_bench)
 
     p = sub.add_parser("download-data", parents=[common],
