@@ -181,14 +181,14 @@ def compiled_train(spec: dict, device: str) -> dict:
     engine = CompiledEngine(model, {n: 0.01 for n in names}, max_grad_norm=1.0, seed=spec["seed"])
     batch = bench_workloads.tokens(spec, (spec["train_batch"], spec["train_len"])).numpy()
     start = time.perf_counter()
-    engine.train_step(batch, None, None, 1e-4, 0)  # compiles the graph
+    engine.train_step({"input_ids": batch}, 1e-4, 0)  # compiles the graph
     compile_s = time.perf_counter() - start
     for step in range(1, spec["warmup_steps"]):
-        engine.train_step(batch, None, None, 1e-4, step)
+        engine.train_step({"input_ids": batch}, 1e-4, step)
     times = []
     for step in range(spec["train_steps"]):
         start = time.perf_counter()
-        engine.train_step(batch, None, None, 1e-4, spec["warmup_steps"] + step)
+        engine.train_step({"input_ids": batch}, 1e-4, spec["warmup_steps"] + step)
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
     return {"tokens_per_s": spec["train_batch"] * spec["train_len"] / median, "step_s": median, "steps": times,
@@ -222,7 +222,7 @@ def compiled_train_memory(spec: dict, device: str, recompute: bool) -> dict:
     times, losses = [], []
     for step in range(spec["train_steps"]):
         start = time.perf_counter()
-        losses.append(engine.train_step(batch, None, None, 1e-4, step)[0])
+        losses.append(engine.train_step({"input_ids": batch}, 1e-4, step)[0])
         times.append(time.perf_counter() - start)
     return {"recompute": recompute, "peak_rss_mb": bench_workloads.peak_rss_mb(), "built_rss_mb": built_mb,
             "first_step_s": times[0], "step_s": statistics.median(times[1:]) if len(times) > 1 else times[0],
@@ -482,6 +482,9 @@ def bench(quick: bool = False, reference_python: str | None = None, json_path=No
     where["load_average_end"] = _load_average()
     result = report(rt.device, spec, ours, reference, ceil, where)
     print_fn(table(result))
+    from ms_gpt2 import bench_bert
+
+    result["bert_pretraining"] = bench_bert.report(quick, reference_python, rt.device, print_fn=print_fn)
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(result, indent=2), encoding="utf-8")

@@ -383,11 +383,29 @@ class MlmNspResult:
     eval: dict           # {"train": scores, "eval": scores or None}
 
 
+def compiled_graph_fits(config: dict, model) -> bool:
+    """Whether the compiled engine's BERT graph computes this model as configured; if not (an
+    activation other than GELU, relative positions, fp16/bf16, ...), one logged line says why and
+    the eager engine trains it."""
+    from ms_gpt2.engine.graphs import graph_for
+    from ms_gpt2.engine.precision import Precision
+
+    if (config.get("engine") or "compiled") != "compiled":
+        return False
+    training = config.get("training") or {}
+    try:
+        graph_for(model, Precision.of(fp16=bool(training.get("fp16")), bf16=bool(training.get("bf16"))))
+    except NotImplementedError as why:
+        log.info("the compiled BERT graph does not implement %s: training on the eager engine", why)
+        return False
+    return True
+
+
 def pretrain_mlm_nsp(config: dict, data_path, output_dir, resume=None, overwrite: bool = False) -> MlmNspResult:
     """Train BertForPreTraining with MLM + NSP on a raw-text corpus as configured; evaluate; save."""
     from ms_gpt2.engine import options
 
-    options.check_config(config, "eager")  # BERT trains on the eager engine; refused before any work
+    options.check_config(config)  # refused before any work
     with run_directory(output_dir) as output_dir:
         return _pretrain_mlm_nsp(config, data_path, output_dir, resume, overwrite)
 
@@ -425,9 +443,10 @@ def _pretrain_mlm_nsp(config: dict, data_path, output_dir: Path, resume, overwri
     def pipeline(batch_size, epoch):  # pairs and masks keyed by (seed, epoch, index)
         return train_examples.pipeline(epoch, batch_size, shuffle=dcfg["shuffle"])
 
-    # eager: the compiled step is GPT-2's; one process: data parallel's loss weighting is GPT-2's
+    # data parallel runs on the compiled engine (its graph divides each rank's loss by the global counts)
+    compiled = compiled_graph_fits(config, model)
     fitted = fit(config, model, tokenizer, pipeline, train_examples.n_examples, output_dir, resume_from,
-                 compiled_ok=False, data_parallel_ok=False)
+                 compiled_ok=compiled, data_parallel_ok=compiled)
     trainer, model_dir, curve = fitted.trainer, fitted.model_dir, fitted.loss_curve
     log.info("pretrained BERT (MLM + NSP) %d steps, final model in %s", fitted.global_step, model_dir)
 

@@ -223,6 +223,14 @@ def _bench(args) -> int:
             raise UserError("--recompute-memory measures ms_gpt2 alone: drop --reference-python and --png")
         bench.recompute_memory_report(args.quick, args.json)
         return 0
+    if args.bert:
+        from ms_gpt2 import bench_bert
+
+        result = bench_bert.report(args.quick, args.reference_python, runtime.ensure().device)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
+        return 0
     bench.bench(args.quick, args.reference_python, args.json, args.png)
     return 0
 
@@ -267,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--skip-bad-lines", action="store_true",
                        help="skip and count malformed lines instead of stopping at the first")
 
+    def nproc_argument(p):
+        p.add_argument("--nproc", type=int, default=1, metavar="N",
+                       help="data-parallel on N devices of this machine, launched through msrun (global batch = "
+                            "per-device batch x N); worker logs in OUTPUT_DIR/msrun_logs")
+
     def engine_argument(p):
         p.add_argument("--engine", choices=["compiled", "eager"], default=None,
                        help="compiled: one MindSpore graph per training step (default); eager: the tutorial's "
@@ -286,9 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="NLPCC2017-format JSON lines file")
     p.add_argument("--tokenizer", help="bert-base-chinese style directory or vocab.txt (default: build one)")
     run_args(p, "start from a local GPT-2 checkpoint (e.g. runs/pt/model); its vocabulary unless --tokenizer")
-    p.add_argument("--nproc", type=int, default=1, metavar="N",
-                   help="data-parallel on N devices of this machine, launched through msrun (global batch = "
-                        "per-device batch x N); worker logs in OUTPUT_DIR/msrun_logs")
+    nproc_argument(p)
     engine_argument(p)
     p.set_defaults(handler=_train)
 
@@ -301,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="BERT vocab.txt / directory, or a GPT-2 BPE directory (default: build one)")
     run_args(p, "continue pretraining a local checkpoint")
     add_objective_argument(p)
+    nproc_argument(p)
     engine_argument(p)
     p.set_defaults(handler=_pretrain)
 
@@ -367,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recompute-memory", action="store_true",
                    help="instead: peak memory and step time of compiled training without and with recomputation "
                         "(training.gradient_checkpointing), each in a fresh process")
+    p.add_argument("--bert", action="store_true",
+                   help="instead: BERT-base pretraining (MLM + NSP) tokens/s and peak memory against Hugging Face on "
+                        "PyTorch, each in a fresh process (the full bench includes it)")
     p.set_defaults(handler=_bench)
 
     p = sub.add_parser("download-data", parents=[common],

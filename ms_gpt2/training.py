@@ -475,7 +475,8 @@ def fit(config: dict, model, tokenizer, make_pipeline, n_examples: int, output_d
     options.check_config(config, engine)  # the jobs checked already, before their data work; API callers here
     rank, world_size = distributed.world()
     if world_size > 1 and not data_parallel_ok:
-        raise UserError(f"data parallel (msrun, --nproc) trains GPT-2 only; run {type(model).__name__} in one process")
+        raise UserError(f"data parallel (msrun, --nproc) trains {type(model).__name__} on the compiled engine only; "
+                        "use --engine compiled, or run it in one process")
     seed = run_seed()
     tcfg = dict(config["training"])
     distributed.broadcast_parameters(model.parameters())  # every rank starts from rank 0's weights
@@ -502,7 +503,7 @@ def fit(config: dict, model, tokenizer, make_pipeline, n_examples: int, output_d
     if rank == 0:
         dump_config(config, output_dir / "train_config.yaml")
     if not compiled_ok and config.get("engine") == "compiled":
-        log.info("%s trains on the eager engine (the compiled step is GPT-2's)", type(model).__name__)
+        log.info("%s trains on the eager engine", type(model).__name__)
     if engine == "eager" and args.gradient_checkpointing:
         # the Trainer enables it on the model, whose blocks then go through torch.utils.checkpoint:
         # mindtorch's runs the block once and keeps its activations (no recomputation, no saving)

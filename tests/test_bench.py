@@ -53,6 +53,9 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     assert saved["decode"]["path"] == "compiled static-cache decoder"
     assert saved["decode"]["hf_generate_on_mindtorch"] > 0 and saved["decode"]["identical_to_library"] is True
     assert out.with_suffix(".png").stat().st_size > 1000
+    bert = saved["bert_pretraining"]   # BERT on the compiled engine, in a fresh process of its own
+    assert bert["ms_gpt2"]["tokens_per_s"] > 0 and bert["ms_gpt2"]["peak_rss_mb"] > 0
+    assert bert["ms_gpt2"]["engine"].startswith("BERT pretraining graph") and bert["reference"] is None
     text = bench.table(result)
     assert "train (tokens/s)" in text and "ratio > 1: ms_gpt2 faster" in text
     assert text.startswith(f"machine: {machine['cpu_model']}, {machine['cores']} cores, load average ")

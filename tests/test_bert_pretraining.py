@@ -101,3 +101,33 @@ def test_a_corpus_without_two_sentence_documents_is_named(char_vocab_dir, tmp_pa
         cli.main(pretrain_argv(tmp_path / "run", path, TINY, "--tokenizer", str(char_vocab_dir)))
     assert exit_.value.code == 2
     assert "one_sentence_each.txt: no training document has two sentences" in capsys.readouterr().err
+
+
+def test_compiled_and_eager_bert_log_the_same_losses(char_vocab_dir, tmp_path, capsys):
+    """The compiled engine's BERT graph trains as the eager BertForPreTraining does: 3 batches an
+    epoch at gradient accumulation 2 (so the epoch's last group is one short micro-batch, averaged
+    as the Trainer averages it), clipping and warm-up on; losses within rtol 1e-4, weights 1e-4."""
+    from safetensors.numpy import load_file
+
+    data = tmp_path / "articles.jsonl"
+    data.write_text("".join(open(DEMO_DATA, encoding="utf-8").readlines()[:N_ARTICLES]), encoding="utf-8")
+    sets = [s for s in TINY if not s.startswith(("training.per_device", "training.num_train", "training.logging",
+                                                 "training.save_steps"))]
+    sets += ["training.per_device_train_batch_size=8", "training.num_train_epochs=3", "training.logging_steps=1",
+             "training.gradient_accumulation_steps=2", "training.save_steps=1000", "training.max_grad_norm=0.5"]
+    logs, weights = {}, {}
+    for engine in ("eager", "compiled"):
+        run = tmp_path / engine
+        assert cli.main(pretrain_argv(run, data, sets, "--text-field", "article", "--tokenizer", str(char_vocab_dir),
+                                      "--engine", engine)) == 0
+        capsys.readouterr()
+        logs[engine] = [json.loads(line) for line in (run / "loss_log.jsonl").read_text().splitlines()]
+        weights[engine] = load_file(str(run / "model" / "model.safetensors"))
+    eager, compiled = logs["eager"], logs["compiled"]
+    assert [e["step"] for e in eager] == [e["step"] for e in compiled] == list(range(1, 7))
+    np.testing.assert_allclose([e["loss"] for e in compiled], [e["loss"] for e in eager], rtol=1e-4)
+    np.testing.assert_allclose([e["grad_norm"] for e in compiled], [e["grad_norm"] for e in eager], rtol=1e-3)
+    assert eager[-1]["loss"] < eager[0]["loss"]
+    assert weights["eager"].keys() == weights["compiled"].keys()
+    for key in weights["eager"]:
+        np.testing.assert_allclose(weights["compiled"][key], weights["eager"][key], rtol=0, atol=1e-4, err_msg=key)

@@ -175,6 +175,43 @@ def test_two_msrun_workers_train_exactly_like_one_process_with_the_doubled_batch
                                                                                              "worker_1.log"]
 
 
+def test_bert_msrun_workers_pretrain_like_one_process_with_the_doubled_batch(char_vocab_dir, tmp_path):
+    """BERT (MLM + NSP) on the compiled engine: 2 workers x 4 rows = 1 process x 8 rows, including the
+    epoch's short last batch (7 rows: 4 + 3, so the ranks' shares differ) and gradient accumulation
+    2 (the last group one micro-batch). Each rank divides its MLM and NSP loss sums by the global
+    micro-batch's counts (graphs/bert.py BertGraph.shard). Tolerances as above."""
+    from safetensors.numpy import load_file
+
+    data = tmp_path / "articles.jsonl"
+    data.write_text("".join(open(DEMO_DATA, encoding="utf-8").readlines()[:10]), encoding="utf-8")
+    sets = ["model.n_positions=48", "model.n_embd=32", "model.n_layer=1", "model.n_head=2", "model.dropout=0.0",
+            "data.max_seq_len=48", "pretrain.masking=static", "training.num_train_epochs=2",
+            "training.learning_rate=3.0e-3", "training.warmup_steps=2", "training.logging_steps=1",
+            "training.save_steps=1000", "training.gradient_accumulation_steps=2"]
+
+    def run(out, per_device, *extra):
+        argv = [sys.executable, "-m", "ms_gpt2", "pretrain", "--objective", "mlm-nsp", "--device", "cpu", "--seed",
+                "0", "--config", str(REPO / "configs" / "bert_tiny.yaml"), "--text-field", "article", "--tokenizer",
+                str(char_vocab_dir), "--data", str(data), "--output-dir", str(out), "--engine", "compiled",
+                *[a for s in sets + [f"training.per_device_train_batch_size={per_device}"] for a in ("--set", s)],
+                *extra]
+        done = subprocess.run(argv, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return [json.loads(line) for line in (out / "loss_log.jsonl").read_text().splitlines()]
+
+    dp, one = run(tmp_path / "dp", 4, "--nproc", "2"), run(tmp_path / "one", 8)
+    assert [e["step"] for e in dp] == [e["step"] for e in one] == [1, 2, 3, 4]   # 3 batches an epoch, 2 per step
+    for a, b in zip(dp, one):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-4)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5 if a["step"] == 1 else 1e-4)
+    got, want = (load_file(str(tmp_path / r / "model" / "model.safetensors")) for r in ("dp", "one"))
+    assert got.keys() == want.keys()
+    off = sum(int((np.abs(got[k] - want[k]) > 1e-5 + 1e-5 * np.abs(want[k])).sum()) for k in want)
+    assert off <= sum(v.size for v in want.values()) * 5e-3
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=0, atol=2 * 3e-3 * 4, err_msg=key)
+
+
 def test_a_failing_worker_ends_the_job_with_its_error(five, char_vocab_dir, tmp_path):
     env = _env()
     env[distributed.FAIL_RANK_ENV] = "1"  # rank 1 raises; rank 0 is waiting for it in the first all-reduce
@@ -228,7 +265,7 @@ def test_each_rank_draws_its_own_dropout_masks(monkeypatch):
     stream every rank would drop the same positions of its rows. Rank 0 keeps the one-process one."""
     from types import SimpleNamespace
 
-    from ms_gpt2.engine.step import StepConfig, dropout_masks
+    from ms_gpt2.engine.graphs.gpt2 import GPT2GraphConfig, dropout_masks
 
     class Base:
         def _build_engine(self):
@@ -242,7 +279,8 @@ def test_each_rank_draws_its_own_dropout_masks(monkeypatch):
         monkeypatch.setattr(distributed, "world", lambda rank=rank: (rank, 2))
         seeds.append(Trainer()._build_engine().seed)
     assert seeds[0] == 7 and seeds[1] != 7
-    cfg = StepConfig(n_layer=1, n_head=2, layer_norm_epsilon=1e-5, pad_token_id=0, dropout=0.1, max_grad_norm=1.0,
-                     betas=(0.9, 0.999), eps=1e-8)
-    a, b = (dropout_masks(cfg, seed, 3, 2, 8, 16) for seed in seeds)
-    assert any(not np.array_equal(x.asnumpy(), y.asnumpy()) for x, y in zip(a, b))
+    for source in ("host", "device"):  # masks drawn by NumPy, or the key the graph hashes them from
+        cfg = GPT2GraphConfig(n_layer=1, n_head=2, layer_norm_epsilon=1e-5, pad_token_id=0, dropout=0.1,
+                              dropout_source=source)
+        a, b = (dropout_masks(cfg, seed, 3, 2, 8, 16) for seed in seeds)
+        assert not np.array_equal(a[0].asnumpy(), b[0].asnumpy())

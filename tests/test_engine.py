@@ -73,7 +73,7 @@ def _engine_losses(seed, dropout, steps=3):
     model.train()
     engine = CompiledEngine(model, {}, max_grad_norm=1.0, seed=seed)
     ids = np.random.default_rng(1).integers(1, 40, (2, 12))
-    losses = [engine.train_step(ids, None, None, 1e-2, step) for step in range(steps)]
+    losses = [engine.train_step({"input_ids": ids}, 1e-2, step) for step in range(steps)]
     return losses, engine.weights()
 
 
@@ -166,9 +166,9 @@ def test_accumulate_then_apply_is_the_whole_batch_step():
     # lr 1e-3: AdamW moves a weight whose gradient is ~0 by up to lr either way, so float-order
     # noise in such a gradient shows as an lr-sized weight difference (at 1e-2: 1.07e-5, 1 of 4096)
     for step in range(2):
-        expected = whole.train_step(ids, None, None, 1e-3, step)
-        accumulated.accumulate(ids[:2], None, None, step, 0)
-        accumulated.accumulate(ids[2:], None, None, step, 1)
+        expected = whole.train_step({"input_ids": ids}, 1e-3, step)
+        accumulated.accumulate({"input_ids": ids[:2]}, step, 0)
+        accumulated.accumulate({"input_ids": ids[2:]}, step, 1)
         got = accumulated.apply(1e-3)
         np.testing.assert_allclose(got, expected, rtol=1e-5)
         assert float(accumulated.step.acc_count.asnumpy()) == 0.0
@@ -191,10 +191,10 @@ def test_accumulation_reduces_once_per_optimizer_step():
 
     ids = _uneven_batch()
     n = int(np.sum(ids[:, 1:] != 0))
-    mean, _ = _tiny_engine().train_step(ids, None, None, 1e-2, 0)
+    mean, _ = _tiny_engine().train_step({"input_ids": ids}, 1e-2, 0)
     engine = _tiny_engine(accumulation=2, reduce=OneMoreToken())
-    engine.accumulate(ids[:2], None, None, 0, 0)
-    engine.accumulate(ids[2:], None, None, 0, 1)
+    engine.accumulate({"input_ids": ids[:2]}, 0, 0)
+    engine.accumulate({"input_ids": ids[2:]}, 0, 1)
     loss, _ = engine.apply(1e-2)
     assert loss == pytest.approx(mean * n / (n + 1), rel=1e-5)
 
@@ -205,8 +205,8 @@ def test_accumulated_dropout_is_seeded_per_micro_batch():
         ids = _uneven_batch()
         out = []
         for step in range(2):
-            engine.accumulate(ids[:2], None, None, step, 0)
-            engine.accumulate(ids[2:], None, None, step, micro_of_second)
+            engine.accumulate({"input_ids": ids[:2]}, step, 0)
+            engine.accumulate({"input_ids": ids[2:]}, step, micro_of_second)
             out.append(engine.apply(1e-2))
         return out
 

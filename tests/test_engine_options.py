@@ -127,8 +127,8 @@ def test_data_parallel_refuses_average_tokens_across_devices_false():
             options.check({"average_tokens_across_devices": False}, options.Context(engine, "cpu", 2))
 
 
-def test_bert_pretraining_checks_as_the_eager_engine(tmp_path):
-    """BERT trains eagerly whatever `engine` says: the graph's refusals do not apply, CPU's do."""
+def test_bert_pretraining_is_checked_before_any_work(tmp_path):
+    """BERT pretraining checks its engine's refusals (CPU's here) before reading data or making its directory."""
     from ms_gpt2.bert_pretraining import pretrain_mlm_nsp
     from ms_gpt2.config import load_config
 

@@ -15,7 +15,8 @@ from mindspore import Tensor, nn  # noqa: E402
 
 from ms_gpt2.compat import write_parameter  # noqa: E402
 from ms_gpt2.engine import dropout as keyed  # noqa: E402
-from ms_gpt2.engine.step import GPT2Loss, StepConfig, dropout_mask_shapes, dropout_masks, hf_parameter_names  # noqa: E402
+from ms_gpt2.engine.graphs.gpt2 import (GPT2GraphConfig, GPT2Loss, dropout_mask_shapes, dropout_masks,  # noqa: E402
+                                        hf_parameter_names)
 
 P = 0.1
 B, T, V, C, H, L = 2, 12, 40, 32, 2, 2
@@ -89,7 +90,7 @@ def _reference_loss_and_grads(model, masks):
 
 
 def _cfg(source):
-    return StepConfig(n_layer=L, n_head=H, layer_norm_epsilon=1e-5, pad_token_id=0, dropout=P, dropout_source=source)
+    return GPT2GraphConfig(n_layer=L, n_head=H, layer_norm_epsilon=1e-5, pad_token_id=0, dropout=P, dropout_source=source)
 
 
 def _assert_same(graph, reference, tol=1e-5):
@@ -159,7 +160,7 @@ def _engine_run(source, seed=5, steps=3, start=0, engine=None, recompute=False):
         engine = CompiledEngine(_model(0.2), {}, max_grad_norm=1.0, seed=seed, dropout_source=source,
                                 recompute=recompute)
     ids = _batch()
-    return [engine.train_step(ids, None, None, 1e-2, step) for step in range(start, start + steps)], engine
+    return [engine.train_step({"input_ids": ids}, 1e-2, step) for step in range(start, start + steps)], engine
 
 
 def test_device_masks_repeat_resume_recompute_and_differ_by_seed():

@@ -123,9 +123,8 @@ def test_compiled_step_lambda_0_and_1_reproduce_the_two_losses(tokenizer):
     for alias, value in ((True, 0.0), (False, 1.0)):
         old, new = _engine(tokenizer), _engine(tokenizer)
         b = _examples(tokenizer, summary_only_loss=alias)
-        old_loss, _ = old.train_step(b["input_ids"], b["attention_mask"], b["labels"], 1e-2, 0)
-        new_loss, _ = new.train_step(weighted["input_ids"], weighted["attention_mask"], weighted["labels"], 1e-2, 0,
-                                     _with_lambda(weighted["loss_weights"], value))
+        old_loss, _ = old.train_step({k: b[k] for k in ("input_ids", "attention_mask", "labels")}, 1e-2, 0)
+        new_loss, _ = new.train_step(dict(weighted, loss_weights=_with_lambda(weighted["loss_weights"], value)), 1e-2, 0)
         assert new_loss == pytest.approx(old_loss, rel=1e-6)
         w_old, w_new = old.weights(), new.weights()
         for key in w_old:

@@ -39,7 +39,7 @@ def _ids():
 
 
 def _train(engine, steps, start=0):
-    return [engine.train_step(_ids(), None, None, 1e-2, s) for s in range(start, start + steps)]
+    return [engine.train_step({"input_ids": _ids()}, 1e-2, s) for s in range(start, start + steps)]
 
 
 def test_the_emulated_matmul_rounds_inputs_and_output():
@@ -117,9 +117,9 @@ def test_every_rank_skips_when_one_overflows_and_accumulation_skips_the_whole_gr
 
         def step(index):
             if accumulation == 1:
-                return engine.train_step(ids, None, None, 1e-2, index)[1]
+                return engine.train_step({"input_ids": ids}, 1e-2, index)[1]
             for micro in range(2):
-                engine.accumulate(ids[2 * micro:2 * micro + 2], None, None, index, micro)
+                engine.accumulate({"input_ids": ids[2 * micro:2 * micro + 2]}, index, micro)
             return engine.apply(1e-2)[1]
 
         assert np.isfinite(step(0))

@@ -116,7 +116,7 @@ def test_every_target_of_a_packed_block_is_scored_end_of_text_included():
         want = float(model(input_ids=torch.tensor(ids), labels=torch.tensor(ids)).loss)  # HF: mean over all
     model.train()
     engine = CompiledEngine(model, {}, max_grad_norm=0.0)
-    loss, _ = engine.train_step(ids, None, ids, 0.0, 0)
+    loss, _ = engine.train_step({"input_ids": ids, "labels": ids}, 0.0, 0)
     assert loss == pytest.approx(want, rel=1e-5)
 
 

@@ -43,7 +43,7 @@ def _batch():
 def _train(recompute, steps=4):
     engine = _tiny_engine(recompute)
     ids = _batch()
-    out = [engine.train_step(ids, None, None, 1e-2, step) for step in range(steps)]
+    out = [engine.train_step({"input_ids": ids}, 1e-2, step) for step in range(steps)]
     return out, engine.weights()
 
 
@@ -51,8 +51,8 @@ def _accumulate(recompute, steps=2):
     engine = _tiny_engine(recompute, accumulation=2)
     ids, out = _batch(), []
     for step in range(steps):
-        engine.accumulate(ids[:2], None, None, step, 0)
-        engine.accumulate(ids[2:], None, None, step, 1)
+        engine.accumulate({"input_ids": ids[:2]}, step, 0)
+        engine.accumulate({"input_ids": ids[2:]}, step, 1)
         out.append(engine.apply(1e-2))
     return out, engine.weights()
 
@@ -73,8 +73,8 @@ def test_recompute_gives_the_same_losses_grad_norms_and_weights(run):
 
 
 def test_dropout_acts_in_these_runs():
-    first = _tiny_engine(False).train_step(_batch(), None, None, 1e-2, 0)
-    assert _tiny_engine(False, dropout=0.0).train_step(_batch(), None, None, 1e-2, 0) != first
+    first = _tiny_engine(False).train_step({"input_ids": _batch()}, 1e-2, 0)
+    assert _tiny_engine(False, dropout=0.0).train_step({"input_ids": _batch()}, 1e-2, 0) != first
 
 
 def _recompute_nodes(engine, ir_dir) -> int:
@@ -85,7 +85,7 @@ def _recompute_nodes(engine, ir_dir) -> int:
 
     mindspore.set_context(save_graphs=True, save_graphs_path=str(ir_dir))
     try:
-        engine.train_step(_batch(), None, None, 1e-2, 0)
+        engine.train_step({"input_ids": _batch()}, 1e-2, 0)
     finally:
         mindspore.set_context(save_graphs=False)
     passes = glob.glob(str(ir_dir / "**" / "*add_recomputation*.ir"), recursive=True)
@@ -98,7 +98,7 @@ def test_the_graph_is_built_with_recomputed_blocks(tmp_path):
     each Block cell's recompute marking (the scope and flag Cell.recompute() sets, which the graph
     compiler reads), and the compiled graph's recompute nodes."""
     on, off = _tiny_engine(True), _tiny_engine(False)
-    assert on.cfg.recompute and not off.cfg.recompute
+    assert on.graph.cfg.recompute and not off.graph.cfg.recompute
     for block in on.step.net.blocks:
         assert block._scope.startswith("recompute_") and block.get_flags().get("output_no_recompute")
     for block in off.step.net.blocks:
@@ -155,8 +155,8 @@ def test_trainer_gradient_checkpointing_recomputes_in_the_compiled_graph(eight, 
     plain = _trainer_run(base, eight, tmp_path / "plain", "compiled", monkeypatch)
     checkpointed = _trainer_run(base + ["training.gradient_checkpointing=true"], eight, tmp_path / "gc",
                                 "compiled", monkeypatch)
-    assert [engine.cfg.recompute for engine in plain[0]] == [False]
-    assert [engine.cfg.recompute for engine in checkpointed[0]] == [True]
+    assert [engine.graph.cfg.recompute for engine in plain[0]] == [False]
+    assert [engine.graph.cfg.recompute for engine in checkpointed[0]] == [True]
     # the Trainer also enabled it on the Hugging Face model, which the compiled step never runs
     assert plain[1] == {False} and checkpointed[1] == {True}
     (_, _, sums_a, log_a, w_a), (_, _, sums_b, log_b, w_b) = plain, checkpointed

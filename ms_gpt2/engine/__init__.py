@@ -1,16 +1,22 @@
 """The compiled training engine: one MindSpore graph per training step, under the MindNLP Trainer.
 
-* :mod:`ms_gpt2.engine.step` - the graph: GPT-2 forward (the hand-derived attention), the
-  shifted cross-entropy as (loss sum, token count), backward, the :class:`~ms_gpt2.engine.step.Reduce`
-  hook (data-parallel seam), global-norm clipping, AdamW with PyTorch semantics.
+* :mod:`ms_gpt2.engine.step` - the step, for any model's loss graph: backward, the
+  :class:`~ms_gpt2.engine.step.Reduce` hook (data-parallel seam), the mean, global-norm clipping,
+  AdamW with PyTorch semantics, fp16's loss scaling, gradient accumulation. It knows no model.
+* :mod:`ms_gpt2.engine.graphs` - the models' loss graphs (GPT-2's causal LM / summarization,
+  BERT's MLM + NSP) and what the engine needs to know of each (:class:`~ms_gpt2.engine.graphs.base.ModelGraph`).
 * :mod:`ms_gpt2.engine.compiled` - :class:`~ms_gpt2.engine.compiled.CompiledEngine`: copies a
-  Hugging Face GPT-2 in, runs steps, copies weights and AdamW state out.
+  Hugging Face model's weights in, runs steps, copies weights and AdamW state out.
+* :mod:`ms_gpt2.engine.precision`, :mod:`ms_gpt2.engine.dropout` - mixed precision (which dtype
+  each op computes in) and dropout keep-masks keyed on (seed, step, micro-batch, rank).
 * :mod:`ms_gpt2.engine.trainer` - the Trainer integration: the compiled step replaces the eager
   ``training_step`` and optimizer update, everything else (callbacks, logging, LR schedule,
   checkpoints, ``--resume``) stays the Trainer's.
+* :mod:`ms_gpt2.engine.distributed` - data parallel over msrun, on both engines.
+* :mod:`ms_gpt2.engine.options` - which ``TrainingArguments`` each engine honours.
 
 ``engine: compiled`` (the default) or ``engine: eager`` (the tutorial's exact path) in a config,
-``--engine`` on ``ms-gpt2 train``.
+``--engine`` on ``ms-gpt2 train`` and ``ms-gpt2 pretrain``.
 """
 ENGINES = ("compiled", "eager")
 DEFAULT_ENGINE = "compiled"

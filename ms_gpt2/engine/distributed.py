@@ -259,15 +259,12 @@ class CompiledDataParallelMixin:
         return engine
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        import torch
+        import numpy as np
 
-        from ms_gpt2.modeling import ignored_label_id
-
-        pad = ignored_label_id(model)
-        shard = shard_batch(inputs, self.args.per_device_train_batch_size, pad)
-        local = shard.inputs
-        if shard.local_tokens == 0:  # placeholder rows: all ignored labels, so they add no token to the sums
-            local = dict(local, labels=torch.full_like(local["labels"], pad))
+        # the model's graph knows how its loss splits over rows (GPT-2: tokens; BERT: two means)
+        rank, size = world()
+        batch = {k: v.cpu().numpy() if hasattr(v, "cpu") else np.asarray(v) for k, v in inputs.items()}
+        local = self._ensure_engine().graph.shard(batch, self.args.per_device_train_batch_size, rank, size)
         return super().training_step(model, local, None)
 
     def _save_checkpoint(self, model, trial):

@@ -290,9 +290,9 @@ def check_arguments(args, engine: str = "compiled") -> None:
 
 
 def check_frozen(model) -> None:
-    """The compiled engine updates every GPT-2 weight: refuse a model with frozen parameters."""
+    """The compiled engine updates every weight of its graph: refuse a model with frozen parameters."""
     frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
     if frozen:
         shown = ", ".join(frozen[:3]) + (f" and {len(frozen) - 3} more" if len(frozen) > 3 else "")
         raise EngineError(f"{len(frozen)} parameter(s) have requires_grad=False ({shown}): the compiled engine "
-                          f"updates every GPT-2 weight; use --engine eager to keep them frozen")
+                          f"updates every weight; use --engine eager to keep them frozen")

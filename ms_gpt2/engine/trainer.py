@@ -30,7 +30,7 @@ and the group's mean at the last, so the Trainer's summed, logged loss is the ea
 What the graph does not do is refused before training, in one line naming ``--engine eager``:
 the TrainingArguments fields whose effect lives in the code it replaces (label smoothing, NEFTune,
 fp16/bf16, optimizers other than AdamW, ...: the decision table, field by field, is
-:mod:`ms_gpt2.engine.options`), and frozen parameters (the graph updates every GPT-2 weight).
+:mod:`ms_gpt2.engine.options`), and frozen parameters (the graph updates every weight it holds).
 ``predict`` is not synchronised (ms_gpt2 does not call it during training).
 """
 from __future__ import annotations
@@ -153,28 +153,31 @@ class CompiledTrainerMixin:
                                 precision=Precision.of(fp16=bool(self.args.fp16), bf16=bool(self.args.bf16)))
         engine.load_optimizer_state(optimizer.engine_state())
         engine.load_loss_scale_state(optimizer.loaded_loss_scale)
-        log.info("compiled training engine: %d weights, dropout %s (masks drawn on the %s), recompute %s, MatMuls in "
-                 "%s%s%s, AdamW state at step %d", len(engine.names), engine.cfg.dropout, engine.cfg.dropout_source,
-                 engine.cfg.recompute, engine.cfg.precision.compute,
+        log.info("compiled training engine: %s, %d weights, MatMuls in %s%s%s, AdamW state at step %d",
+                 engine.graph.describe(), len(engine.names), engine.cfg.precision.compute,
                  " (emulated: rounded, multiplied in float32)" if engine.cfg.precision.emulate else "",
                  f", loss scale {engine.loss_scale_state()['scale']:g}" if engine.loss_scaled else "",
                  engine.optimizer_steps)
         return engine
 
     # -- the step ---------------------------------------------------------------------------------
-    def training_step(self, model, inputs, num_items_in_batch=None):
+    def _ensure_engine(self) -> CompiledEngine:
         if self._engine is None:
             try:
                 self._engine = self._build_engine()
             except NotImplementedError as err:  # a model the graph does not compute: say so in one line
                 raise EngineError(f"{err}; train this model with --engine eager") from None
-        numpy = {k: v.cpu().numpy() for k, v in inputs.items() if hasattr(v, "cpu")}
-        batch = (numpy["input_ids"], numpy.get("attention_mask"), numpy.get("labels"))
+        return self._engine
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self._ensure_engine()
+        # the Trainer's torch tensors, or a data-parallel shard's NumPy arrays (and its weights)
+        batch = {k: v.cpu().numpy() if hasattr(v, "cpu") else v for k, v in inputs.items()}
         if self.args.gradient_accumulation_steps == 1:  # the one fused graph
-            loss, self._engine_grad_norm = self._engine.train_step(*batch, self._get_learning_rate(),
-                                                                   self.state.global_step, numpy.get("loss_weights"))
+            loss, self._engine_grad_norm = self._engine.train_step(batch, self._get_learning_rate(),
+                                                                   self.state.global_step)
         else:
-            self._engine.accumulate(*batch, self.state.global_step, self._engine_micro, numpy.get("loss_weights"))
+            self._engine.accumulate(batch, self.state.global_step, self._engine_micro)
             self._engine_micro += 1
             if not self.accelerator.sync_gradients:  # the loop steps after a later micro-batch
                 return torch.tensor(0.0, device=self.args.device)

@@ -40,6 +40,7 @@ import mindspore
 from mindspore import Parameter, Tensor, nn, ops
 
 from ms_gpt2.attention import merge_heads, split_heads
+from ms_gpt2.engine.graphs.base import ModelGraph
 from ms_gpt2.fast_decode import FLOAT32_MIN, layer_norm
 
 IGNORE_INDEX = -100  # Hugging Face's CrossEntropyLoss ignore_index, for MLM and NSP labels alike
@@ -262,3 +263,87 @@ class BertPreTrainingLoss(nn.Cell):
         pooled = _tanh(_linear(first, self.pool_w, self.pool_b))
         nsp_sum, nsp_count = _masked_token_loss(_linear(pooled, self.nsp_w, self.nsp_b), nsp_labels)
         return mlm_sum, mlm_count, nsp_sum, nsp_count
+
+
+class BertStepLoss(nn.Cell):
+    """:class:`BertPreTrainingLoss` as the training step's one (loss_sum, count) pair:
+    ``(..., mlm_norm, nsp_norm, share, masks) -> (mlm_sum / mlm_norm + nsp_sum / nsp_norm, share)``.
+
+    With each micro-batch's own counts as the norms and ``share`` 1 this is Hugging Face's loss of the
+    micro-batch, and the step's division by the summed shares averages the micro-batches' losses, as
+    the Trainer does for a model that takes no ``num_items_in_batch`` (``BertForPreTraining``)."""
+
+    def __init__(self, params: dict, cfg: BertGraphConfig):
+        super().__init__()
+        self.loss = BertPreTrainingLoss(params, cfg)
+
+    def construct(self, input_ids, token_type_ids, attention_mask, mlm_labels, nsp_labels, mlm_norm, nsp_norm, share,
+                  masks):
+        mlm_sum, _, nsp_sum, _ = self.loss(input_ids, token_type_ids, attention_mask, mlm_labels, nsp_labels, masks)
+        return ops.add(ops.div(mlm_sum, mlm_norm), ops.div(nsp_sum, nsp_norm)), share
+
+
+def _norms(mlm_labels, nsp_labels) -> tuple[float, float]:
+    """What a batch's MLM and NSP loss sums are divided by: their scored counts (at least 1)."""
+    return (max(float(np.sum(mlm_labels != IGNORE_INDEX)), 1.0), max(float(np.sum(nsp_labels != IGNORE_INDEX)), 1.0))
+
+
+class BertGraph(ModelGraph):
+    """``BertForPreTraining`` for the training engine (a :class:`~ms_gpt2.engine.graphs.base.ModelGraph`).
+
+    Batches are :mod:`ms_gpt2.bert_pretraining`'s: ``input_ids``, ``token_type_ids``,
+    ``attention_mask``, ``labels`` (MLM, -100 not scored), ``next_sentence_label`` (B,). Dropout
+    keep-masks are drawn on the host from NumPy keyed on (seed, step, micro-batch), each site at its
+    own rate (the in-graph hash of :mod:`ms_gpt2.engine.dropout` is GPT-2's only, for now). The
+    MatMuls run in float32: fp16/bf16 are refused for BERT's graph (``NotImplementedError``, which
+    the Trainer reports in one line naming ``--engine eager``)."""
+
+    def __init__(self, model, precision, recompute: bool = False, dropout_source: str = "host"):
+        if precision.low:
+            raise NotImplementedError(f"{precision.compute} for BERT (its graph computes in float32 for now)")
+        self.cfg = BertGraphConfig.from_hf(model.config, training=model.training)
+        self.recompute = bool(recompute)
+        self.hidden = int(model.config.hidden_size)
+        self.names = hf_parameter_names(self.cfg)
+        self.dropout = max(self.cfg.hidden_dropout, self.cfg.attention_dropout) if self.cfg.use_dropout else 0.0
+
+    def describe(self) -> str:
+        return (f"BERT pretraining graph ({self.cfg.n_layer} layers), dropout {self.cfg.hidden_dropout:g}/"
+                f"{self.cfg.attention_dropout:g} (masks drawn on the host), recompute {self.recompute}")
+
+    def loss_net(self, weights: dict) -> nn.Cell:
+        net = BertStepLoss(weights, self.cfg)
+        if self.recompute:  # keep each layer's input only; its activations are recomputed in the backward pass
+            for layer in net.loss.layers:
+                layer.recompute()
+        return net
+
+    def inputs(self, batch: dict) -> tuple:
+        ints = [np.asarray(batch[k], np.int32) for k in ("input_ids", "token_type_ids", "attention_mask", "labels",
+                                                           "next_sentence_label")]
+        norms = batch.get("norms") or _norms(ints[3], ints[4])  # a shard carries its global batch's
+        return (*(Tensor(a) for a in ints), *(Tensor(np.float32(n)) for n in norms),
+                Tensor(np.float32(batch.get("share", 1.0))))
+
+    def shard(self, batch: dict, per_device: int, rank: int, size: int) -> dict:
+        """Each rank divides its MLM and NSP loss sums by the *global* micro-batch's counts, so the
+        sums over ranks are the global batch's two means; ``share`` (this rank's fraction of the
+        rows) sums to 1. A placeholder row has every label ignored and share 0."""
+        rows = len(batch["input_ids"])
+        norms = _norms(np.asarray(batch["labels"]), np.asarray(batch["next_sentence_label"]))
+        start, stop = rank * per_device, min((rank + 1) * per_device, rows)
+        if start >= rows:
+            local = {k: np.asarray(v)[:1] for k, v in batch.items()}
+            local["labels"] = np.full_like(local["labels"], IGNORE_INDEX)
+            local["next_sentence_label"] = np.full_like(local["next_sentence_label"], IGNORE_INDEX)
+            return dict(local, norms=norms, share=0.0)
+        return dict({k: np.asarray(v)[start:stop] for k, v in batch.items()}, norms=norms,
+                    share=(stop - start) / rows)
+
+    def drop(self, batch: dict, seed: int, step: int, micro: int) -> tuple:
+        B, T = np.shape(batch["input_ids"])
+        sites = dropout_sites(self.cfg, B, T, self.hidden)
+        if not sites:
+            return ()
+        rng = np.random.default_rng([seed % 2**63, step, 0x62657274] + ([micro] if micro else []))
+        return tuple(Tensor(rng.random(shape, dtype=np.float32) >= np.float32(p)) for shape, p in sites)
