@@ -170,3 +170,30 @@ def test_fp16_training_logs_saves_and_resumes_the_loss_scale(tmp_path, monkeypat
     after = [e for e in resumed if e["step"] > 2]
     assert [e["loss_scale"] for e in after] == [2.0**12] * 2      # restored, not the initial 2^16
     np.testing.assert_allclose([e["loss"] for e in after], [e["loss"] for e in whole[2:]], rtol=1e-3)
+
+
+def test_bert_graph_in_fp16_and_bf16_tracks_float32():
+    """The same switch on BERT's graph (every MatMul low, the rest float32; fp16 loss-scaled)."""
+    from mindnlp.transformers import BertConfig, BertForPreTraining
+
+    from ms_gpt2.engine.compiled import CompiledEngine
+
+    rng = np.random.default_rng(0)
+    batch = {"input_ids": rng.integers(5, 60, (3, 16)), "token_type_ids": np.repeat([[0] * 8 + [1] * 8], 3, 0),
+             "attention_mask": np.ones((3, 16), int), "next_sentence_label": np.array([0, 1, 1]),
+             "labels": np.where(rng.random((3, 16)) < 0.3, rng.integers(5, 60, (3, 16)), -100)}
+
+    def losses(precision):
+        runtime.seed_everything(0)
+        model = BertForPreTraining(BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                              intermediate_size=64, max_position_embeddings=32,
+                                              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+        model.train()
+        engine = CompiledEngine(model, {}, max_grad_norm=1.0, precision=precision)
+        return [engine.train_step(batch, 1e-3, s)[0] for s in range(5)]
+
+    fp32 = losses(None)
+    for precision, rtol in ((Precision.of(fp16=True, emulate=True), 5e-3), (Precision.of(bf16=True, emulate=True), 3e-2)):
+        low = losses(precision)
+        np.testing.assert_allclose(low, fp32, rtol=rtol)
+        assert low != fp32 and low[-1] < low[0]

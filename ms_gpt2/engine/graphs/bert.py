@@ -41,6 +41,7 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from ms_gpt2.attention import merge_heads, split_heads
 from ms_gpt2.engine.graphs.base import ModelGraph
+from ms_gpt2.engine.precision import Precision, matmul
 from ms_gpt2.fast_decode import FLOAT32_MIN, layer_norm
 
 IGNORE_INDEX = -100  # Hugging Face's CrossEntropyLoss ignore_index, for MLM and NSP labels alike
@@ -86,6 +87,7 @@ class BertGraphConfig:
     hidden_act: str = "gelu"         # Hugging Face's "gelu": the exact erf GELU (the only one compiled)
     hidden_dropout: float = 0.0      # hidden_dropout_prob: embeddings, attention output, FFN output
     attention_dropout: float = 0.0   # attention_probs_dropout_prob: the attention probabilities
+    precision: Precision = Precision()  # the MatMuls' dtype (ms_gpt2.engine.precision); the rest is float32
 
     def __post_init__(self):
         if self.hidden_act != "gelu":
@@ -100,7 +102,7 @@ class BertGraphConfig:
         return self.hidden_dropout > 0 or self.attention_dropout > 0
 
     @classmethod
-    def from_hf(cls, config, training: bool = True) -> "BertGraphConfig":
+    def from_hf(cls, config, training: bool = True, precision: Precision | None = None) -> "BertGraphConfig":
         """From a Hugging Face ``BertConfig``; anything whose arithmetic the graph does not implement
         raises ``NotImplementedError`` naming the setting. ``training=False``: no dropout."""
         act = config.hidden_act
@@ -117,7 +119,8 @@ class BertGraphConfig:
         return cls(n_layer=int(config.num_hidden_layers), n_head=int(config.num_attention_heads),
                    layer_norm_eps=float(config.layer_norm_eps), hidden_act=act,
                    hidden_dropout=float(config.hidden_dropout_prob) if training else 0.0,
-                   attention_dropout=float(config.attention_probs_dropout_prob) if training else 0.0)
+                   attention_dropout=float(config.attention_probs_dropout_prob) if training else 0.0,
+                   precision=precision or Precision())
 
 
 def dropout_sites(cfg: BertGraphConfig, batch: int, length: int, hidden: int) -> list[tuple[tuple, float]]:
@@ -152,9 +155,12 @@ def _dropout(x, mask, scale):
     return ops.mul(ops.mul(x, ops.cast(mask, x.dtype)), scale)
 
 
-def _linear(x, weight, bias):
-    """nn.Linear: (..., in) @ (out, in)^T + (out,) -> (..., out)."""
-    return ops.dense(x, weight, bias)
+def _linear(x, weight, bias, dtype=None, emulate=False):
+    """nn.Linear: (..., in) @ (out, in)^T + (out,) -> (..., out); the product in ``dtype`` (None: float32)."""
+    if dtype is None:
+        return ops.dense(x, weight, bias)
+    y = matmul(ops.reshape(x, (-1, x.shape[-1])), weight, dtype, emulate, transpose_b=True)
+    return ops.reshape(ops.add(y, bias), tuple(x.shape[:-1]) + (weight.shape[0],))
 
 
 def _gelu(x):
@@ -187,23 +193,26 @@ class _Layer(nn.Cell):
          self.i_w, self.i_b, self.o_w, self.o_b, self.ln2_w, self.ln2_b) = params
         self.n_head = cfg.n_head
         self.layer_norm = layer_norm(cfg.layer_norm_eps)
+        self.dt = cfg.precision.dtype if cfg.precision.low else None  # None: float32 MatMuls
+        self.em = cfg.precision.emulate
         self.use_dropout = cfg.use_dropout
         self.attn_scale, self.hidden_scale = _scale(cfg.attention_dropout), _scale(cfg.hidden_dropout)
 
     def construct(self, x, additive_mask, masks):
         # x: (B, T, C); additive_mask: (B, 1, 1, T) float, 0 or float32 min; masks: this layer's 3 or ()
-        q = split_heads(_linear(x, self.q_w, self.q_b), self.n_head)               # (B, nh, T, hd)
-        k = split_heads(_linear(x, self.k_w, self.k_b), self.n_head)
-        v = split_heads(_linear(x, self.v_w, self.v_b), self.n_head)
-        scores = ops.div(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))), math.sqrt(q.shape[-1]))  # (B, nh, T, T)
+        dt, em = self.dt, self.em
+        q = split_heads(_linear(x, self.q_w, self.q_b, dt, em), self.n_head)               # (B, nh, T, hd)
+        k = split_heads(_linear(x, self.k_w, self.k_b, dt, em), self.n_head)
+        v = split_heads(_linear(x, self.v_w, self.v_b, dt, em), self.n_head)
+        scores = ops.div(matmul(q, ops.transpose(k, (0, 1, 3, 2)), dt, em), math.sqrt(q.shape[-1]))  # (B, nh, T, T)
         probs = ops.softmax(ops.add(scores, additive_mask), axis=-1)
         if self.use_dropout:
             probs = _dropout(probs, masks[0], self.attn_scale)
-        attended = _linear(merge_heads(ops.matmul(probs, v)), self.ao_w, self.ao_b)  # (B, T, C)
+        attended = _linear(merge_heads(matmul(probs, v, dt, em)), self.ao_w, self.ao_b, dt, em)  # (B, T, C)
         if self.use_dropout:
             attended = _dropout(attended, masks[1], self.hidden_scale)
         x = self.layer_norm(ops.add(attended, x), self.ln1_w, self.ln1_b)[0]
-        ffn = _linear(_gelu(_linear(x, self.i_w, self.i_b)), self.o_w, self.o_b)
+        ffn = _linear(_gelu(_linear(x, self.i_w, self.i_b, dt, em)), self.o_w, self.o_b, dt, em)
         if self.use_dropout:
             ffn = _dropout(ffn, masks[2], self.hidden_scale)
         return self.layer_norm(ops.add(ffn, x), self.ln2_w, self.ln2_b)[0]
@@ -235,7 +244,8 @@ class BertPreTrainingLoss(nn.Cell):
         (self.pool_w, self.pool_b, self.decoder_b, self.transform_w, self.transform_b, self.transform_ln_w,
          self.transform_ln_b, self.nsp_w, self.nsp_b) = (params[n] for n in HEAD_PARAMS)
         self.layer_norm = layer_norm(cfg.layer_norm_eps)
-        self.decoder = ops.MatMul(transpose_b=True)   # the MLM decoder, tied to the word embeddings
+        self.dt = cfg.precision.dtype if cfg.precision.low else None  # None: float32 MatMuls
+        self.em = cfg.precision.emulate
         self.use_dropout = cfg.use_dropout
         self.hidden_scale = _scale(cfg.hidden_dropout)
 
@@ -254,14 +264,15 @@ class BertPreTrainingLoss(nn.Cell):
             layer_masks = (masks[1 + 3 * i], masks[2 + 3 * i], masks[3 + 3 * i]) if self.use_dropout else ()
             x = layer(x, additive_mask, layer_masks)
         # MLM: every position scored against its label (-100: not scored)
-        h = _gelu(_linear(ops.reshape(x, (B * T, C)), self.transform_w, self.transform_b))
+        dt, em = self.dt, self.em
+        h = _gelu(_linear(ops.reshape(x, (B * T, C)), self.transform_w, self.transform_b, dt, em))
         h = self.layer_norm(h, self.transform_ln_w, self.transform_ln_b)[0]
-        mlm_logits = ops.add(self.decoder(h, self.word), self.decoder_b)            # (B*T, V)
+        mlm_logits = ops.add(matmul(h, self.word, dt, em, transpose_b=True), self.decoder_b)  # (B*T, V), tied decoder
         mlm_sum, mlm_count = _masked_token_loss(mlm_logits, ops.reshape(mlm_labels, (B * T,)))
         # NSP: the pooler (first token, dense, tanh), then the 2-way classifier
         first = ops.reshape(ops.slice(x, (0, 0, 0), (B, 1, C)), (B, C))
-        pooled = _tanh(_linear(first, self.pool_w, self.pool_b))
-        nsp_sum, nsp_count = _masked_token_loss(_linear(pooled, self.nsp_w, self.nsp_b), nsp_labels)
+        pooled = _tanh(_linear(first, self.pool_w, self.pool_b, dt, em))
+        nsp_sum, nsp_count = _masked_token_loss(_linear(pooled, self.nsp_w, self.nsp_b, dt, em), nsp_labels)
         return mlm_sum, mlm_count, nsp_sum, nsp_count
 
 
@@ -294,14 +305,12 @@ class BertGraph(ModelGraph):
     Batches are :mod:`ms_gpt2.bert_pretraining`'s: ``input_ids``, ``token_type_ids``,
     ``attention_mask``, ``labels`` (MLM, -100 not scored), ``next_sentence_label`` (B,). Dropout
     keep-masks are drawn on the host from NumPy keyed on (seed, step, micro-batch), each site at its
-    own rate (the in-graph hash of :mod:`ms_gpt2.engine.dropout` is GPT-2's only, for now). The
-    MatMuls run in float32: fp16/bf16 are refused for BERT's graph (``NotImplementedError``, which
-    the Trainer reports in one line naming ``--engine eager``)."""
+    own rate (the in-graph hash of :mod:`ms_gpt2.engine.dropout` is GPT-2's only, for now). With
+    fp16/bf16 every MatMul (Q/K/V, scores, attention x V, output and FFN denses, the MLM transform and
+    tied decoder, pooler, NSP classifier) runs in the low precision, the rest in float32."""
 
     def __init__(self, model, precision, recompute: bool = False, dropout_source: str = "host"):
-        if precision.low:
-            raise NotImplementedError(f"{precision.compute} for BERT (its graph computes in float32 for now)")
-        self.cfg = BertGraphConfig.from_hf(model.config, training=model.training)
+        self.cfg = BertGraphConfig.from_hf(model.config, training=model.training, precision=precision)
         self.recompute = bool(recompute)
         self.hidden = int(model.config.hidden_size)
         self.names = hf_parameter_names(self.cfg)
