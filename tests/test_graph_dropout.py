@@ -181,3 +181,38 @@ def test_device_masks_repeat_resume_recompute_and_differ_by_seed():
     assert other_rank[0][0] != first[0][0]
     host, _ = _engine_run("host")
     assert host[0][0] != first[0][0]                     # the two sources draw different masks
+
+
+def test_bert_graph_draws_the_numpy_hash_masks_at_each_sites_rate():
+    """BERT's graph on the device source: the masks it hashes are keep_mask_numpy's, site by site, at
+    the hidden (0.1) and attention (0.2) rates: the loss equals the host path given those masks."""
+    from mindnlp.transformers import BertConfig, BertForPreTraining
+
+    from ms_gpt2.engine.graphs.bert import BertGraph, BertPreTrainingLoss, dropout_sites, weights_from_model
+    from ms_gpt2.engine.precision import Precision
+
+    runtime.seed_everything(0)
+    model = BertForPreTraining(BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                          intermediate_size=64, max_position_embeddings=32, hidden_dropout_prob=0.1,
+                                          attention_probs_dropout_prob=0.2))
+    model.train()
+    rng = np.random.default_rng(0)
+    batch = {"input_ids": rng.integers(5, 60, (3, 16)), "token_type_ids": np.zeros((3, 16), int),
+             "attention_mask": np.ones((3, 16), int), "next_sentence_label": np.array([0, 1, 1]),
+             "labels": np.where(rng.random((3, 16)) < 0.3, rng.integers(5, 60, (3, 16)), -100)}
+    graphs = {s: BertGraph(model, Precision(), dropout_source=s) for s in ("device", "host")}
+    drop = graphs["device"].drop(batch, seed=3, step=7, micro=1)
+    key = int(drop[0].asnumpy())
+    assert key == keyed.step_key(3, 7, 1)
+    sites = dropout_sites(graphs["host"].cfg, 3, 16, 32)
+    given = tuple(Tensor(keyed.keep_mask_numpy(shape, key, s, p)) for s, (shape, p) in enumerate(sites))
+    inputs = graphs["host"].inputs(batch)[:5]
+    out = {}
+    for source, masks in (("device", drop), ("host", given)):
+        net = BertPreTrainingLoss(weights_from_model(model), graphs[source].cfg)
+        net.construct = mindspore.jit(net.construct)
+        out[source] = [float(v.asnumpy()) for v in net(*inputs, mindspore.mutable(masks))]
+    assert out["device"] == out["host"]
+    no_drop = BertPreTrainingLoss(weights_from_model(model), graphs["host"].cfg)
+    ones = tuple(Tensor(np.ones(shape, np.bool_)) for shape, _ in sites)
+    assert [float(v.asnumpy()) for v in no_drop(*inputs, ones)] != out["host"]   # the masks did drop something

@@ -32,6 +32,7 @@ MindSpore, to match what the eager path computes on CPU: GELU as ``x/2 * (1 + er
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ import mindspore
 from mindspore import Parameter, Tensor, nn, ops
 
 from ms_gpt2.attention import merge_heads, split_heads
+from ms_gpt2.engine import dropout as keyed
 from ms_gpt2.engine.graphs.base import ModelGraph
 from ms_gpt2.engine.precision import Precision, matmul
 from ms_gpt2.fast_decode import FLOAT32_MIN, layer_norm
@@ -88,6 +90,7 @@ class BertGraphConfig:
     hidden_dropout: float = 0.0      # hidden_dropout_prob: embeddings, attention output, FFN output
     attention_dropout: float = 0.0   # attention_probs_dropout_prob: the attention probabilities
     precision: Precision = Precision()  # the MatMuls' dtype (ms_gpt2.engine.precision); the rest is float32
+    dropout_source: str = "host"     # keep-masks: "host" (inputs) | "device" (hashed in the graph from a key)
 
     def __post_init__(self):
         if self.hidden_act != "gelu":
@@ -102,7 +105,8 @@ class BertGraphConfig:
         return self.hidden_dropout > 0 or self.attention_dropout > 0
 
     @classmethod
-    def from_hf(cls, config, training: bool = True, precision: Precision | None = None) -> "BertGraphConfig":
+    def from_hf(cls, config, training: bool = True, precision: Precision | None = None,
+                dropout_source: str = "host") -> "BertGraphConfig":
         """From a Hugging Face ``BertConfig``; anything whose arithmetic the graph does not implement
         raises ``NotImplementedError`` naming the setting. ``training=False``: no dropout."""
         act = config.hidden_act
@@ -120,7 +124,7 @@ class BertGraphConfig:
                    layer_norm_eps=float(config.layer_norm_eps), hidden_act=act,
                    hidden_dropout=float(config.hidden_dropout_prob) if training else 0.0,
                    attention_dropout=float(config.attention_probs_dropout_prob) if training else 0.0,
-                   precision=precision or Precision())
+                   precision=precision or Precision(), dropout_source=dropout_source)
 
 
 def dropout_sites(cfg: BertGraphConfig, batch: int, length: int, hidden: int) -> list[tuple[tuple, float]]:
@@ -248,10 +252,28 @@ class BertPreTrainingLoss(nn.Cell):
         self.em = cfg.precision.emulate
         self.use_dropout = cfg.use_dropout
         self.hidden_scale = _scale(cfg.hidden_dropout)
+        self.on_device = cfg.dropout_source == "device"
+        self.sites = tuple(keyed.site_constant(s) for s in range(1 + 3 * cfg.n_layer))
+        self.thresholds = (keyed.threshold(cfg.hidden_dropout), keyed.threshold(cfg.attention_dropout))
+
+    def _device_masks(self, drop):
+        """The keep-masks of :func:`dropout_sites`, hashed in the graph from ``drop`` = (step key, hashed
+        indices of the attention probabilities' and of the hidden states' shape): site s's mask is
+        :func:`ms_gpt2.engine.dropout.keep_mask_numpy` of (shape, key, s, its rate)."""
+        key, attn_index, hidden_index = drop[0], drop[1], drop[2]
+        hidden, attention = self.thresholds
+        masks = (keyed.keep_mask(hidden_index, keyed.site_key(key, self.sites[0]), hidden),)
+        for i in range(len(self.layers)):
+            masks = masks + (keyed.keep_mask(attn_index, keyed.site_key(key, self.sites[1 + 3 * i]), attention),
+                             keyed.keep_mask(hidden_index, keyed.site_key(key, self.sites[2 + 3 * i]), hidden),
+                             keyed.keep_mask(hidden_index, keyed.site_key(key, self.sites[3 + 3 * i]), hidden))
+        return masks
 
     def construct(self, input_ids, token_type_ids, attention_mask, mlm_labels, nsp_labels, masks=()):
         B, T = input_ids.shape
         C = self.word.shape[1]
+        if self.use_dropout and self.on_device:
+            masks = self._device_masks(masks)
         x = ops.add(ops.gather(self.word, input_ids, 0), ops.gather(self.token_type, token_type_ids, 0))
         x = ops.add(x, ops.slice(self.position, (0, 0), (T, C)))                    # (B, T, C)
         x = self.layer_norm(x, self.emb_ln_w, self.emb_ln_b)[0]
@@ -294,6 +316,11 @@ class BertStepLoss(nn.Cell):
         return ops.add(ops.div(mlm_sum, mlm_norm), ops.div(nsp_sum, nsp_norm)), share
 
 
+@functools.lru_cache(maxsize=8)
+def _index_hash(shape: tuple) -> Tensor:
+    return keyed.index_hash(shape)
+
+
 def _norms(mlm_labels, nsp_labels) -> tuple[float, float]:
     """What a batch's MLM and NSP loss sums are divided by: their scored counts (at least 1)."""
     return (max(float(np.sum(mlm_labels != IGNORE_INDEX)), 1.0), max(float(np.sum(nsp_labels != IGNORE_INDEX)), 1.0))
@@ -304,13 +331,15 @@ class BertGraph(ModelGraph):
 
     Batches are :mod:`ms_gpt2.bert_pretraining`'s: ``input_ids``, ``token_type_ids``,
     ``attention_mask``, ``labels`` (MLM, -100 not scored), ``next_sentence_label`` (B,). Dropout
-    keep-masks are drawn on the host from NumPy keyed on (seed, step, micro-batch), each site at its
-    own rate (the in-graph hash of :mod:`ms_gpt2.engine.dropout` is GPT-2's only, for now). With
+    keep-masks are a function of (seed, step, micro-batch, rank, site), each site at its own rate:
+    drawn in the graph by :mod:`ms_gpt2.engine.dropout`'s hash (``dropout_source="device"``, off CPU),
+    or on the host by NumPy (``"host"``, on CPU). With
     fp16/bf16 every MatMul (Q/K/V, scores, attention x V, output and FFN denses, the MLM transform and
     tied decoder, pooler, NSP classifier) runs in the low precision, the rest in float32."""
 
     def __init__(self, model, precision, recompute: bool = False, dropout_source: str = "host"):
-        self.cfg = BertGraphConfig.from_hf(model.config, training=model.training, precision=precision)
+        self.cfg = BertGraphConfig.from_hf(model.config, training=model.training, precision=precision,
+                                           dropout_source=dropout_source)
         self.recompute = bool(recompute)
         self.hidden = int(model.config.hidden_size)
         self.names = hf_parameter_names(self.cfg)
@@ -318,7 +347,8 @@ class BertGraph(ModelGraph):
 
     def describe(self) -> str:
         return (f"BERT pretraining graph ({self.cfg.n_layer} layers), dropout {self.cfg.hidden_dropout:g}/"
-                f"{self.cfg.attention_dropout:g} (masks drawn on the host), recompute {self.recompute}")
+                f"{self.cfg.attention_dropout:g} (masks drawn on the {self.cfg.dropout_source}), "
+                f"recompute {self.recompute}")
 
     def loss_net(self, weights: dict) -> nn.Cell:
         net = BertStepLoss(weights, self.cfg)
@@ -354,5 +384,8 @@ class BertGraph(ModelGraph):
         sites = dropout_sites(self.cfg, B, T, self.hidden)
         if not sites:
             return ()
+        if self.cfg.dropout_source == "device":  # the key; the graph hashes the masks (GPT-2's scheme)
+            return (Tensor(np.int32(keyed.step_key(seed, step, micro))), _index_hash(sites[1][0]),
+                    _index_hash(sites[0][0]))
         rng = np.random.default_rng([seed % 2**63, step, 0x62657274] + ([micro] if micro else []))
         return tuple(Tensor(rng.random(shape, dtype=np.float32) >= np.float32(p)) for shape, p in sites)
