@@ -138,6 +138,20 @@ def _pretrain(args) -> int:
     return 0
 
 
+def _finetune_bert(args) -> int:
+    """``finetune-bert``: BertForSequenceClassification on summary-article matching (ms_gpt2.bert_finetuning)."""
+    from ms_gpt2.bert_finetuning import finetune_bert
+    from ms_gpt2.config import load_config
+
+    config = load_config(args.config, _overrides(args))
+    result = finetune_bert(config, args.data, args.output_dir, resume=args.resume, overwrite=args.overwrite)
+    print(json.dumps({"task": "summary-article matching", "model": str(result.model_dir),
+                      "global_step": result.global_step, "train_loss": result.train_loss,
+                      "loss_curve": str(result.loss_curve), "train_records": result.train_records,
+                      "eval_records": result.eval_records, "eval": result.eval}, ensure_ascii=False))
+    return 0
+
+
 def _summarize(args) -> int:
     from ms_gpt2 import tasks
     from ms_gpt2.summarization import Summarizer
@@ -315,6 +329,15 @@ def build_parser() -> argparse.ArgumentParser:
     nproc_argument(p)
     engine_argument(p)
     p.set_defaults(handler=_pretrain)
+
+    p = sub.add_parser("finetune-bert", parents=[common],
+                       help="BERT sentence-pair classification (summary-article matching) from a pretrained encoder")
+    config_args(p)
+    p.add_argument("--data", required=True, help="NLPCC JSON lines file (article, summarization)")
+    p.add_argument("--tokenizer", help="BERT vocab.txt / directory (default: --init-from's; without it, build one)")
+    run_args(p, "the encoder to start from: the model/ (or output directory) of `pretrain --objective mlm-nsp`; "
+                "without it every weight is random")
+    p.set_defaults(handler=_finetune_bert)
 
     for name, handler, text in [("summarize", _summarize, "beam-search summaries from a trained model"),
                                 ("evaluate", _evaluate, "ROUGE-1/2/L and loss/perplexity as JSON")]:

@@ -1,9 +1,9 @@
 """YAML run configs with command-line overrides, Hugging Face style: the file is the experiment.
 
-A config has six sections: ``model``, ``tokenizer``, ``data``, ``training`` (passed to
+A config has seven sections: ``model``, ``tokenizer``, ``data``, ``training`` (passed to
 ``TrainingArguments``, so any of its fields can be set, except the few ms_gpt2 sets itself:
-:data:`MANAGED_TRAINING_KEYS`), ``generation`` and ``pretrain`` (``ms-gpt2 pretrain`` only; its
-block size is ``data.max_seq_len``). Unknown keys are refused when the config is loaded, before
+:data:`MANAGED_TRAINING_KEYS`), ``generation``, ``pretrain`` (``ms-gpt2 pretrain`` only; its
+block size is ``data.max_seq_len``) and ``finetune`` (``ms-gpt2 finetune-bert`` only). Unknown keys are refused when the config is loaded, before
 any data work, naming the closest valid ones. Any key can be
 overridden from the command line as ``--set section.key=value``, the value read as YAML
 (``--set training.learning_rate=3e-4``, ``--set tokenizer.path=null``); the top-level keys
@@ -24,7 +24,7 @@ import yaml
 from ms_gpt2.errors import UserError
 from ms_gpt2.rundir import atomic_write_text
 
-SECTIONS = ("model", "tokenizer", "data", "training", "generation", "pretrain")
+SECTIONS = ("model", "tokenizer", "data", "training", "generation", "pretrain", "finetune")
 TOP_LEVEL = {"engine": "compiled"}  # scalar keys beside the sections: the training engine (compiled | eager)
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -42,6 +42,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "pretrain": {"text_field": None, "eval_fraction": 0.05,
                  # objective: clm (GPT-2) | mlm-nsp (BERT, ms_gpt2.bert_pretraining); masking: dynamic | static
                  "objective": "clm", "mlm_probability": 0.15, "masking": "dynamic"},
+    # ms-gpt2 finetune-bert (ms_gpt2.bert_finetuning): negatives dynamic (new each epoch) | static (epoch 0's)
+    "finetune": {"negatives": "dynamic"},
 }
 
 

@@ -48,6 +48,7 @@ class Run:
     extra: tuple = ()  # appended to the README's arguments (tiny sizes)
     trained: bool = False  # needs the model the README's train line makes
     pretrained: bool = False  # needs the model the README's pretrain line makes
+    bert_pretrained: bool = False  # needs the model the README's BERT (MLM + NSP) pretrain line makes
 
 
 TUTORIAL_TRAIN = (".venv/bin/ms-gpt2 train --config configs/tutorial.yaml --data data/nlpcc2017/train_with_summ.txt "
@@ -70,6 +71,8 @@ TINY_MODEL = ("--set", "model.n_positions=64", "--set", "model.n_embd=32", "--se
 TINY_BERT = ("--set", "model.n_embd=32", "--set", "model.n_layer=1", "--set", "model.n_head=2",
              "--set", "data.max_seq_len=32", "--set", "training.max_steps=3", "--set", "training.save_steps=3",
              "--set", "training.logging_steps=1")
+BERT_TINY = (".venv/bin/ms-gpt2 pretrain --objective mlm-nsp --config configs/bert_tiny.yaml "
+             "--data data/demo/nlpcc_demo.jsonl --text-field article --output-dir runs/bert_tiny")
 SHORT = ("--max-new-tokens", "8")  # sampling and penalties run Hugging Face generate: about 2 tokens/s
 COMMANDS = {
     ".venv/bin/ms-gpt2 attention-demo --device ascend": "skip: needs an Ascend NPU (test_runtime.py checks the "
@@ -107,10 +110,15 @@ COMMANDS = {
     ".venv/bin/ms-gpt2 train --nproc 8 --config configs/tutorial.yaml --data train.jsonl "
     "--tokenizer path/to/bert-base-chinese --output-dir runs/tutorial-8npu": "skip: needs 8 devices "
     "(tests/test_distributed.py runs train --nproc 2 on the CPU)",
-    ".venv/bin/ms-gpt2 pretrain --objective mlm-nsp --config configs/bert_tiny.yaml --data data/demo/nlpcc_demo.jsonl "
-    "--text-field article --output-dir runs/bert_tiny": Run(extra=TINY_BERT),
+    BERT_TINY: Run(extra=TINY_BERT),
     ".venv/bin/ms-gpt2 pretrain --objective mlm-nsp --config my_bert.yaml --data corpus.txt "
     "--tokenizer path/to/bert-base-chinese --output-dir runs/bert": Run(extra=TINY_BERT),
+    # fine-tuning (summary-article matching) from that model, and from scratch on its vocabulary: 3 steps
+    ".venv/bin/ms-gpt2 finetune-bert --config configs/bert_pair_tiny.yaml --init-from runs/bert_tiny/model "
+    "--data data/demo/nlpcc_demo.jsonl --output-dir runs/bert_match": Run(extra=TINY_BERT, bert_pretrained=True),
+    ".venv/bin/ms-gpt2 finetune-bert --config configs/bert_pair_tiny.yaml --tokenizer runs/bert_tiny/model "
+    "--data data/demo/nlpcc_demo.jsonl --output-dir runs/bert_match_scratch": Run(extra=TINY_BERT,
+                                                                                  bert_pretrained=True),
 }
 COMMANDS = {shlex.join(shlex.split(command)): how for command, how in COMMANDS.items()}  # quoted as README_LINES
 
@@ -135,6 +143,9 @@ def paths(tmp_path_factory, char_vocab_dir) -> dict[str, str]:
         "my_bert.yaml": str(my_bert),
         "runs/bert_tiny": str(tmp / "runs" / "bert_tiny"),
         "runs/bert": str(tmp / "runs" / "bert"),
+        "runs/bert_tiny/model": str(tmp / "runs" / "bert_tiny" / "model"),
+        "runs/bert_match": str(tmp / "runs" / "bert_match"),
+        "runs/bert_match_scratch": str(tmp / "runs" / "bert_match_scratch"),
         # a GPT-2 checkpoint directory with the gpt2 family's byte-level BPE tokenizer, 2 layers, 32 wide
         "gpt2": str(REPO / "tests" / "fixtures" / "gpt2-bpe-tiny"),
         # `make demo`'s model: the tiny model the README's train line made, a BERT vocabulary as the demo's
@@ -169,6 +180,17 @@ def pretrain_run(paths):
     try:
         with cap:
             return run_line(PRETRAIN_SMOKE, paths, COMMANDS[shlex.join(shlex.split(PRETRAIN_SMOKE))].extra, mp, cap)
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def bert_pretrain_run(paths):
+    """The README's BERT (MLM + NSP) pretrain line, on tiny settings: (exit code, output)."""
+    mp, cap = pytest.MonkeyPatch(), _Capture()
+    try:
+        with cap:
+            return run_line(BERT_TINY, paths, TINY_BERT, mp, cap)
     finally:
         mp.undo()
 
@@ -227,8 +249,11 @@ def test_readme_command_runs(command, how, paths, request, monkeypatch, capsys):
         code, output = request.getfixturevalue("tutorial_run")
     elif command == shlex.join(shlex.split(PRETRAIN_SMOKE)):
         code, output = request.getfixturevalue("pretrain_run")
+    elif command == shlex.join(shlex.split(BERT_TINY)):
+        code, output = request.getfixturevalue("bert_pretrain_run")
     else:
-        for needed, fixture in ((how.trained, "tutorial_run"), (how.pretrained, "pretrain_run")):
+        for needed, fixture in ((how.trained, "tutorial_run"), (how.pretrained, "pretrain_run"),
+                                (how.bert_pretrained, "bert_pretrain_run")):
             if needed:
                 made, output = request.getfixturevalue(fixture)
                 assert made == 0, f"the README line behind {fixture} failed:\n" + output
