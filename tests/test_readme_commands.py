@@ -111,6 +111,9 @@ COMMANDS = {
     "--tokenizer path/to/bert-base-chinese --output-dir runs/tutorial-8npu": "skip: needs 8 devices "
     "(tests/test_distributed.py runs train --nproc 2 on the CPU)",
     BERT_TINY: Run(extra=TINY_BERT),
+    ".venv/bin/ms-gpt2 pretrain --objective mlm-nsp --config configs/bert_tiny.yaml --nproc 8 --data corpus.txt "
+    "--tokenizer path/to/bert-base-chinese --output-dir runs/bert": "skip: needs 8 devices "
+    "(tests/test_distributed.py runs BERT pretrain --nproc 2 on the CPU)",
     ".venv/bin/ms-gpt2 pretrain --objective mlm-nsp --config my_bert.yaml --data corpus.txt "
     "--tokenizer path/to/bert-base-chinese --output-dir runs/bert": Run(extra=TINY_BERT),
     # fine-tuning (summary-article matching) from that model, and from scratch on its vocabulary: 3 steps
