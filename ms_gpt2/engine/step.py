@@ -140,7 +140,7 @@ class TrainStep(nn.Cell):
         self.beta1, self.beta2 = (Tensor(b, mindspore.float32) for b in cfg.betas)
         self.eps = Tensor(cfg.eps, mindspore.float32)
         self.max_norm = float(cfg.max_grad_norm or 0.0)
-        self.adam = ops.Adam()
+        self.adam, self.adam_decay = ops.Adam(), ops.AdamWeightDecay()
         self.map = ops.HyperMap()
         if accumulate:  # the sums over the micro-batches of one optimizer step
             self.acc_grads = self.weights.clone(prefix="acc_grad", init="zeros")
@@ -188,7 +188,8 @@ class TrainStep(nn.Cell):
 
         fp16: the step is taken only if the reduced gradients' norm is finite. A skipped step feeds
         AdamW lr 0, betas 1 and zero gradients, which leave weights, moments and (not counted) step
-        exactly as they were, so the fused in-place kernel needs no branch; then the scale halves (not
+        exactly as they were, so the fused in-place kernels (``Adam``; ``AdamWeightDecay`` for the
+        decayed tensors) need no branch; then the scale halves (not
         below 1). ``window`` clean steps in a row double it."""
         loss_sum, count, grads = self.reduce(loss_sum, count, grads)
         count = ops.maximum(count, 1.0)
@@ -211,11 +212,19 @@ class TrainStep(nn.Cell):
         powers_at = ops.maximum(step, 1.0)  # a skipped first step: powers stay finite (lr is 0 anyway)
         beta1_power, beta2_power = ops.pow(self.beta1, powers_at), ops.pow(self.beta2, powers_at)
         eps_hat = ops.mul(self.eps, ops.sqrt(ops.sub(1.0, beta2_power)))    # makes ApplyAdam torch's AdamW
+        # AdamWeightDecay computes p - lr' * (m / (sqrt(v) + eps') + wd' * p): with eps' = eps_hat,
+        # lr' = lr * sqrt(1 - b2^t) / (1 - b1^t) and wd' = wd * (1 - b1^t) / sqrt(1 - b2^t) (so lr' * wd' = lr * wd)
+        # that is torch's AdamW in one in-place kernel; a separate p *= 1 - lr * wd (an Assign) makes
+        # the graph copy every decayed weight it reads in the forward pass (TensorMove)
+        bias_ratio = ops.div(ops.sqrt(ops.sub(1.0, beta2_power)), ops.sub(1.0, beta1_power))
+        lr_t = ops.mul(lr, bias_ratio)
         done = []
         for i in range(len(self.decay)):  # unrolled at compile time; decay is a constant per tensor
             param = self.weights[i]
-            if self.decay[i] > 0:  # PyTorch AdamW: decoupled decay first, p *= 1 - lr * wd
-                ops.assign(param, ops.mul(param, ops.sub(1.0, ops.mul(lr, self.decay[i]))))
+            if self.decay[i] > 0:  # PyTorch AdamW: decoupled decay p -= lr * wd * p, then the Adam step
+                done.append(self.adam_decay(param, self.exp_avg[i], self.exp_avg_sq[i], lr_t, beta1, beta2, eps_hat,
+                                            ops.div(self.decay[i], bias_ratio), grads[i])[0])
+                continue
             done.append(self.adam(param, self.exp_avg[i], self.exp_avg_sq[i], beta1_power, beta2_power, lr,
                                   beta1, beta2, eps_hat, grads[i])[0])
         if self.scaled:

@@ -42,8 +42,9 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from ms_gpt2.attention import merge_heads, split_heads
 from ms_gpt2.engine import dropout as keyed
+from ms_gpt2.engine.graph_ops import DenseLinear, ScoresMatMul, Softmax, WeightedSum, scale
 from ms_gpt2.engine.graphs.base import ModelGraph
-from ms_gpt2.engine.precision import Precision, matmul
+from ms_gpt2.engine.precision import Precision
 from ms_gpt2.fast_decode import FLOAT32_MIN, layer_norm
 
 IGNORE_INDEX = -100  # Hugging Face's CrossEntropyLoss ignore_index, for MLM and NSP labels alike
@@ -159,17 +160,9 @@ def _dropout(x, mask, scale):
     return ops.mul(ops.mul(x, ops.cast(mask, x.dtype)), scale)
 
 
-def _linear(x, weight, bias, dtype=None, emulate=False):
-    """nn.Linear: (..., in) @ (out, in)^T + (out,) -> (..., out); the product in ``dtype`` (None: float32)."""
-    if dtype is None:
-        return ops.dense(x, weight, bias)
-    y = matmul(ops.reshape(x, (-1, x.shape[-1])), weight, dtype, emulate, transpose_b=True)
-    return ops.reshape(ops.add(y, bias), tuple(x.shape[:-1]) + (weight.shape[0],))
-
-
 def _gelu(x):
     """Exact GELU, x/2 * (1 + erf(x / sqrt 2)): Hugging Face's "gelu", as mindtorch computes it on CPU."""
-    return ops.mul(ops.mul(x, 0.5), ops.add(ops.erf(ops.div(x, math.sqrt(2.0))), 1.0))
+    return ops.mul(ops.mul(x, 0.5), ops.add(ops.erf(ops.mul(x, 1.0 / math.sqrt(2.0))), 1.0))
 
 
 def _tanh(x):
@@ -197,26 +190,28 @@ class _Layer(nn.Cell):
          self.i_w, self.i_b, self.o_w, self.o_b, self.ln2_w, self.ln2_b) = params
         self.n_head = cfg.n_head
         self.layer_norm = layer_norm(cfg.layer_norm_eps)
-        self.dt = cfg.precision.dtype if cfg.precision.low else None  # None: float32 MatMuls
-        self.em = cfg.precision.emulate
+        dt, em = (cfg.precision.dtype if cfg.precision.low else None), cfg.precision.emulate
+        # MatMul cells with their gradients spelt out and no broadcasting kernels (ms_gpt2.engine.graph_ops:
+        # MindSpore's CPU kernels keep per-element index tables for those)
+        self.linear, self.scores, self.weighted_sum = DenseLinear(dt, em), ScoresMatMul(dt, em), WeightedSum(dt, em)
+        self.softmax = Softmax()
         self.use_dropout = cfg.use_dropout
         self.attn_scale, self.hidden_scale = _scale(cfg.attention_dropout), _scale(cfg.hidden_dropout)
 
     def construct(self, x, additive_mask, masks):
-        # x: (B, T, C); additive_mask: (B, 1, 1, T) float, 0 or float32 min; masks: this layer's 3 or ()
-        dt, em = self.dt, self.em
-        q = split_heads(_linear(x, self.q_w, self.q_b, dt, em), self.n_head)               # (B, nh, T, hd)
-        k = split_heads(_linear(x, self.k_w, self.k_b, dt, em), self.n_head)
-        v = split_heads(_linear(x, self.v_w, self.v_b, dt, em), self.n_head)
-        scores = ops.div(matmul(q, ops.transpose(k, (0, 1, 3, 2)), dt, em), math.sqrt(q.shape[-1]))  # (B, nh, T, T)
-        probs = ops.softmax(ops.add(scores, additive_mask), axis=-1)
+        # x: (B, T, C); additive_mask: (B, nh, T, T) float, 0 or float32 min; masks: this layer's 3 or ()
+        q = split_heads(self.linear(x, self.q_w, self.q_b), self.n_head)               # (B, nh, T, hd)
+        k = split_heads(self.linear(x, self.k_w, self.k_b), self.n_head)
+        v = split_heads(self.linear(x, self.v_w, self.v_b), self.n_head)
+        scores = scale(self.scores(q, k), math.sqrt(q.shape[-1]))                  # q @ k^T / sqrt(hd): (B, nh, T, T)
+        probs = self.softmax(ops.add(scores, additive_mask))
         if self.use_dropout:
             probs = _dropout(probs, masks[0], self.attn_scale)
-        attended = _linear(merge_heads(matmul(probs, v, dt, em)), self.ao_w, self.ao_b, dt, em)  # (B, T, C)
+        attended = self.linear(merge_heads(self.weighted_sum(probs, v)), self.ao_w, self.ao_b)  # (B, T, C)
         if self.use_dropout:
             attended = _dropout(attended, masks[1], self.hidden_scale)
         x = self.layer_norm(ops.add(attended, x), self.ln1_w, self.ln1_b)[0]
-        ffn = _linear(_gelu(_linear(x, self.i_w, self.i_b, dt, em)), self.o_w, self.o_b, dt, em)
+        ffn = self.linear(_gelu(self.linear(x, self.i_w, self.i_b)), self.o_w, self.o_b)
         if self.use_dropout:
             ffn = _dropout(ffn, masks[2], self.hidden_scale)
         return self.layer_norm(ops.add(ffn, x), self.ln2_w, self.ln2_b)[0]
@@ -248,8 +243,7 @@ class BertPreTrainingLoss(nn.Cell):
         (self.pool_w, self.pool_b, self.decoder_b, self.transform_w, self.transform_b, self.transform_ln_w,
          self.transform_ln_b, self.nsp_w, self.nsp_b) = (params[n] for n in HEAD_PARAMS)
         self.layer_norm = layer_norm(cfg.layer_norm_eps)
-        self.dt = cfg.precision.dtype if cfg.precision.low else None  # None: float32 MatMuls
-        self.em = cfg.precision.emulate
+        self.linear = DenseLinear(cfg.precision.dtype if cfg.precision.low else None, cfg.precision.emulate)
         self.use_dropout = cfg.use_dropout
         self.hidden_scale = _scale(cfg.hidden_dropout)
         self.on_device = cfg.dropout_source == "device"
@@ -275,26 +269,26 @@ class BertPreTrainingLoss(nn.Cell):
         if self.use_dropout and self.on_device:
             masks = self._device_masks(masks)
         x = ops.add(ops.gather(self.word, input_ids, 0), ops.gather(self.token_type, token_type_ids, 0))
-        x = ops.add(x, ops.slice(self.position, (0, 0), (T, C)))                    # (B, T, C)
+        x = ops.add(x, ops.broadcast_to(ops.slice(self.position, (0, 0), (T, C)), (B, T, C)))  # (B, T, C)
         x = self.layer_norm(x, self.emb_ln_w, self.emb_ln_b)[0]
         if self.use_dropout:
             x = _dropout(x, masks[0], self.hidden_scale)
         # Hugging Face's extended attention mask: 0 where attended, float32 min at padding keys
         padding = ops.sub(1.0, ops.cast(attention_mask, mindspore.float32))
-        additive_mask = ops.reshape(ops.mul(padding, FLOAT32_MIN), (B, 1, 1, T))
+        additive_mask = ops.broadcast_to(ops.reshape(ops.mul(padding, FLOAT32_MIN), (B, 1, 1, T)),
+                                         (B, self.cfg.n_head, T, T))
         for i, layer in enumerate(self.layers):
             layer_masks = (masks[1 + 3 * i], masks[2 + 3 * i], masks[3 + 3 * i]) if self.use_dropout else ()
             x = layer(x, additive_mask, layer_masks)
         # MLM: every position scored against its label (-100: not scored)
-        dt, em = self.dt, self.em
-        h = _gelu(_linear(ops.reshape(x, (B * T, C)), self.transform_w, self.transform_b, dt, em))
+        h = _gelu(self.linear(ops.reshape(x, (B * T, C)), self.transform_w, self.transform_b))
         h = self.layer_norm(h, self.transform_ln_w, self.transform_ln_b)[0]
-        mlm_logits = ops.add(matmul(h, self.word, dt, em, transpose_b=True), self.decoder_b)  # (B*T, V), tied decoder
+        mlm_logits = self.linear(h, self.word, self.decoder_b)            # (B*T, V): the decoder, tied to the embeddings
         mlm_sum, mlm_count = _masked_token_loss(mlm_logits, ops.reshape(mlm_labels, (B * T,)))
         # NSP: the pooler (first token, dense, tanh), then the 2-way classifier
         first = ops.reshape(ops.slice(x, (0, 0, 0), (B, 1, C)), (B, C))
-        pooled = _tanh(_linear(first, self.pool_w, self.pool_b, dt, em))
-        nsp_sum, nsp_count = _masked_token_loss(_linear(pooled, self.nsp_w, self.nsp_b, dt, em), nsp_labels)
+        pooled = _tanh(self.linear(first, self.pool_w, self.pool_b))
+        nsp_sum, nsp_count = _masked_token_loss(self.linear(pooled, self.nsp_w, self.nsp_b), nsp_labels)
         return mlm_sum, mlm_count, nsp_sum, nsp_count
 
 

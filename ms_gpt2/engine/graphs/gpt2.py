@@ -39,7 +39,8 @@ from mindspore import Tensor, nn, ops
 from ms_gpt2.attention import merge_heads, split_heads
 from ms_gpt2.engine import dropout as keyed
 from ms_gpt2.engine.graphs.base import ModelGraph
-from ms_gpt2.engine.precision import Precision, linear, matmul
+from ms_gpt2.engine.graph_ops import Linear, ScoresMatMul, Softmax, WeightedSum, attention_bias, scale
+from ms_gpt2.engine.precision import Precision, matmul
 from ms_gpt2.fast_decode import FLOAT32_MIN, gelu_new, layer_norm
 
 # Hugging Face parameter names of one block's weights, in the order Block holds them.
@@ -87,8 +88,11 @@ class Block(nn.Cell):
         self.scale = 1.0 / (1.0 - cfg.dropout) if cfg.dropout < 1 else 0.0
         self.on_device = cfg.dropout_source == "device"
         self.threshold = keyed.threshold(cfg.dropout)
-        self.mm_dtype = cfg.precision.dtype if cfg.precision.low else None  # None: float32 MatMuls
-        self.emulate = cfg.precision.emulate
+        dt = cfg.precision.dtype if cfg.precision.low else None  # None: float32 MatMuls
+        # MatMul cells with their gradients spelt out: no broadcasting or Transpose kernels, which keep
+        # per-element index tables on CPU (ms_gpt2.engine.graph_ops)
+        self.linear, self.scores = Linear(dt, cfg.precision.emulate), ScoresMatMul(dt, cfg.precision.emulate)
+        self.softmax, self.weighted_sum = Softmax(), WeightedSum(dt, cfg.precision.emulate)
 
     def _drop(self, x, drop, j):
         """Dropout at this layer's site j (0: attention weights, 1: attention output, 2: MLP output).
@@ -100,24 +104,24 @@ class Block(nn.Cell):
             mask = drop[j]
         return _dropout(x, mask, self.scale)
 
-    def construct(self, x, keep, drop):
-        # x: (B, T, C); keep: bool (B, 1, T, T), causal & padding; drop: see _drop, or () without dropout
-        dt, em = self.mm_dtype, self.emulate
+    def construct(self, x, bias, drop):
+        # x: (B, T, C); bias: (B, nh, T, T), 0 where causal & padding keep, float32 min elsewhere;
+        # drop: see _drop, or () without dropout. No broadcasting arithmetic: see engine.graph_ops
         h = self.layer_norm(x, self.ln1_w, self.ln1_b)[0]
-        q, k, v = ops.split(linear(h, self.attn_w, self.attn_b, dt, em), x.shape[-1], axis=2)   # 3 x (B, T, C)
+        q, k, v = ops.split(self.linear(h, self.attn_w, self.attn_b), x.shape[-1], axis=2)   # 3 x (B, T, C)
         q, k, v = split_heads(q, self.n_head), split_heads(k, self.n_head), split_heads(v, self.n_head)
         # ms_gpt2.attention.scaled_masked_attention, with GPT-2's attention dropout between the
         # softmax and the product with V (where Hugging Face applies attn_pdrop)
-        scores = ops.div(matmul(q, ops.transpose(k, (0, 1, 3, 2)), dt, em), q.shape[-1] ** 0.5)  # (B, nh, T, T)
-        weights = ops.softmax(ops.masked_fill(scores, ops.logical_not(keep), FLOAT32_MIN), axis=-1)
+        scores = scale(self.scores(q, k), q.shape[-1] ** 0.5)  # q @ k^T / sqrt(hd): (B, nh, T, T)
+        weights = self.softmax(ops.add(scores, bias))   # = masked_fill(scores, ~keep, min), then softmax
         if self.use_dropout:
             weights = self._drop(weights, drop, 0)
-        attended = linear(merge_heads(matmul(weights, v, dt, em)), self.proj_w, self.proj_b, dt, em)   # (B, T, C)
+        attended = self.linear(merge_heads(self.weighted_sum(weights, v)), self.proj_w, self.proj_b)   # (B, T, C)
         if self.use_dropout:
             attended = self._drop(attended, drop, 1)
         x = ops.add(x, attended)
         h = self.layer_norm(x, self.ln2_w, self.ln2_b)[0]
-        mlp = linear(self.gelu(linear(h, self.fc_w, self.fc_b, dt, em)), self.mlp_w, self.mlp_b, dt, em)
+        mlp = self.linear(self.gelu(self.linear(h, self.fc_w, self.fc_b)), self.mlp_w, self.mlp_b)
         if self.use_dropout:
             mlp = self._drop(mlp, drop, 2)
         return ops.add(x, mlp)
@@ -162,7 +166,7 @@ class GPT2Loss(nn.Cell):
         # weights' and of the hidden states' shape) (device source); () without dropout
         B, T = input_ids.shape
         C = self.wte.shape[1]
-        x = ops.add(ops.gather(self.wte, input_ids, 0), ops.slice(self.wpe, (0, 0), (T, C)))  # (B, T, C)
+        x = ops.add(ops.gather(self.wte, input_ids, 0), ops.broadcast_to(ops.slice(self.wpe, (0, 0), (T, C)), (B, T, C)))
         hidden_index, attn_index = None, None
         if self.use_dropout and self.on_device:  # every site of a shape mixes its own key into its hashed indices
             attn_index, hidden_index = drop[1], drop[2]
@@ -170,8 +174,9 @@ class GPT2Loss(nn.Cell):
                          self.scale)
         elif self.use_dropout:
             x = _dropout(x, drop[0], self.scale)
-        causal = ops.reshape(ops.slice(self.causal, (0, 0), (T, T)), (1, 1, T, T))
-        keep = ops.logical_and(causal, ops.reshape(ops.cast(attention_mask, mindspore.bool_), (B, 1, 1, T)))
+        causal = ops.broadcast_to(ops.reshape(ops.slice(self.causal, (0, 0), (T, T)), (1, 1, T, T)), (B, 1, T, T))
+        padding = ops.broadcast_to(ops.reshape(ops.cast(attention_mask, mindspore.bool_), (B, 1, 1, T)), (B, 1, T, T))
+        bias = attention_bias(ops.logical_and(causal, padding), (B, self.n_head, T, T), x.dtype, FLOAT32_MIN)
         for i, block in enumerate(self.blocks):
             if not self.use_dropout:
                 layer_drop = ()
@@ -181,7 +186,7 @@ class GPT2Loss(nn.Cell):
                               keyed.site_key(drop[0], self.sites[3 + 3 * i]), attn_index, hidden_index)
             else:
                 layer_drop = (drop[1 + 3 * i], drop[2 + 3 * i], drop[3 + 3 * i])
-            x = block(x, keep, layer_drop)
+            x = block(x, bias, layer_drop)
         x = self.ln_f(x, self.ln_f_w, self.ln_f_b)[0]
         # only positions 0..T-2 predict a label; the last one has nothing to score
         x = ops.reshape(ops.slice(x, (0, 0, 0), (B, T - 1, C)), (B * (T - 1), C))
