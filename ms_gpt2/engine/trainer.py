@@ -36,6 +36,7 @@ fp16/bf16, optimizers other than AdamW, ...: the decision table, field by field,
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 
 from ms_gpt2 import runtime
 
@@ -72,16 +73,32 @@ class EngineAdamW(torch.optim.AdamW):
     LOSS_SCALE_KEY = "ms_gpt2_loss_scale"
     loaded_loss_scale: dict | None = None
 
+    def take_state(self, engine) -> None:
+        """Copy the graph's moments and step count into ``self.state`` (AdamW's layout)."""
+        by_name = self._params_by_name()
+        for name, entry in engine.optimizer_state().items():
+            self.state[by_name[name]] = {"step": torch.tensor(entry["step"], dtype=torch.float32),
+                                         "exp_avg": torch.tensor(entry["exp_avg"]),
+                                         "exp_avg_sq": torch.tensor(entry["exp_avg_sq"])}
+
+    def release_state(self) -> None:
+        """Forget ``self.state``: while an engine runs, the graph's Parameters are the moments."""
+        self.state = defaultdict(dict)
+
     def state_dict(self):
         engine = getattr(self._trainer, "_engine", None)
-        if engine is not None:
-            by_name = self._params_by_name()
-            for name, entry in engine.optimizer_state().items():
-                self.state[by_name[name]] = {"step": torch.tensor(entry["step"], dtype=torch.float32),
-                                             "exp_avg": torch.tensor(entry["exp_avg"]),
-                                             "exp_avg_sq": torch.tensor(entry["exp_avg_sq"])}
-        state = super().state_dict()
-        scale = engine.loss_scale_state() if engine is not None else self.loaded_loss_scale
+        if engine is None:
+            state = super().state_dict()
+            if self.loaded_loss_scale:
+                state[self.LOSS_SCALE_KEY] = dict(self.loaded_loss_scale)
+            return state
+        self.take_state(engine)
+        try:
+            # the dict refers to these tensors, so they live as long as the caller (torch.save) holds it
+            state = super().state_dict()
+        finally:
+            self.release_state()   # not kept: two more copies of the model's size, every save, forever
+        scale = engine.loss_scale_state()
         if scale:
             state[self.LOSS_SCALE_KEY] = dict(scale)
         return state
@@ -153,6 +170,7 @@ class CompiledTrainerMixin:
                                 precision=Precision.of(fp16=bool(self.args.fp16), bf16=bool(self.args.bf16)))
         engine.load_optimizer_state(optimizer.engine_state())
         engine.load_loss_scale_state(optimizer.loaded_loss_scale)
+        optimizer.release_state()  # the graph holds the moments now (from --resume or an earlier engine)
         log.info("compiled training engine: %s, %d weights, MatMuls in %s%s%s, AdamW state at step %d",
                  engine.graph.describe(), len(engine.names), engine.cfg.precision.compute,
                  " (emulated: rounded, multiplied in float32)" if engine.cfg.precision.emulate else "",
@@ -211,14 +229,22 @@ class CompiledTrainerMixin:
         self.sync_model()
         return super().evaluate(*args, **kwargs)
 
+    def _drop_engine(self) -> None:
+        """Forget the engine; its AdamW state goes back to the optimizer, for the next one."""
+        if self._engine is not None and self.optimizer is not None:
+            optimizer = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+            optimizer.take_state(self._engine)
+            optimizer.loaded_loss_scale = self._engine.loss_scale_state() or optimizer.loaded_loss_scale
+        self._engine = None
+
     def _load_best_model(self):
         self.sync_model()
         super()._load_best_model()
-        self._engine = None  # the model now holds other weights: rebuild from it if training goes on
+        self._drop_engine()  # the model now holds other weights: rebuild from it if training goes on
 
     def train(self, *args, **kwargs):
         self.sync_model()
-        self._engine = None  # built at the first step, from the model as train() (or --resume) left it
+        self._drop_engine()  # built at the first step, from the model as train() (or --resume) left it
         self._engine_micro = 0
         self._engine_skipped = 0
         try:
