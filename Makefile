@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test demo attention-demo bench bench-summary reference-venv clean
+.PHONY: venv test demo attention-demo bench bench-memory bench-summary reference-venv clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,10 @@ BENCH_JSON ?= runs/bench/bench.json
 
 bench: $(STAMP)
 	$(BIN)/ms-gpt2 bench --json $(BENCH_JSON) $(if $(REFERENCE_PYTHON),--reference-python $(REFERENCE_PYTHON),)
+
+# Training's peak memory, each workload in a fresh process (about 20 min on 2 cores)
+bench-memory: $(STAMP)
+	$(BIN)/ms-gpt2 bench --memory --json runs/bench/memory.json $(if $(REFERENCE_PYTHON),--reference-python $(REFERENCE_PYTHON),)
 
 # A quotable figure is a spread over at least three runs on one CPU model: `make bench
 # BENCH_JSON=runs/bench/run1.json`, then run2, run3, then `make bench-summary` (every saved report).

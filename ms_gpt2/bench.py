@@ -18,6 +18,13 @@ One invocation measures, on the current device:
 time without and with recomputation (``training.gradient_checkpointing``), each setting in a fresh
 process (:func:`recompute_memory`; ``scripts/recompute_memory.py`` for other shapes).
 
+``--memory`` measures training's peak memory (``VmHWM``), each workload in a fresh process so no
+peak includes another's: the compiled engine, the eager mindtorch path and the reference (with
+``--reference-python``) at batch 4 x 256 and at the tutorial's 1 x 1024 (GPT-2 small, vocab 21128,
+3 steps), the ratio to the reference against the 1.25x target, and the compiled engine's peak
+against ``n_layer`` (2, 4, 8, 12) with a least-squares fixed + per-layer fit (:func:`memory_report`).
+The training figures of the plain ``ms-gpt2 bench`` share one process with everything else it runs.
+
 Ratios are oriented so that > 1 means ms_gpt2 is faster. Fractions of ceiling: training FLOP/s
 (6·params + attention per token) over matmul GFLOP/s (NumPy's, and MindSpore's own MatMul); decoding bytes/s (all weights read once
 per token) over read bandwidth.
@@ -216,7 +223,8 @@ def compiled_train_memory(spec: dict, device: str, recompute: bool) -> dict:
     names = [n for n, _ in model.named_parameters()]
     engine = CompiledEngine(model, {n: 0.01 for n in names}, max_grad_norm=1.0, seed=spec["seed"],
                             recompute=recompute)
-    del model
+    if not spec.get("keep_model"):  # the Trainer keeps it (to save and evaluate): --memory does too
+        del model
     built_mb = (_vm_kib("VmHWM") or 0.0) / 1024
     batch = bench_workloads.tokens(spec, (spec["train_batch"], spec["train_len"])).numpy()
     times, losses = [], []
@@ -288,6 +296,122 @@ def recompute_table(result: dict) -> str:
         f"recomputation saves {mb(result['saved_mb'])} of peak memory ({mb(step['off'] - step['on'])} of the steps' "
         f"share), steps take "
         f"{_fmt(result['slowdown'], 'x')} as long; same losses: {result['same_losses']}"])
+
+
+# --- peak memory, one fresh process per workload ------------------------------------------------
+
+MEMORY_SHAPES = ((4, 256), (1, 1024))     # the bench's training batch and configs/tutorial.yaml's
+MEMORY_LAYERS = (2, 4, 8, 12)
+MEMORY_TARGET = 1.25                      # compiled peak / reference peak (issue 17)
+# QUICK's toy model: checks the machinery, not the figures
+QUICK_MEMORY = dict(shapes=((2, 32), (1, 64)), layers=(1, 2))
+
+
+def memory_spec(base: dict, batch: int, length: int, n_layer: int | None = None) -> dict:
+    return dict(base, train_batch=batch, train_len=length, n_positions=max(base["n_positions"], length),
+                n_layer=n_layer or base["n_layer"], warmup_steps=0, train_steps=3, keep_model=True)
+
+
+def eager_train_memory(spec: dict, device: str) -> dict:
+    """The eager mindtorch path (:func:`bench_workloads.train`: Hugging Face model, AdamW, clipping)."""
+    from ms_gpt2 import bench_workloads
+
+    return bench_workloads.train(spec, device)
+
+
+def memory_child(spec: dict, engine: str, python: str | None = None, timeout: float = 3600) -> dict:
+    """One training workload in a fresh process; -> its result (``peak_rss_mb`` = the process's VmHWM).
+    ``engine``: "compiled" or "eager" (ms_gpt2: this interpreter, ``-m ms_gpt2.bench``) or
+    "reference" (``python`` runs :mod:`ms_gpt2.bench_workloads` under real PyTorch)."""
+    import sys
+
+    if engine == "reference":
+        out = run_reference(python, dict(spec, only="train", reference_device=spec.get("reference_device", "cpu")),
+                            timeout=timeout)
+        return out["train"]
+    child = dict(spec, engine=engine, recompute=False, device=spec.get("device") or runtime.ensure().device)
+    try:
+        done = subprocess.run([sys.executable, "-m", "ms_gpt2.bench", json.dumps(child)],
+                              capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise UserError(f"the {engine} memory run failed: {err}") from err
+    if done.returncode != 0:
+        tail = (done.stderr or "").strip().splitlines()[-1:] or ["no output"]
+        raise UserError(f"the {engine} memory run failed: {tail[0]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def layer_fit(points) -> dict | None:
+    """Least-squares ``peak = fixed + per_layer * n_layer`` over (n_layer, peak) points."""
+    points = [(float(n), float(mb)) for n, mb in points]
+    if len({n for n, _ in points}) < 2:
+        return None
+    per_layer, fixed = np.polyfit([n for n, _ in points], [mb for _, mb in points], 1)
+    return {"fixed_mb": float(fixed), "per_layer_mb": float(per_layer)}
+
+
+def memory_report(quick: bool = False, reference_python: str | None = None, json_path=None, print_fn=print,
+                  shapes=None, layers=None, run=memory_child) -> dict:
+    """``ms-gpt2 bench --memory``: peak memory of every training workload in its own process."""
+    base = QUICK if quick else FULL
+    shapes = tuple(shapes or (QUICK_MEMORY["shapes"] if quick else MEMORY_SHAPES))
+    layers = tuple(layers or (QUICK_MEMORY["layers"] if quick else MEMORY_LAYERS))
+    engines = ("compiled", "eager") + (("reference",) if reference_python else ())
+    start = time.perf_counter()
+    print_fn(f"== training peak memory ({'quick' if quick else 'GPT-2 small'}), one fresh process per workload")
+    rows = []
+    for batch, length in shapes:
+        row = {"batch": batch, "length": length, "n_layer": base["n_layer"]}
+        for engine in engines:
+            result = run(memory_spec(base, batch, length), engine, reference_python)
+            row[engine] = {"peak_rss_mb": result["peak_rss_mb"], "step_s": result.get("step_s")}
+            print_fn(f"   {engine:<9} B{batch} x {length}: {result['peak_rss_mb']:,.0f} MB")
+        reference = row.get("reference", {}).get("peak_rss_mb")
+        row["ratio"] = _ratio(row["compiled"]["peak_rss_mb"], reference)
+        row["target_met"] = None if row["ratio"] is None else row["ratio"] <= MEMORY_TARGET
+        rows.append(row)
+    full_batch, full_length = shapes[0]
+    by_layer = {row["n_layer"]: row["compiled"]["peak_rss_mb"] for row in rows[:1]}
+    for n_layer in layers:
+        if n_layer not in by_layer:
+            by_layer[n_layer] = run(memory_spec(base, full_batch, full_length, n_layer), "compiled",
+                                    reference_python)["peak_rss_mb"]
+            print_fn(f"   compiled  n_layer {n_layer}: {by_layer[n_layer]:,.0f} MB")
+    layer_rows = [{"n_layer": n, "peak_rss_mb": by_layer[n]} for n in layers]
+    result = {"device": runtime.ensure().device, "workload": base, "machine": machine(), "shapes": rows,
+              "layers": {"batch": full_batch, "length": full_length, "rows": layer_rows,
+                         "fit": layer_fit((r["n_layer"], r["peak_rss_mb"]) for r in layer_rows)},
+              "target": MEMORY_TARGET, "seconds": time.perf_counter() - start}
+    print_fn(memory_table(result))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=2), encoding="utf-8")
+        print_fn(f"wrote {json_path}")
+    return result
+
+
+def memory_table(result: dict) -> str:
+    def mb(value):
+        return "-" if value is None else f"{value:,.0f} MB"
+
+    w = result["workload"]
+    lines = [f"training peak memory (VmHWM), n_embd {w['n_embd']}, vocab {w['vocab_size']}, 3 steps, on "
+             f"{result['device']}; each figure its own process",
+             f"{'shape':<12}{'compiled':>12}{'eager':>12}{'reference':>12}{'compiled/ref':>14}  target <= "
+             f"{result['target']}x"]
+    for row in result["shapes"]:
+        peak = {k: (row.get(k) or {}).get("peak_rss_mb") for k in ("compiled", "eager", "reference")}
+        met = {True: "met", False: "NOT met", None: "no reference"}[row["target_met"]]
+        lines.append(f"{'B%d x %d' % (row['batch'], row['length']):<12}{mb(peak['compiled']):>12}"
+                     f"{mb(peak['eager']):>12}{mb(peak['reference']):>12}{_fmt(row['ratio'], 'x'):>14}  {met}")
+    layers = result["layers"]
+    lines.append(f"compiled peak against n_layer at B{layers['batch']} x {layers['length']}:")
+    lines.append("  " + "  ".join(f"{r['n_layer']}: {mb(r['peak_rss_mb'])}" for r in layers["rows"]))
+    fit = layers["fit"]
+    if fit:
+        lines.append(f"  least-squares fit: {fit['fixed_mb']:,.0f} MB fixed + {fit['per_layer_mb']:,.0f} MB per layer")
+    lines.append(f"measured in {result['seconds'] / 60:.1f} min")
+    return "\n".join(lines)
 
 
 def train_flops_per_token(spec: dict, params: int) -> float:
@@ -485,6 +609,13 @@ def bench(quick: bool = False, reference_python: str | None = None, json_path=No
     from ms_gpt2 import bench_bert
 
     result["bert_pretraining"] = bench_bert.report(quick, reference_python, rt.device, print_fn=print_fn)
+    if quick:  # the fresh-process memory figures take minutes: the full bench runs them
+        print_fn("peak memory above shares this process with every workload; each in its own process, against the "
+                 "reference: ms-gpt2 bench --memory (make bench-memory)")
+    else:
+        result["memory"] = memory_report(False, reference_python, print_fn=print_fn)
+        print_fn("== recompute memory (GPT-2 small): two fresh processes")
+        result["recompute_memory"] = recompute_memory(spec, print_fn=print_fn)
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(result, indent=2), encoding="utf-8")
@@ -625,9 +756,12 @@ def summarize(paths, mixed_cpus: bool = False, json_path=None, print_fn=print) -
     return summary
 
 
-if __name__ == "__main__":  # one recompute_memory run: python -m ms_gpt2.bench '<spec json>'
+if __name__ == "__main__":  # one memory run in a fresh process: python -m ms_gpt2.bench '<spec json>'
     import sys
 
     _spec = json.loads(sys.argv[1])
     runtime.setup(_spec.pop("device", None), seed=_spec["seed"])
-    print(json.dumps(compiled_train_memory(_spec, runtime.ensure().torch_device, bool(_spec.pop("recompute")))))
+    if _spec.pop("engine", "compiled") == "eager":
+        print(json.dumps(eager_train_memory(_spec, runtime.ensure().torch_device)))
+    else:
+        print(json.dumps(compiled_train_memory(_spec, runtime.ensure().torch_device, bool(_spec.pop("recompute")))))

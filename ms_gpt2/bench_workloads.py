@@ -150,4 +150,7 @@ if __name__ == "__main__":  # the reference side: python bench_workloads.py '<sp
     device = spec.get("reference_device", "cpu")
     if device == "npu":
         import torch_npu  # noqa: F401  (PyTorch's Ascend backend, for a like-for-like reference)
-    print(json.dumps(run(spec, device)))
+    if spec.get("only") == "train":  # one workload's peak memory in a fresh process (ms-gpt2 bench --memory)
+        print(json.dumps({"train": train(spec, device), "framework": f"torch {torch.__version__}"}))
+    else:
+        print(json.dumps(run(spec, device)))

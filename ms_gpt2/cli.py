@@ -225,13 +225,18 @@ def _bench(args) -> int:
     from ms_gpt2 import bench
 
     if args.summarize:
-        if args.quick or args.reference_python or args.png or args.recompute_memory:
+        if args.quick or args.reference_python or args.png or args.recompute_memory or args.memory:
             raise UserError("--summarize combines saved reports and runs nothing: drop --quick, --reference-python, "
-                            "--png and --recompute-memory")
+                            "--png, --recompute-memory and --memory")
         bench.summarize(args.summarize, args.mixed_cpus, args.json)
         return 0
     if args.mixed_cpus:
         raise UserError("--mixed-cpus only applies to --summarize")
+    if args.memory:
+        if args.recompute_memory or args.png:
+            raise UserError("--memory prints a table: drop --recompute-memory and --png")
+        bench.memory_report(args.quick, args.reference_python, args.json)
+        return 0
     if args.recompute_memory:
         if args.reference_python or args.png:
             raise UserError("--recompute-memory measures ms_gpt2 alone: drop --reference-python and --png")
@@ -405,6 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bert", action="store_true",
                    help="instead: BERT-base pretraining (MLM + NSP) tokens/s and peak memory against Hugging Face on "
                         "PyTorch, each in a fresh process (the full bench includes it)")
+    p.add_argument("--memory", action="store_true",
+                   help="instead: training's peak memory, each workload in a fresh process (compiled, eager and, with "
+                        "--reference-python, the reference; B4x256 and B1x1024; compiled against n_layer 2/4/8/12; "
+                        "the full bench includes it)")
     p.set_defaults(handler=_bench)
 
     p = sub.add_parser("download-data", parents=[common],

@@ -2,6 +2,7 @@
 import json
 import sys
 
+import numpy as np
 import pytest
 
 from ms_gpt2 import bench
@@ -212,3 +213,55 @@ def test_recompute_memory_refuses_what_it_does_not_measure(capsys):
             cli.main(["bench", "--device", "cpu", "--recompute-memory", *extra])
         assert exit_.value.code == 2
         assert "--recompute-memory measures ms_gpt2 alone" in capsys.readouterr().err
+
+
+# --- ms-gpt2 bench --memory -------------------------------------------------------------------
+
+def test_the_layer_fit_recovers_the_fixed_and_per_layer_parts():
+    fit = bench.layer_fit([(n, 1500.0 + 250.0 * n) for n in (2, 4, 8, 12)])
+    assert fit["fixed_mb"] == pytest.approx(1500.0) and fit["per_layer_mb"] == pytest.approx(250.0)
+    assert bench.layer_fit([(12, 4000.0)]) is None      # one depth: nothing to fit
+
+
+def test_the_memory_report_runs_each_workload_once_and_says_whether_the_target_is_met():
+    calls = []
+
+    def fake(spec, engine, python):  # peak grows with depth and tokens; the reference is smaller
+        calls.append((engine, spec["n_layer"], spec["train_batch"], spec["train_len"]))
+        mb = 100.0 * spec["n_layer"] + spec["train_batch"] * spec["train_len"] / 10
+        return {"peak_rss_mb": mb * {"compiled": 1.0, "eager": 2.0, "reference": 0.9}[engine], "step_s": 1.0}
+
+    result = bench.memory_report(reference_python="ref", shapes=((4, 256), (1, 1024)), layers=(2, 4, 12),
+                                 run=fake, print_fn=lambda *a: None)
+    assert len(calls) == len(set(calls))                                  # nothing measured twice
+    assert {c[0] for c in calls} == {"compiled", "eager", "reference"}
+    assert [c[1] for c in calls if c[0] == "compiled"] == [12, 12, 2, 4]   # the 12-layer B4x256 run is reused
+    first = result["shapes"][0]
+    assert first["ratio"] == pytest.approx(1 / 0.9) and first["target_met"] is True
+    assert result["layers"]["fit"]["per_layer_mb"] == pytest.approx(100.0)
+    assert [r["n_layer"] for r in result["layers"]["rows"]] == [2, 4, 12]
+    text = bench.memory_table(result)
+    assert "B4 x 256" in text and "B1 x 1024" in text and "met" in text and "per layer" in text
+    missing = bench.memory_report(shapes=((4, 256),), layers=(2, 12), run=fake, print_fn=lambda *a: None)
+    assert missing["shapes"][0]["ratio"] is None and "no reference" in bench.memory_table(missing)
+
+
+def test_a_memory_child_measures_a_tiny_model_in_its_own_process():
+    spec = bench.memory_spec(dict(bench.QUICK, n_layer=1, n_embd=32, n_head=2, vocab_size=200), 1, 16)
+    compiled = bench.memory_child(spec, "compiled")
+    eager = bench.memory_child(spec, "eager")
+    for result in (compiled, eager):
+        assert result["peak_rss_mb"] > 100 and result["step_s"] > 0
+    assert len(compiled["losses"]) == 3 and all(np.isfinite(compiled["losses"]))
+    with pytest.raises(UserError, match="needs torch \\+ transformers"):
+        bench.memory_child(spec, "reference", python=sys.executable, timeout=120)
+
+
+def test_memory_refuses_what_it_does_not_measure(capsys):
+    from ms_gpt2 import cli
+
+    for extra in (["--png", "x.png"], ["--recompute-memory"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["bench", "--device", "cpu", "--memory", *extra])
+        assert exit_info.value.code == 2
+        assert "--memory prints a table" in capsys.readouterr().err
