@@ -42,7 +42,7 @@ BENCH_JSON ?= runs/bench/bench.json
 bench: $(STAMP)
 	$(BIN)/ms-gpt2 bench --json $(BENCH_JSON) $(if $(REFERENCE_PYTHON),--reference-python $(REFERENCE_PYTHON),)
 
-# Training's peak memory, each workload in a fresh process (about 20 min on 2 cores)
+# Training's peak memory, each workload in a fresh process (8 min on 2 cores, with the reference)
 bench-memory: $(STAMP)
 	$(BIN)/ms-gpt2 bench --memory --json runs/bench/memory.json $(if $(REFERENCE_PYTHON),--reference-python $(REFERENCE_PYTHON),)
 
