@@ -179,3 +179,21 @@ def test_unsupported_configs_are_refused_by_name():
     with pytest.raises(NotImplementedError, match="position_embedding_type='relative_key'"):
         BertGraphConfig.from_hf(_config(position_embedding_type="relative_key"))
     assert BertGraphConfig.from_hf(_config()) == BertGraphConfig(n_layer=2, n_head=4, layer_norm_eps=1e-12)
+
+
+def test_a_twelve_layer_bert_compiles():
+    """BERT-base depth: MindSpore's graph analysis passed its default call-depth limit (1000) at 12
+    layers; the engine raises it (compiled.RECURSION_LIMIT)."""
+    from mindnlp.transformers import BertConfig, BertForPreTraining
+
+    from ms_gpt2.engine.compiled import CompiledEngine
+
+    model = BertForPreTraining(BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=12, num_attention_heads=2,
+                                          intermediate_size=16, max_position_embeddings=16))
+    model.train()
+    rng = np.random.default_rng(0)
+    batch = {"input_ids": rng.integers(5, 40, (2, 8)), "token_type_ids": np.zeros((2, 8), int),
+             "attention_mask": np.ones((2, 8), int), "labels": rng.integers(5, 40, (2, 8)),
+             "next_sentence_label": np.array([0, 1])}
+    loss, norm = CompiledEngine(model, {}, max_grad_norm=1.0).train_step(batch, 1e-3, 0)
+    assert np.isfinite(loss) and np.isfinite(norm)

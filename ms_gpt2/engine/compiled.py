@@ -21,6 +21,9 @@ from ms_gpt2.engine.precision import Precision
 from ms_gpt2.engine.step import StepConfig, TrainStep, compile_step
 
 
+RECURSION_LIMIT = 10_000
+
+
 def _numpy(tensor) -> np.ndarray:
     return np.ascontiguousarray(tensor.detach().cpu().numpy().astype(np.float32))
 
@@ -45,6 +48,9 @@ class CompiledEngine:
                  recompute: bool = False, dropout_source: str = "auto"):
         from ms_gpt2 import runtime
 
+        # MindSpore's graph analysis nests one call per statement of an unrolled loop: BERT-base's 12
+        # post-LN layers with their MatMul cells pass its default depth limit of 1000 (GPT-2's do not)
+        mindspore.set_recursion_limit(RECURSION_LIMIT)
         precision = precision or Precision()
         self.graph = graph_for(model, precision, recompute=bool(recompute),
                                dropout_source=keyed.resolve_source(dropout_source, runtime.ensure().device))
