@@ -223,7 +223,9 @@ def compiled_train_memory(spec: dict, device: str, recompute: bool) -> dict:
     names = [n for n, _ in model.named_parameters()]
     engine = CompiledEngine(model, {n: 0.01 for n in names}, max_grad_norm=1.0, seed=spec["seed"],
                             recompute=recompute)
-    if not spec.get("keep_model"):  # the Trainer keeps it (to save and evaluate): --memory does too
+    if spec.get("keep_model"):  # the Trainer keeps it (to save and evaluate) with the weights released: --memory too
+        engine.release_model(model)
+    else:
         del model
     built_mb = (_vm_kib("VmHWM") or 0.0) / 1024
     batch = bench_workloads.tokens(spec, (spec["train_batch"], spec["train_len"])).numpy()

@@ -268,3 +268,27 @@ def test_accumulation_equals_the_whole_batch_and_the_eager_engine(eight, char_vo
     _agree(runs["compiled"], runs["whole"])
     _agree(runs["eager"], runs["compiled"])
     _agree(runs["eager3"], runs["compiled3"])
+
+
+def test_the_model_gives_up_its_weights_while_the_graph_holds_them():
+    """During compiled training the Hugging Face model's copies of the weights are dropped (one
+    model's size of memory) and to_model brings back the graph's values, tied LM head included."""
+    from mindnlp.transformers import GPT2Config
+
+    from ms_gpt2.engine.compiled import CompiledEngine
+    from ms_gpt2.modeling import GPT2ForSummarization
+
+    runtime.seed_everything(0)
+    model = GPT2ForSummarization(GPT2Config(vocab_size=40, n_positions=16, n_embd=32, n_layer=2, n_head=2,
+                                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0))
+    model.train()
+    engine = CompiledEngine(model, {}, max_grad_norm=1.0)
+    engine.train_step({"input_ids": np.random.default_rng(1).integers(1, 40, (2, 12))}, 1e-2, 0)
+    engine.release_model(model)
+    own = dict(model.named_parameters())
+    assert engine.released and all(own[n].numel() == 0 for n in engine.names)
+    engine.to_model(model)
+    assert not engine.released
+    for name, value in engine.weights().items():
+        np.testing.assert_array_equal(own[name].detach().numpy(), value, err_msg=name)
+    assert model.lm_head.weight is model.transformer.wte.weight

@@ -98,13 +98,30 @@ class CompiledEngine:
         return {n: p.asnumpy() for n, p in zip(self.step.names, self.step.weights)}
 
     def to_model(self, model) -> None:
-        """Bring the Hugging Face model up to date with the graph's weights (tied weights included)."""
+        """Bring the Hugging Face model up to date with the graph's weights (tied weights included),
+        giving back the storage :meth:`release_model` dropped."""
         import torch  # mindtorch
 
         own = dict(model.named_parameters())
         with torch.no_grad():
             for name, value in self.weights().items():
-                own[name].copy_(torch.tensor(value))
+                if self.released:
+                    own[name].data = torch.tensor(value).to(own[name].device)
+                else:
+                    own[name].copy_(torch.tensor(value))
+        self.released = False
+
+    released = False   # the model's copies of the graph's weights are dropped until to_model
+
+    def release_model(self, model) -> None:
+        """Drop the model's copies of the weights the graph holds and updates (one model's size of
+        memory during training); :meth:`to_model` restores them. Until then the model must not run."""
+        import torch  # mindtorch
+
+        own = dict(model.named_parameters())
+        for name in self.names:
+            own[name].data = torch.empty(0, dtype=own[name].dtype).to(own[name].device)
+        self.released = True
 
     # -- AdamW state ------------------------------------------------------------------------------
     @property

@@ -202,6 +202,8 @@ class CompiledTrainerMixin:
             loss, self._engine_grad_norm = self._engine.apply(self._get_learning_rate())
             self._engine_micro = 0
         self._engine_dirty = True
+        if not self._engine.released:  # the graph holds the weights: the model's copies wait for sync_model
+            self._engine.release_model(self.model)
         if self._engine.loss_scaled and not np.isfinite(self._engine_grad_norm):
             self._engine_skipped += 1
             log.warning("step %d skipped: the float16 gradients overflowed; loss scale now %g",
@@ -216,8 +218,8 @@ class CompiledTrainerMixin:
 
     # -- keeping the Hugging Face model up to date --------------------------------------------------
     def sync_model(self) -> None:
-        """Copy the graph's weights into ``self.model`` if they are newer."""
-        if self._engine is not None and self._engine_dirty:
+        """Copy the graph's weights into ``self.model`` if they are newer (or were released)."""
+        if self._engine is not None and (self._engine_dirty or self._engine.released):
             self._engine.to_model(self.model)
             self._engine_dirty = False
 
