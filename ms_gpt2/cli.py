@@ -266,9 +266,9 @@ def _attention_demo(args) -> int:
 DESCRIPTION = """\
 GPT-2 on MindSpore (through MindNLP), built for Chinese news summarization: fine-tune GPT-2 to
 summarize (NLPCC2017-format data), pretrain it on raw text (or BERT with masked LM + next-sentence
-prediction), then summarize articles and score the summaries (ROUGE, the Lead baseline,
-loss/perplexity); predict the next word or continue a prompt with any local GPT-2 checkpoint.
-`ms-gpt2 demo` runs the whole recipe on the bundled corpus. Models and data are read from local
+prediction, then fine-tune BERT with a task head), then summarize articles and score the summaries
+(ROUGE, the Lead baseline, loss/perplexity); predict the next word or continue a prompt with any
+local GPT-2 checkpoint. `ms-gpt2 demo` runs the whole recipe on the bundled corpus. Models and data are read from local
 paths: nothing is downloaded except by `download-data`."""
 
 
