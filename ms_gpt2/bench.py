@@ -269,15 +269,20 @@ def recompute_memory(spec: dict, python: str | None = None, device: str | None =
     return result
 
 
+def write_json(result: dict, json_path, print_fn=print) -> None:
+    """Save a report (if asked to) where ``--json`` says, saying so."""
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=2), encoding="utf-8")
+        print_fn(f"wrote {json_path}")
+
+
 def recompute_memory_report(quick: bool = False, json_path=None, print_fn=print) -> dict:
     """``ms-gpt2 bench --recompute-memory``: :func:`recompute_memory` on the training workload."""
     spec = QUICK if quick else FULL
     print_fn(f"== recompute memory ({'quick' if quick else 'GPT-2 small'}): two fresh processes")
     result = recompute_memory(spec, print_fn=print_fn)
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=2), encoding="utf-8")
-        print_fn(f"wrote {json_path}")
+    write_json(result, json_path, print_fn)
     return result
 
 
@@ -385,10 +390,7 @@ def memory_report(quick: bool = False, reference_python: str | None = None, json
                          "fit": layer_fit((r["n_layer"], r["peak_rss_mb"]) for r in layer_rows)},
               "target": MEMORY_TARGET, "seconds": time.perf_counter() - start}
     print_fn(memory_table(result))
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=2), encoding="utf-8")
-        print_fn(f"wrote {json_path}")
+    write_json(result, json_path, print_fn)
     return result
 
 
@@ -618,10 +620,7 @@ def bench(quick: bool = False, reference_python: str | None = None, json_path=No
         result["memory"] = memory_report(False, reference_python, print_fn=print_fn)
         print_fn("== recompute memory (GPT-2 small): two fresh processes")
         result["recompute_memory"] = recompute_memory(spec, print_fn=print_fn)
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=2), encoding="utf-8")
-        print_fn(f"wrote {json_path}")
+    write_json(result, json_path, print_fn)
     if png_path or json_path:
         png = chart(result, png_path or Path(json_path).with_suffix(".png"))
         print_fn(f"wrote {png}")
@@ -751,10 +750,7 @@ def summarize(paths, mixed_cpus: bool = False, json_path=None, print_fn=print) -
     """``ms-gpt2 bench --summarize FILE...``: the median and min–max of every figure over saved runs."""
     summary = combine(load_runs(paths), mixed_cpus)
     print_fn(summary_table(summary))
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        print_fn(f"wrote {json_path}")
+    write_json(summary, json_path, print_fn)
     return summary
 
 

@@ -245,10 +245,7 @@ def _bench(args) -> int:
     if args.bert:
         from ms_gpt2 import bench_bert
 
-        result = bench_bert.report(args.quick, args.reference_python, runtime.ensure().device)
-        if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
+        bench.write_json(bench_bert.report(args.quick, args.reference_python, runtime.ensure().device), args.json)
         return 0
     bench.bench(args.quick, args.reference_python, args.json, args.png)
     return 0

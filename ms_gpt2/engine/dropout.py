@@ -29,6 +29,8 @@ both through the seed (``seed + rank * 2**40``, :mod:`ms_gpt2.engine.distributed
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from mindspore import Tensor, ops
 
@@ -69,9 +71,10 @@ def fmix32(h):
     return ops.bitwise_xor(h, _shr(h, 16))
 
 
+@functools.lru_cache(maxsize=8)
 def index_hash(shape: tuple) -> Tensor:
-    """fmix32(1, 2, 3, ...) over ``shape``, int32: one constant per shape (the engine computes it once
-    and keeps it on the device), shared by every site of that shape; each site mixes in its own key."""
+    """fmix32(1, 2, 3, ...) over ``shape``, int32: one constant per shape (computed once, cached, and
+    kept on the device), shared by every site of that shape; each site mixes in its own key."""
     n = int(np.prod(shape))
     return Tensor(_fmix_np(np.arange(1, n + 1, dtype=np.uint32)).view(np.int32).reshape(shape))
 
@@ -90,6 +93,11 @@ def keep_mask(hashed_index, key, threshold: int):
     """bool keep-mask: ``fmix32(index_hash ^ key) mod 2^24 >= threshold`` (threshold = round(p * 2^24))."""
     h = fmix32(ops.bitwise_xor(hashed_index, key))
     return ops.ge(ops.bitwise_and(h, _LOW), threshold)
+
+
+def apply_keep(x, mask, scale):
+    """Inverted dropout with a given keep-mask: x * mask / (1 - p) (``scale`` = 1 / (1 - p))."""
+    return ops.mul(ops.mul(x, ops.cast(mask, x.dtype)), scale)
 
 
 def threshold(p: float) -> int:

@@ -83,14 +83,18 @@ class Linear(_Casts):
         return dx, self.high(self.matmul_tn(self.low(x2), low_dy)), self.column_sum(dy, 0)
 
 
-class ScoresMatMul(_Casts):
-    """``q @ k^T`` over (B, nh, T, hd) with the transposes as ``BatchMatMul`` flags, also in the
-    gradient (``dq = ds @ k``, ``dk = ds^T @ q``)."""
+class _BatchMatMuls(_Casts):
+    """``BatchMatMul`` plain (``bmm``), ``a @ b^T`` (``bmm_nt``) and ``a^T @ b`` (``bmm_tn``)."""
 
     def __init__(self, dtype=None, emulate: bool = False):
         super().__init__(dtype, emulate)
         self.bmm, self.bmm_nt, self.bmm_tn = (ops.BatchMatMul(), ops.BatchMatMul(transpose_b=True),
                                               ops.BatchMatMul(transpose_a=True))
+
+
+class ScoresMatMul(_BatchMatMuls):
+    """``q @ k^T`` over (B, nh, T, hd) with the transposes as ``BatchMatMul`` flags, also in the
+    gradient (``dq = ds @ k``, ``dk = ds^T @ q``)."""
 
     def construct(self, q, k):
         return self.high(self.bmm_nt(self.low(q), self.low(k)))
@@ -100,14 +104,9 @@ class ScoresMatMul(_Casts):
         return self.high(self.bmm(ds, self.low(k))), self.high(self.bmm_tn(ds, self.low(q)))
 
 
-class WeightedSum(_Casts):
+class WeightedSum(_BatchMatMuls):
     """``weights @ v`` over (B, nh, T, T) x (B, nh, T, hd); gradients by ``BatchMatMul`` flags
     (``dw = do @ v^T``, ``dv = w^T @ do``)."""
-
-    def __init__(self, dtype=None, emulate: bool = False):
-        super().__init__(dtype, emulate)
-        self.bmm, self.bmm_nt, self.bmm_tn = (ops.BatchMatMul(), ops.BatchMatMul(transpose_b=True),
-                                              ops.BatchMatMul(transpose_a=True))
 
     def construct(self, weights, v):
         return self.high(self.bmm(self.low(weights), self.low(v)))

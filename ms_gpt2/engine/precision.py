@@ -92,9 +92,3 @@ def matmul(a, b, dtype, emulate: bool, transpose_b: bool = False):
         out = ops.cast(out, dtype)
     return ops.cast(out, mindspore.float32)
 
-
-def linear(x, weight, bias, dtype, emulate: bool):
-    """GPT-2's Conv1D, (..., nx) @ (nx, nf) + (nf,) -> (..., nf), the product in ``dtype``."""
-    out_shape = tuple(x.shape[:-1]) + (weight.shape[-1],)
-    y = matmul(ops.reshape(x, (-1, x.shape[-1])), weight, dtype, emulate)
-    return ops.reshape(ops.add(y, bias), out_shape)

@@ -32,7 +32,6 @@ MindSpore, to match what the eager path computes on CPU: GELU as ``x/2 * (1 + er
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -155,11 +154,6 @@ def _scale(p: float) -> float:
     return 1.0 / (1.0 - p)
 
 
-def _dropout(x, mask, scale):
-    """Inverted dropout with a given keep-mask: x * mask / (1 - p)."""
-    return ops.mul(ops.mul(x, ops.cast(mask, x.dtype)), scale)
-
-
 def _gelu(x):
     """Exact GELU, x/2 * (1 + erf(x / sqrt 2)): Hugging Face's "gelu", as mindtorch computes it on CPU."""
     return ops.mul(ops.mul(x, 0.5), ops.add(ops.erf(ops.mul(x, 1.0 / math.sqrt(2.0))), 1.0))
@@ -206,14 +200,14 @@ class _Layer(nn.Cell):
         scores = scale(self.scores(q, k), math.sqrt(q.shape[-1]))                  # q @ k^T / sqrt(hd): (B, nh, T, T)
         probs = self.softmax(ops.add(scores, additive_mask))
         if self.use_dropout:
-            probs = _dropout(probs, masks[0], self.attn_scale)
+            probs = keyed.apply_keep(probs, masks[0], self.attn_scale)
         attended = self.linear(merge_heads(self.weighted_sum(probs, v)), self.ao_w, self.ao_b)  # (B, T, C)
         if self.use_dropout:
-            attended = _dropout(attended, masks[1], self.hidden_scale)
+            attended = keyed.apply_keep(attended, masks[1], self.hidden_scale)
         x = self.layer_norm(ops.add(attended, x), self.ln1_w, self.ln1_b)[0]
         ffn = self.linear(_gelu(self.linear(x, self.i_w, self.i_b)), self.o_w, self.o_b)
         if self.use_dropout:
-            ffn = _dropout(ffn, masks[2], self.hidden_scale)
+            ffn = keyed.apply_keep(ffn, masks[2], self.hidden_scale)
         return self.layer_norm(ops.add(ffn, x), self.ln2_w, self.ln2_b)[0]
 
 
@@ -272,7 +266,7 @@ class BertPreTrainingLoss(nn.Cell):
         x = ops.add(x, ops.broadcast_to(ops.slice(self.position, (0, 0), (T, C)), (B, T, C)))  # (B, T, C)
         x = self.layer_norm(x, self.emb_ln_w, self.emb_ln_b)[0]
         if self.use_dropout:
-            x = _dropout(x, masks[0], self.hidden_scale)
+            x = keyed.apply_keep(x, masks[0], self.hidden_scale)
         # Hugging Face's extended attention mask: 0 where attended, float32 min at padding keys
         padding = ops.sub(1.0, ops.cast(attention_mask, mindspore.float32))
         additive_mask = ops.broadcast_to(ops.reshape(ops.mul(padding, FLOAT32_MIN), (B, 1, 1, T)),
@@ -308,11 +302,6 @@ class BertStepLoss(nn.Cell):
                   masks):
         mlm_sum, _, nsp_sum, _ = self.loss(input_ids, token_type_ids, attention_mask, mlm_labels, nsp_labels, masks)
         return ops.add(ops.div(mlm_sum, mlm_norm), ops.div(nsp_sum, nsp_norm)), share
-
-
-@functools.lru_cache(maxsize=8)
-def _index_hash(shape: tuple) -> Tensor:
-    return keyed.index_hash(shape)
 
 
 def _norms(mlm_labels, nsp_labels) -> tuple[float, float]:
@@ -379,7 +368,7 @@ class BertGraph(ModelGraph):
         if not sites:
             return ()
         if self.cfg.dropout_source == "device":  # the key; the graph hashes the masks (GPT-2's scheme)
-            return (Tensor(np.int32(keyed.step_key(seed, step, micro))), _index_hash(sites[1][0]),
-                    _index_hash(sites[0][0]))
+            return (Tensor(np.int32(keyed.step_key(seed, step, micro))), keyed.index_hash(sites[1][0]),
+                    keyed.index_hash(sites[0][0]))
         rng = np.random.default_rng([seed % 2**63, step, 0x62657274] + ([micro] if micro else []))
         return tuple(Tensor(rng.random(shape, dtype=np.float32) >= np.float32(p)) for shape, p in sites)

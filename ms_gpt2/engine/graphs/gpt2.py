@@ -29,7 +29,6 @@ recomputation (bit for bit on CPU).
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,11 +69,6 @@ class GPT2GraphConfig:
     dropout_source: str = "host"  # keep-masks: "host" (inputs drawn by NumPy) | "device" (hashed in the graph)
 
 
-def _dropout(x, mask, scale):
-    """Inverted dropout with a given keep-mask: x * mask / (1 - p)."""
-    return ops.mul(ops.mul(x, ops.cast(mask, x.dtype)), scale)
-
-
 class Block(nn.Cell):
     """One GPT-2 layer for training: (B, T, C) -> (B, T, C), dropout where GPT-2 has it."""
 
@@ -102,7 +96,7 @@ class Block(nn.Cell):
             mask = keyed.keep_mask(drop[3] if j == 0 else drop[4], drop[j], self.threshold)
         else:
             mask = drop[j]
-        return _dropout(x, mask, self.scale)
+        return keyed.apply_keep(x, mask, self.scale)
 
     def construct(self, x, bias, drop):
         # x: (B, T, C); bias: (B, nh, T, T), 0 where causal & padding keep, float32 min elsewhere;
@@ -170,10 +164,10 @@ class GPT2Loss(nn.Cell):
         hidden_index, attn_index = None, None
         if self.use_dropout and self.on_device:  # every site of a shape mixes its own key into its hashed indices
             attn_index, hidden_index = drop[1], drop[2]
-            x = _dropout(x, keyed.keep_mask(hidden_index, keyed.site_key(drop[0], self.sites[0]), self.threshold),
-                         self.scale)
+            keep = keyed.keep_mask(hidden_index, keyed.site_key(drop[0], self.sites[0]), self.threshold)
+            x = keyed.apply_keep(x, keep, self.scale)
         elif self.use_dropout:
-            x = _dropout(x, drop[0], self.scale)
+            x = keyed.apply_keep(x, drop[0], self.scale)
         causal = ops.broadcast_to(ops.reshape(ops.slice(self.causal, (0, 0), (T, T)), (1, 1, T, T)), (B, 1, T, T))
         padding = ops.broadcast_to(ops.reshape(ops.cast(attention_mask, mindspore.bool_), (B, 1, 1, T)), (B, 1, T, T))
         bias = attention_bias(ops.logical_and(causal, padding), (B, self.n_head, T, T), x.dtype, FLOAT32_MIN)
@@ -215,13 +209,8 @@ def dropout_masks(cfg: GPT2GraphConfig, seed: int, step: int, batch: int, length
         return ()
     if cfg.dropout_source == "device":
         attn, hidden = dropout_mask_shapes(cfg, batch, length, n_embd)[1:3]
-        return (Tensor(np.int32(keyed.step_key(seed, step, micro))), _index_hash(attn), _index_hash(hidden))
+        return (Tensor(np.int32(keyed.step_key(seed, step, micro))), keyed.index_hash(attn), keyed.index_hash(hidden))
     return keyed.host_masks(dropout_mask_shapes(cfg, batch, length, n_embd), cfg.dropout, seed, step, micro)
-
-
-@functools.lru_cache(maxsize=8)
-def _index_hash(shape: tuple) -> Tensor:
-    return keyed.index_hash(shape)
 
 
 class GPT2Graph(ModelGraph):
