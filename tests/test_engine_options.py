@@ -162,7 +162,7 @@ def test_data_loading_settings_the_pipeline_does_not_read_are_refused_on_both_en
     assert f"training.{setting.split('=')[0]}=" in line and says in line and remedy in line
 
 
-def _run(tmp_path, char_vocab_dir, name, *settings, engine="compiled", monkeypatch=None):
+def _run(tmp_path, char_vocab_dir, name, *settings, engine="compiled", monkeypatch=None, resume=None):
     """A tiny `train` (14 training examples); -> (loss per step, final weights, rows of each batch read)."""
     import json
 
@@ -184,7 +184,7 @@ def _run(tmp_path, char_vocab_dir, name, *settings, engine="compiled", monkeypat
         f"tokenizer.path={char_vocab_dir}", "model.dropout=0.0", "model.n_positions=64", "data.max_seq_len=64",
         "data.max_summary_len=40", "data.fraction=0.25", "training.logging_steps=1",
         "training.warmup_steps=0", f"engine={engine}", *settings])
-    result = train(config, DEMO_DATA, tmp_path / name)
+    result = train(config, DEMO_DATA, tmp_path / name, resume=resume)
     log = [json.loads(line) for line in (tmp_path / name / "loss_log.jsonl").read_text().splitlines()]
     return [entry["loss"] for entry in log], load_file(str(result.model_dir / "model.safetensors")), rows, result
 
@@ -248,6 +248,22 @@ def test_drop_last_trains_floor_n_over_b_full_batches_per_epoch(char_vocab_dir, 
     assert sorted(p.name for p in result.output_dir.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     state = json.loads((result.output_dir / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["epoch"] == 1.0
+
+
+def test_drop_last_resumes_mid_epoch_where_the_run_was(char_vocab_dir, tmp_path, monkeypatch):
+    """The resume position is counted in the batches drop_last leaves: checkpoint-4 is epoch 1 after
+    its first batch (3 an epoch, not 4), so the resumed run reads that epoch's last two full batches
+    and logs the uninterrupted run's losses."""
+    import shutil
+
+    settings = ("training.per_device_train_batch_size=4", "training.num_train_epochs=2", "training.save_steps=2",
+                "training.dataloader_drop_last=true", "training.save_total_limit=5")
+    straight, _, _, _ = _run(tmp_path, char_vocab_dir, "straight", *settings)
+    shutil.copytree(tmp_path / "straight" / "checkpoint-4", tmp_path / "resumed" / "checkpoint-4")
+    resumed, _, rows, result = _run(tmp_path, char_vocab_dir, "resumed", *settings, monkeypatch=monkeypatch,
+                                    resume="latest")
+    assert result.global_step == 6 and rows == [rows[0]] * 2 and rows[0][0] == 4
+    assert resumed == straight[4:]
 
 
 def test_drop_last_refuses_a_batch_larger_than_the_data(char_vocab_dir, tmp_path):
