@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
 import types
 import typing
@@ -195,6 +196,7 @@ OWN: dict[str, Spec] = {
 }
 
 
+@functools.lru_cache(maxsize=1)
 def training_specs() -> dict[str, Spec]:
     """name -> :class:`Spec` for every settable ``TrainingArguments`` field whose type is checked."""
     from ms_gpt2.config import training_fields
