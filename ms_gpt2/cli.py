@@ -73,15 +73,20 @@ def _overrides(args) -> list[str]:
     return sets
 
 
+def _print_result(fields: dict) -> None:
+    """One JSON line of a job's result: paths as strings, a missing one (no loss curve drawn) as null."""
+    print(json.dumps({key: str(value) if isinstance(value, Path) else value for key, value in fields.items()},
+                     ensure_ascii=False))
+
+
 def _train(args) -> int:
     from ms_gpt2.config import load_config
     from ms_gpt2.training import train
 
     config = load_config(args.config, _overrides(args))
     result = train(config, args.data, args.output_dir, resume=args.resume, overwrite=args.overwrite)
-    print(json.dumps({"model": str(result.model_dir), "global_step": result.global_step,
-                      "train_loss": result.train_loss, "loss_curve": str(result.loss_curve),
-                      "train_examples": result.n_train, "test_examples": result.n_test}, ensure_ascii=False))
+    _print_result({"model": result.model_dir, "global_step": result.global_step, "train_loss": result.train_loss,
+                   "loss_curve": result.loss_curve, "train_examples": result.n_train, "test_examples": result.n_test})
     return 0
 
 
@@ -115,10 +120,10 @@ def _pretrain_mlm_nsp(args, config: dict | None = None) -> int:
     if config is None:
         config = load_config(args.config, _overrides(args) + ["pretrain.objective=mlm-nsp"])
     result = pretrain_mlm_nsp(config, args.data, args.output_dir, resume=args.resume, overwrite=args.overwrite)
-    print(json.dumps({"objective": "mlm-nsp", "model": str(result.model_dir), "global_step": result.global_step,
-                      "train_loss": result.train_loss, "loss_curve": str(result.loss_curve),
-                      "train_documents": result.train_documents, "eval_documents": result.eval_documents,
-                      "train_examples": result.train_examples, "eval": result.eval}, ensure_ascii=False))
+    _print_result({"objective": "mlm-nsp", "model": result.model_dir, "global_step": result.global_step,
+                   "train_loss": result.train_loss, "loss_curve": result.loss_curve,
+                   "train_documents": result.train_documents, "eval_documents": result.eval_documents,
+                   "train_examples": result.train_examples, "eval": result.eval})
     return 0
 
 
@@ -130,11 +135,10 @@ def _pretrain(args) -> int:
     if pretrain_objective(config) == "mlm-nsp":
         return _pretrain_mlm_nsp(args, config)
     result = pretrain(config, args.data, args.output_dir, resume=args.resume, overwrite=args.overwrite)
-    print(json.dumps({"model": str(result.model_dir), "global_step": result.global_step,
-                      "train_loss": result.train_loss, "loss_curve": str(result.loss_curve),
-                      "train_documents": result.train_documents, "eval_documents": result.eval_documents,
-                      "train_blocks": result.train_blocks, "dropped_tokens": result.dropped_tokens,
-                      "eval": result.eval}, ensure_ascii=False))
+    _print_result({"model": result.model_dir, "global_step": result.global_step, "train_loss": result.train_loss,
+                   "loss_curve": result.loss_curve, "train_documents": result.train_documents,
+                   "eval_documents": result.eval_documents, "train_blocks": result.train_blocks,
+                   "dropped_tokens": result.dropped_tokens, "eval": result.eval})
     return 0
 
 
@@ -145,10 +149,9 @@ def _finetune_bert(args) -> int:
 
     config = load_config(args.config, _overrides(args))
     result = finetune_bert(config, args.data, args.output_dir, resume=args.resume, overwrite=args.overwrite)
-    print(json.dumps({"task": "summary-article matching", "model": str(result.model_dir),
-                      "global_step": result.global_step, "train_loss": result.train_loss,
-                      "loss_curve": str(result.loss_curve), "train_records": result.train_records,
-                      "eval_records": result.eval_records, "eval": result.eval}, ensure_ascii=False))
+    _print_result({"task": "summary-article matching", "model": result.model_dir, "global_step": result.global_step,
+                   "train_loss": result.train_loss, "loss_curve": result.loss_curve,
+                   "train_records": result.train_records, "eval_records": result.eval_records, "eval": result.eval})
     return 0
 
 

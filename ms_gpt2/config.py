@@ -7,7 +7,8 @@ block size is ``data.max_seq_len``) and ``finetune`` (``ms-gpt2 finetune-bert`` 
 any data work, naming the closest valid ones. Any key can be
 overridden from the command line as ``--set section.key=value``, the value read as YAML
 (``--set training.learning_rate=3e-4``, ``--set tokenizer.path=null``); the top-level keys
-(:data:`TOP_LEVEL`) as ``--set engine=eager``.
+(:data:`TOP_LEVEL`) as ``--set engine=eager``. Every value is checked against what its key takes
+(:mod:`ms_gpt2.config_checks`) when the config is loaded, before any work.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from ms_gpt2 import config_checks
 from ms_gpt2.errors import UserError
 from ms_gpt2.rundir import atomic_write_text
 
@@ -151,6 +153,7 @@ def load_config(path=None, overrides: Iterable[str] = ()) -> dict:
         _merge(config, loaded, "")
     for text in overrides:
         _merge(config, parse_override(text), "")
+    config_checks.check_values(config)  # every value against what its key takes, in one line each
     article_loss_weight(config["data"])  # inconsistent or out-of-range settings fail here, before any work
     return config
 

@@ -11,7 +11,7 @@ cut into blocks of exactly ``data.max_seq_len`` tokens. No ``[PAD]``, no attenti
 spent on padding; ``labels`` are the ``input_ids`` (the model shifts them). The final partial block
 of the training stream is dropped and the log says how many tokens that was. Packing happens once
 per run (the block count fixes the number of steps); each epoch then shuffles all the blocks (a
-permutation keyed on the seed and the epoch) and a MindSpore pipeline batches them.
+permutation keyed on the data seed and the epoch) and a MindSpore pipeline batches them.
 
 **Held-out documents.** The last ``pretrain.eval_fraction`` of the documents (by document, from
 the end of the file: deterministic) are never trained on; after training they are packed the same
@@ -49,7 +49,8 @@ from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.modeling import build_config, generation_config_for, load_model  # noqa: E402
 from ms_gpt2.engine import distributed, options  # noqa: E402
 from ms_gpt2.rundir import atomic_write_text  # noqa: E402
-from ms_gpt2.training import fit, rank0_first, resolve_tokenizer, run_directory, run_seed, start, workdir_for  # noqa: E402
+from ms_gpt2.training import (data_seed, fit, rank0_first, resolve_tokenizer, run_directory,  # noqa: E402
+                              run_seed, start, workdir_for)
 
 log = logging.getLogger(__name__)
 
@@ -226,8 +227,10 @@ def _pretrain(config: dict, data_path, output_dir: Path, resume, overwrite: bool
         raise DataError(source.report.path, None, f"the training documents hold {packed.tokens} tokens, fewer than "
                                                   f"one block of data.max_seq_len={block_size}")
 
-    def pipeline(batch_size, epoch):  # every block once per epoch, in an order keyed on (seed, epoch)
-        return block_pipeline(packed.blocks, batch_size, shuffle=dcfg["shuffle"], seed=seed, epoch=epoch)
+    order_seed = data_seed(config)  # training.data_seed, else --seed (which the initial weights follow)
+
+    def pipeline(batch_size, epoch):  # every block once per epoch, in an order keyed on (data seed, epoch)
+        return block_pipeline(packed.blocks, batch_size, shuffle=dcfg["shuffle"], seed=order_seed, epoch=epoch)
 
     fitted = fit(config, model, tokenizer, pipeline, len(packed.blocks), output_dir, resume_from, generation_config)
     log.info("pretrained %d steps, final model in %s", fitted.global_step, fitted.model_dir)

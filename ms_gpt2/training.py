@@ -4,8 +4,10 @@ mindnlp 0.5's ``Trainer`` is Hugging Face's, which wants a torch-style DataLoade
 :class:`PipelineBatches`: an iterable over the *batched* MindSpore pipeline (so batching and
 shuffling stay MindSpore's, as in the tutorial), handed to the Trainer through a DataLoader with
 ``batch_size=None`` that passes the Trainer's ``set_epoch`` on. Each epoch rebuilds the pipeline
-with shuffle seed ``seed + epoch``, and a run resumed from a checkpoint, even mid-epoch, sees
-exactly the batches the uninterrupted run would have.
+with shuffle seed ``data seed + epoch`` (``training.data_seed``, else ``--seed``: the batch order
+can be varied apart from the model's initialisation and dropout, which follow ``--seed``), and a
+run resumed from a checkpoint, even mid-epoch, sees exactly the batches the uninterrupted run would
+have. ``training.dataloader_drop_last`` leaves out each epoch's short last batch.
 
 Output directory::
 
@@ -71,6 +73,8 @@ class PipelineBatches(torch.utils.data.IterableDataset):
 
     Epoch ``e`` is shuffled with seed ``seed + e`` (the Trainer says which epoch it is through
     :meth:`PipelineLoader.set_epoch`), so every epoch has its own order and any run repeats it.
+    Only the first ``n_batches`` batches of an epoch are read: with ``dataloader_drop_last``
+    (:func:`batch_count`) that leaves out the short last one.
     :meth:`resume_at` makes one epoch start after the batches a checkpoint already trained on: the
     batched pipeline skips them (they are never turned into tensors), and ``len()`` says how many
     remain, so the Trainer groups the rest for gradient accumulation as the first run did.
@@ -96,7 +100,7 @@ class PipelineBatches(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         msds.config.set_seed(self.seed + self.epoch)
-        pipeline = self.make_pipeline()
+        pipeline = self.make_pipeline().take(self.n_batches)  # drop_last: not the short last batch
         if self.skip:
             pipeline = pipeline.skip(self.skip)
         self.position = self.skip
@@ -207,6 +211,11 @@ class EpochProgress(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         state.epoch = self.batches.epoch + self.batches.position / self.batches.n_batches
+
+
+def batch_count(n_examples: int, batch_size: int, drop_last: bool) -> int:
+    """Batches in an epoch of ``n_examples``: the short last one too, unless ``drop_last``."""
+    return n_examples // batch_size if drop_last else math.ceil(n_examples / batch_size)
 
 
 def updates_per_epoch(n_batches: int, accumulation: int) -> int:
@@ -452,6 +461,13 @@ def run_seed() -> int:
     return 42 if seed is None else seed
 
 
+def data_seed(config: dict) -> int:
+    """The seed of the batch order: ``training.data_seed``, else the run's seed (:func:`run_seed`).
+    The model's initialisation and dropout follow the run's seed only."""
+    seed = (config.get("training") or {}).get("data_seed")
+    return run_seed() if seed is None else int(seed)
+
+
 @dataclass
 class Fitted:
     trainer: object
@@ -469,8 +485,9 @@ def fit(config: dict, model, tokenizer, make_pipeline, n_examples: int, output_d
 
     The engine is ``config["engine"]`` (the compiled step, or the eager one; ``compiled_ok=False``
     for models the graph does not implement, which then train eagerly). Under msrun every rank
-    reads the same global batches of ``per_device_train_batch_size x world size`` and keeps its rows;
-    rank 0 alone writes ``train_config.yaml``, checkpoints, the loss log and curve, and ``model/``."""
+    reads the same global batches of ``per_device_train_batch_size x world size`` and keeps its rows
+    (with ``dataloader_drop_last``, only full global batches); the batch order follows
+    :func:`data_seed`; rank 0 alone writes ``train_config.yaml``, checkpoints, the loss log and curve, and ``model/``."""
     engine = config.get("engine") if compiled_ok else "eager"
     options.check_config(config, engine)  # the jobs checked already, before their data work; API callers here
     rank, world_size = distributed.world()
@@ -482,11 +499,16 @@ def fit(config: dict, model, tokenizer, make_pipeline, n_examples: int, output_d
     distributed.broadcast_parameters(model.parameters())  # every rank starts from rank 0's weights
     batch_size = int(tcfg.pop("per_device_train_batch_size"))
     global_batch = batch_size * world_size  # every rank reads the same global batches, keeps its rows
-    n_batches = math.ceil(n_examples / global_batch)
+    drop_last = bool(tcfg.get("dataloader_drop_last", False))
+    n_batches = batch_count(n_examples, global_batch, drop_last)
+    if n_batches == 0:
+        raise UserError(f"training.dataloader_drop_last=true: the {n_examples} training examples are fewer than one "
+                        f"{'global ' if world_size > 1 else ''}batch of {global_batch}; lower "
+                        f"training.per_device_train_batch_size or drop dataloader_drop_last")
     accumulation = int(tcfg.get("gradient_accumulation_steps", 1))
     if tcfg.get("save_steps") == "epoch":  # once per epoch: the Trainer counts optimizer steps
         tcfg["save_steps"] = updates_per_epoch(n_batches, accumulation)
-    batches = PipelineBatches(lambda: make_pipeline(global_batch, batches.epoch), n_batches, seed)
+    batches = PipelineBatches(lambda: make_pipeline(global_batch, batches.epoch), n_batches, data_seed(config))
     # Resuming mid-epoch: the Trainer would skip the trained batches by drawing and dropping them
     # through a new DataLoader (accelerate's skip_first_batches); PipelineBatches skips them in the
     # pipeline instead. ignore_data_skip keeps its meaning: start the epoch over.

@@ -85,13 +85,13 @@ def test_tiny_bert_learns_mlm_and_nsp_and_its_checkpoint_reproduces_the_scores(c
 
 
 def test_objective_and_options_are_checked_before_any_data_is_read(tmp_path, capsys):
-    with pytest.raises(ConfigError, match="pretrain.objective must be one of clm, mlm-nsp, got 'mlm'"):
+    with pytest.raises(ConfigError, match="pretrain.objective=mlm: must be one of clm, mlm-nsp"):
         pretrain_objective(load_config(None, ["pretrain.objective=mlm"]))
     assert pretrain_objective(load_config(None)) == "clm"  # GPT's stays the default
     with pytest.raises(SystemExit) as exit_:
         cli.main(pretrain_argv(tmp_path / "run", tmp_path / "missing.txt", ["pretrain.masking=sometimes"]))
     assert exit_.value.code == 2
-    assert "pretrain.masking must be dynamic or static, got 'sometimes'" in capsys.readouterr().err
+    assert "pretrain.masking=sometimes: must be one of dynamic, static" in capsys.readouterr().err
 
 
 def test_a_corpus_without_two_sentence_documents_is_named(char_vocab_dir, tmp_path, capsys):

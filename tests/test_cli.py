@@ -137,3 +137,30 @@ def test_help_says_what_the_program_does_for_its_user():
     for what in ("GPT-2 on MindSpore", "fine-tune GPT-2 to summarize", "pretrain it on raw text",
                  "masked LM + next-sentence prediction", "ROUGE", "continue a prompt", "ms-gpt2 demo"):
         assert what in description, what
+
+
+@pytest.mark.parametrize("argv, job", [
+    (["train"], "ms_gpt2.training.train"),
+    (["pretrain"], "ms_gpt2.pretraining.pretrain"),
+    (["pretrain", "--objective", "mlm-nsp"], "ms_gpt2.bert_pretraining.pretrain_mlm_nsp"),
+    (["finetune-bert"], "ms_gpt2.bert_finetuning.finetune_bert"),
+], ids=["train", "pretrain", "pretrain-mlm-nsp", "finetune-bert"])
+def test_a_job_without_a_loss_curve_prints_json_null(argv, job, tmp_path, monkeypatch, capsys):
+    """No logged loss, no curve: the result line said "loss_curve": "None" (a string); it is null."""
+    import dataclasses
+    import importlib
+    from pathlib import Path
+
+    from ms_gpt2.cli import main
+
+    module, name = job.rsplit(".", 1)
+    module = importlib.import_module(module)
+    result_class = {"train": "TrainResult", "pretrain": "PretrainResult", "pretrain_mlm_nsp": "MlmNspResult",
+                    "finetune_bert": "FinetuneResult"}[name]
+    fields = {f.name: (None if f.name == "loss_curve" else tmp_path / f.name if f.type in ("Path", Path) else 1)
+              for f in dataclasses.fields(getattr(module, result_class))}
+    monkeypatch.setattr(module, name, lambda *args, **kwargs: getattr(module, result_class)(**fields))
+    assert main([*argv, "--data", "x.jsonl", "--output-dir", str(tmp_path), "--device", "cpu"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["loss_curve"] is None
+    assert printed["model"] == str(tmp_path / "model_dir")

@@ -3,6 +3,7 @@ TrainingArguments field is decided, refused settings fail through the CLI with e
 data work, frozen parameters are refused, and fp16/bf16 are refused on CPU on both engines."""
 import dataclasses
 
+import numpy as np
 import pytest
 
 from conftest import DEMO_DATA
@@ -136,6 +137,140 @@ def test_bert_pretraining_is_checked_before_any_work(tmp_path):
     with pytest.raises(UserError, match="training.bf16=true: on CPU neither engine"):
         pretrain_mlm_nsp(config, DEMO_DATA, tmp_path / "bert")
     assert not (tmp_path / "bert").exists()
+
+
+# -- the data-loading group: data_seed and dataloader_drop_last do what they say; the rest is refused --
+
+DATA_REFUSED = [
+    ("group_by_length=true", "does not group them by length", "drop it"),
+    ("length_column_name=n_tokens", "read only by group_by_length", "drop it"),
+    ("auto_find_batch_size=true", "nothing retries a smaller batch", "set training.per_device_train_batch_size"),
+    ("dataloader_prefetch_factor=2", "no DataLoader workers to prefetch", "drop it"),
+    ("dataloader_persistent_workers=true", "no DataLoader workers to keep", "drop it"),
+    ("per_gpu_train_batch_size=2", "deprecated alias of per_device_train_batch_size",
+     "use training.per_device_train_batch_size"),
+    ("accelerator_config={split_batches: true}", "accelerate's preparation of the Trainer's DataLoader", "drop it"),
+]
+
+
+@pytest.mark.parametrize("engine", ["compiled", "eager"])
+@pytest.mark.parametrize("setting, says, remedy", DATA_REFUSED, ids=[s for s, _, _ in DATA_REFUSED])
+def test_data_loading_settings_the_pipeline_does_not_read_are_refused_on_both_engines(setting, says, remedy, engine,
+                                                                                       tmp_path, capsys):
+    """They were accepted and changed nothing (the batches come from ms_gpt2's MindSpore pipeline)."""
+    line = _cli(tmp_path, capsys, f"training.{setting}", engine=engine)
+    assert f"training.{setting.split('=')[0]}=" in line and says in line and remedy in line
+
+
+def _run(tmp_path, char_vocab_dir, name, *settings, engine="compiled", monkeypatch=None, resume=None):
+    """A tiny `train` (14 training examples); -> (loss per step, final weights, rows of each batch read)."""
+    import json
+
+    from safetensors.numpy import load_file
+
+    from ms_gpt2.config import load_config
+    from ms_gpt2.training import PipelineBatches, train
+
+    rows = []
+    if monkeypatch is not None:
+        iterate = PipelineBatches.__iter__
+
+        def recording(self):
+            for batch in iterate(self):
+                rows.append(tuple(batch["input_ids"].shape))
+                yield batch
+        monkeypatch.setattr(PipelineBatches, "__iter__", recording)
+    config = load_config("configs/smoke.yaml", TINY + [
+        f"tokenizer.path={char_vocab_dir}", "model.dropout=0.0", "model.n_positions=64", "data.max_seq_len=64",
+        "data.max_summary_len=40", "data.fraction=0.25", "training.logging_steps=1",
+        "training.warmup_steps=0", f"engine={engine}", *settings])
+    result = train(config, DEMO_DATA, tmp_path / name, resume=resume)
+    log = [json.loads(line) for line in (tmp_path / name / "loss_log.jsonl").read_text().splitlines()]
+    return [entry["loss"] for entry in log], load_file(str(result.model_dir / "model.safetensors")), rows, result
+
+
+def test_data_seed_changes_the_batch_order_and_not_the_initial_weights(char_vocab_dir, tmp_path):
+    """With learning rate 0 the model stays at its initial weights, so each step's loss is a
+    function of its example alone: data_seed must reorder the same losses, and keep the weights."""
+    common = ("training.per_device_train_batch_size=1", "training.learning_rate=0.0", "training.num_train_epochs=1")
+    default, w_default, _, _ = _run(tmp_path, char_vocab_dir, "default", *common)
+    same, w_same, _, _ = _run(tmp_path, char_vocab_dir, "seed0", *common, "training.data_seed=0")  # --seed is 0
+    other, w_other, _, _ = _run(tmp_path, char_vocab_dir, "seed1", *common, "training.data_seed=1")
+    assert len(default) == 14
+    assert same == default              # no data_seed: the order follows --seed
+    assert other != default             # another data seed: another order ...
+    assert sorted(other) == sorted(default)  # ... of the same examples under the same model
+    for name, value in w_default.items():   # the initial weights follow --seed alone
+        np.testing.assert_array_equal(w_other[name], value)
+        np.testing.assert_array_equal(w_same[name], value)
+
+
+def test_data_seed_orders_pretraining_blocks_too(char_vocab_dir, tmp_path):
+    """`pretrain` shuffles its packed blocks itself (keyed on a seed, not MindSpore's): the same
+    learning-rate-0 check as above, on the blocks of 12 documents."""
+    import json
+
+    from safetensors.numpy import load_file
+
+    from ms_gpt2.config import load_config
+    from ms_gpt2.pretraining import pretrain
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(open(DEMO_DATA, encoding="utf-8").readlines()[:12]), encoding="utf-8")
+
+    def run(name, *settings):
+        config = load_config("configs/pretrain_smoke.yaml", [
+            f"tokenizer.path={char_vocab_dir}", "pretrain.text_field=article", "model.n_positions=64",
+            "model.n_embd=16", "model.n_layer=1", "model.n_head=2", "data.max_seq_len=64", "training.num_train_epochs=1",
+            "training.per_device_train_batch_size=1", "training.learning_rate=0.0", "training.warmup_steps=0",
+            "training.logging_steps=1", *settings])
+        result = pretrain(config, corpus, tmp_path / name)
+        log = (tmp_path / name / "loss_log.jsonl").read_text().splitlines()
+        return [json.loads(line)["loss"] for line in log], load_file(str(result.model_dir / "model.safetensors"))
+
+    default, weights = run("default")
+    other, other_weights = run("other", "training.data_seed=5")
+    assert len(default) >= 4 and other != default and sorted(other) == sorted(default)
+    for name, value in weights.items():
+        np.testing.assert_array_equal(other_weights[name], value)
+
+
+def test_drop_last_trains_floor_n_over_b_full_batches_per_epoch(char_vocab_dir, tmp_path, monkeypatch):
+    """14 examples in batches of 4: 3 full batches an epoch (not 3 and a short one of 2, whose shape
+    would compile a second graph); the epoch-end checkpoints and the epoch count agree."""
+    import json
+
+    losses, _, rows, result = _run(tmp_path, char_vocab_dir, "drop", "training.per_device_train_batch_size=4",
+                                   "training.num_train_epochs=2", "training.dataloader_drop_last=true",
+                                   "training.save_total_limit=5", monkeypatch=monkeypatch)
+    assert result.global_step == 2 * (14 // 4) == len(losses)
+    assert len(rows) == 6 and {shape[0] for shape in rows} == {4} and len(set(rows)) == 1  # one input shape
+    assert sorted(p.name for p in result.output_dir.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    state = json.loads((result.output_dir / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["epoch"] == 1.0
+
+
+def test_drop_last_resumes_mid_epoch_where_the_run_was(char_vocab_dir, tmp_path, monkeypatch):
+    """The resume position is counted in the batches drop_last leaves: checkpoint-4 is epoch 1 after
+    its first batch (3 an epoch, not 4), so the resumed run reads that epoch's last two full batches
+    and logs the uninterrupted run's losses."""
+    import shutil
+
+    settings = ("training.per_device_train_batch_size=4", "training.num_train_epochs=2", "training.save_steps=2",
+                "training.dataloader_drop_last=true", "training.save_total_limit=5")
+    straight, _, _, _ = _run(tmp_path, char_vocab_dir, "straight", *settings)
+    shutil.copytree(tmp_path / "straight" / "checkpoint-4", tmp_path / "resumed" / "checkpoint-4")
+    resumed, _, rows, result = _run(tmp_path, char_vocab_dir, "resumed", *settings, monkeypatch=monkeypatch,
+                                    resume="latest")
+    assert result.global_step == 6 and rows == [rows[0]] * 2 and rows[0][0] == 4
+    assert resumed == straight[4:]
+
+
+def test_drop_last_refuses_a_batch_larger_than_the_data(char_vocab_dir, tmp_path):
+    with pytest.raises(UserError, match="training.dataloader_drop_last=true: the 14 training examples are fewer than "
+                                        "one batch of 16"):
+        _run(tmp_path, char_vocab_dir, "big", "training.per_device_train_batch_size=16",
+             "training.dataloader_drop_last=true")
 
 
 def _tiny_model(char_vocab_dir):

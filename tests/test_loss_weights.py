@@ -57,7 +57,7 @@ def test_config_lambda_and_its_alias():
     with pytest.raises(ConfigError, match=r"data.article_loss_weight=0.5 contradicts data.summary_only_loss=true"):
         load_config("configs/smoke.yaml", ["data.article_loss_weight=0.5"])
     for bad in ("1.5", "-0.1", "true", "half"):
-        with pytest.raises(ConfigError, match="data.article_loss_weight must be a number in"):
+        with pytest.raises(ConfigError, match=rf"data.article_loss_weight={bad}: must be a number in \[0, 1\]"):
             load_config(None, [f"data.article_loss_weight={bad}"])
 
 

@@ -23,7 +23,10 @@ Trainer's CPU mixed precision does not work under mindtorch: bf16 fails in ``tor
 runs float32 kernels whose results drift from a plain float32 run; the compiled graph's CPU run is
 an emulation kept for tests), bf16 on Ascend 910A (no bfloat16 there), and
 ``average_tokens_across_devices: false`` under data parallel (ms_gpt2's own data parallel always
-takes the token mean over every rank, :mod:`ms_gpt2.engine.distributed`).
+takes the token mean over every rank, :mod:`ms_gpt2.engine.distributed`). So do the Trainer's
+DataLoader settings, on both engines: ms_gpt2's MindSpore pipeline builds the batches instead
+(``group_by_length``, ``auto_find_batch_size``, ``dataloader_prefetch_factor``...); of that group it
+honours ``data_seed`` and ``dataloader_drop_last`` itself.
 """
 from __future__ import annotations
 
@@ -144,6 +147,29 @@ REFUSED: dict[str, tuple[Refused, ...]] = {
     "full_determinism": (Refused("it makes torch's eager kernels deterministic, which the graph does not run (on "
                                    "CPU, where it is accepted, the graph's seeded runs repeat bit for bit)",
                                    when=_off_cpu),),
+    # -- both engines: data loading is ms_gpt2's MindSpore pipeline (ms_gpt2.training.PipelineBatches), not the
+    # Trainer's DataLoader; what only that DataLoader (or accelerate's preparation of it) reads would do nothing --
+    "per_gpu_train_batch_size": (Refused("the deprecated alias of per_device_train_batch_size, which ms_gpt2's "
+                                           "pipeline batches by", "use training.per_device_train_batch_size",
+                                           engines=ENGINES),),
+    "group_by_length": (Refused("ms_gpt2's pipeline draws each epoch's examples in a seeded uniform order; it does "
+                                  "not group them by length", "drop it", engines=ENGINES),),
+    "length_column_name": (Refused("read only by group_by_length, which ms_gpt2's pipeline does not do",
+                                     "drop it", engines=ENGINES),),
+    "auto_find_batch_size": (Refused("ms_gpt2's pipeline batches by training.per_device_train_batch_size; nothing "
+                                       "retries a smaller batch after running out of memory",
+                                       "set training.per_device_train_batch_size (with "
+                                       "gradient_accumulation_steps for the same effective batch)",
+                                       engines=ENGINES),),
+    "dataloader_prefetch_factor": (Refused("the batches come from the MindSpore pipeline's own threads, with no "
+                                             "DataLoader workers to prefetch", "drop it", engines=ENGINES),),
+    "dataloader_persistent_workers": (Refused("the batches come from the MindSpore pipeline's own threads; there are "
+                                                "no DataLoader workers to keep", "drop it", engines=ENGINES),),
+    "accelerator_config": (Refused("it configures accelerate's preparation of the Trainer's DataLoader (split, "
+                                     "dispatch, even batches, a seedable sampler) and its DDP gradient syncing, "
+                                     "which ms_gpt2's pipeline and data parallel do without",
+                                     "drop it (data order: training.data_seed; data parallel: --nproc)",
+                                     engines=ENGINES),),
     # -- both engines: ms_gpt2's own data parallel --
     "average_tokens_across_devices": (Refused(
         "ms_gpt2's data parallel always takes the token mean over every rank's tokens (both engines)",
@@ -175,7 +201,6 @@ _SAVING = ("checkpoints and resume: the engine brings the model up to date befor
            "its AdamW state")
 _EVAL = ("evaluation runs the Hugging Face model, which the compiled engine brings up to date first (ms_gpt2 "
          "passes the Trainer no eval dataset; its evaluation is its own)")
-_DATA = "data loading, before the step (ms_gpt2's MindSpore pipeline builds the batches on both engines)"
 _HUB = "Hugging Face Hub uploads of saved checkpoints, the same on both engines"
 _LAUNCH = ("device selection and torch.distributed launch settings, read before training (ms_gpt2: --device, and "
            "its own data parallel through msrun on both engines)")
@@ -201,9 +226,13 @@ OUTSIDE_THE_STEP: dict[str, str] = {
                    "include_for_metrics eval_do_concat_batches batch_eval_metrics eval_use_gather_object "
                    "jit_mode_eval fp16_full_eval bf16_full_eval metric_for_best_model greater_is_better "
                    "load_best_model_at_end use_legacy_prediction_loop label_names"),
-    **_each(_DATA, "per_gpu_train_batch_size dataloader_drop_last dataloader_prefetch_factor dataloader_pin_memory "
-                   "dataloader_persistent_workers group_by_length length_column_name data_seed auto_find_batch_size "
-                   "accelerator_config"),
+    # data loading, before the step: ms_gpt2's MindSpore pipeline builds the batches on both engines
+    "data_seed": "seeds each epoch's batch order (ms_gpt2.training.PipelineBatches), apart from --seed, which the "
+                 "initial weights and dropout keep following",
+    "dataloader_drop_last": "ms_gpt2's pipeline leaves out each epoch's short last (global) batch: floor(examples / "
+                            "batch) batches an epoch, all full (on the compiled engine: no second graph for its shape)",
+    "dataloader_pin_memory": "not read: ms_gpt2's loader hands the Trainer host tensors and never pins them, the "
+                             "same with true or false",
     **_each(_HUB, "push_to_hub hub_model_id hub_strategy hub_token hub_private_repo hub_always_push hub_revision "
                   "push_to_hub_model_id push_to_hub_organization push_to_hub_token"),
     **_each(_LAUNCH, "no_cuda use_mps_device local_rank ddp_backend tpu_num_cores tpu_metrics_debug "
@@ -280,13 +309,23 @@ def check_config(config: dict, engine: str | None = None) -> None:
 def check_arguments(args, engine: str = "compiled") -> None:
     """:func:`check` for a built ``TrainingArguments`` (a Trainer made without :func:`check_config`).
     Its ``__post_init__`` rewrites some defaults (``debug`` and ``fsdp`` to lists, ``fsdp_config``
-    to a filled dict, read only with ``fsdp``), which count as defaults here."""
+    to a filled dict, read only with ``fsdp``; ``accelerator_config`` to an ``AcceleratorConfig``),
+    which count as defaults here."""
     from ms_gpt2 import runtime
 
     values = {key: getattr(args, key) for key in REFUSED if hasattr(args, key)}
     if not values.get("fsdp"):
         values.pop("fsdp_config", None)
+    if _is_default_accelerator_config(values.get("accelerator_config")):
+        values.pop("accelerator_config", None)
     check(values, Context(engine, runtime.ensure().device, soc=runtime.ascend_soc()))
+
+
+def _is_default_accelerator_config(value) -> bool:
+    """``__post_init__`` turns ``accelerator_config: None`` into a default ``AcceleratorConfig()``."""
+    from transformers.trainer_pt_utils import AcceleratorConfig
+
+    return value is None or (isinstance(value, AcceleratorConfig) and value == AcceleratorConfig())
 
 
 def check_frozen(model) -> None:
