@@ -77,6 +77,17 @@ def write_parameter(param, value) -> None:
     ops.assign(param, Tensor(np.array(value, dtype=dtype).reshape(tuple(param.shape))))  # a copy, contiguous, 0-d kept
 
 
+def read_parameter(param):
+    """A MindSpore ``Parameter``'s value as a NumPy array of its own.
+
+    MindSpore 2.7 on CPU: ``Parameter.asnumpy()`` is a view of the buffer the compiled graphs update
+    in place (measured: an array taken before a step changed with the step), so a value kept from
+    before a step would silently become the value after it."""
+    import numpy as np
+
+    return np.array(param.asnumpy(), copy=True)
+
+
 def report_skipped_step(optimizer, skipped: bool) -> None:
     """Make ``accelerator.optimizer_step_was_skipped`` say whether the last optimizer step was skipped.
 

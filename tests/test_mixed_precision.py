@@ -74,7 +74,8 @@ def test_overflow_skips_the_step_and_halves_the_scale_then_training_goes_on():
     skipped = _train(engine, 3)
     assert all(not np.isfinite(norm) for _, norm in skipped)     # 2^40 overflows float16 gradients
     assert engine.loss_scale_state() == {"scale": 2.0**37, "good_steps": 0}
-    assert engine.optimizer_steps == 0 and not np.any(engine.optimizer_state())
+    assert engine.optimizer_steps == 0 and engine.optimizer_state() == {}
+    assert not any(m.asnumpy().any() or v.asnumpy().any() for m, v in zip(engine.step.exp_avg, engine.step.exp_avg_sq))
     for name, value in engine.weights().items():                 # weights untouched, decay included
         np.testing.assert_array_equal(value, before[name], err_msg=name)
     taken = _train(engine, 30, start=3)
@@ -123,12 +124,19 @@ def test_every_rank_skips_when_one_overflows_and_accumulation_skips_the_whole_gr
             return engine.apply(1e-2)[1]
 
         assert np.isfinite(step(0))
-        weights = engine.weights()
+        weights, state = engine.weights(), engine.optimizer_state()
+        assert all(entry["exp_avg"].any() and entry["exp_avg_sq"].any() for entry in state.values())  # not zero
         write_parameter(reduce.other, np.inf)
         assert not np.isfinite(step(1))                       # this rank's own gradients were finite
         assert engine.loss_scale_state()["scale"] == 2.0**15 and engine.optimizer_steps == 1
         for name, value in engine.weights().items():
             np.testing.assert_array_equal(value, weights[name], err_msg=name)
+        # after a taken step the moments are not zero: the skip must leave both exactly as they were
+        # (AdamW's decay of m and v is what betas := 1 holds back in TrainStep.update)
+        for name, entry in engine.optimizer_state().items():
+            assert entry["step"] == state[name]["step"] == 1.0
+            np.testing.assert_array_equal(entry["exp_avg"], state[name]["exp_avg"], err_msg=name)
+            np.testing.assert_array_equal(entry["exp_avg_sq"], state[name]["exp_avg_sq"], err_msg=name)
         write_parameter(reduce.other, 0.0)
         assert np.isfinite(step(2)) and engine.optimizer_steps == 2   # the accumulators were emptied
 
