@@ -206,3 +206,26 @@ def test_training_arguments_leave_the_cpu_on_a_device(monkeypatch, tmp_path, cha
         with pytest.raises(Stop):
             training.train(config, DEMO_DATA, tmp_path / device)
         assert seen["use_cpu"] is use_cpu
+
+
+def test_the_benchs_pytorch_reference_loads_torch_npu_for_an_npu(tmp_path):
+    """bench_workloads' reference side imports torch_npu when the bench runs on Ascend (reference_device
+    "npu", runtime.TORCH_DEVICE["ascend"]). Forced with stand-in torch/transformers/torch_npu modules:
+    the stand-in torch_npu exits 42 on import."""
+    import json
+    import os
+
+    from ms_gpt2 import bench
+
+    (tmp_path / "torch.py").write_text("")
+    (tmp_path / "transformers.py").write_text("GPT2Config = GPT2LMHeadModel = object\n")
+    (tmp_path / "torch_npu.py").write_text("raise SystemExit(42)\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+
+    def reference(device):
+        spec = json.dumps({"reference_device": device, "only": "train"})
+        return subprocess.run([sys.executable, str(bench.WORKLOADS), spec], env=env, capture_output=True, text=True,
+                              timeout=120).returncode
+
+    assert reference(runtime.TORCH_DEVICE["ascend"]) == 42
+    assert reference("cpu") not in (0, 42)     # no torch_npu: it goes on (and fails on the stand-in torch)
