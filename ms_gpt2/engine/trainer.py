@@ -30,7 +30,7 @@ and the group's mean at the last, so the Trainer's summed, logged loss is the ea
 
 What the graph does not do is refused before training, in one line naming ``--engine eager``:
 the TrainingArguments fields whose effect lives in the code it replaces (label smoothing, NEFTune,
-fp16/bf16, optimizers other than AdamW, ...: the decision table, field by field, is
+fp16/bf16 on CPU, optimizers other than AdamW, ...: the decision table, field by field, is
 :mod:`ms_gpt2.engine.options`), and frozen parameters (the graph updates every weight it holds).
 ``predict`` is not synchronised (ms_gpt2 does not call it during training).
 
