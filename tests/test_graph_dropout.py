@@ -180,7 +180,8 @@ def test_the_hash_is_murmur3s_fmix32_by_the_reference_vectors():
     np.testing.assert_array_equal(graph, expected)                       # the graph's int32 ops
     np.testing.assert_array_equal(keyed._fmix_np(inputs), expected)      # the host's NumPy
     assert [keyed.fmix_int(int(x)) for x in inputs] == [int(y) for y in expected]
-    np.testing.assert_array_equal(keyed.index_hash((3,)).asnumpy().view(np.uint32), expected[[1, 4, 5]])  # fmix32(1, 2, 3)
+    # index_hash is fmix32(1, 2, 3, ...)
+    np.testing.assert_array_equal(keyed.index_hash((3,)).asnumpy().view(np.uint32), expected[[1, 4, 5]])
 
 
 def _site_keep_mask(index, key, constant, threshold):
