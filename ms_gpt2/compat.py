@@ -77,6 +77,34 @@ def write_parameter(param, value) -> None:
     ops.assign(param, Tensor(np.array(value, dtype=dtype).reshape(tuple(param.shape))))  # a copy, contiguous, 0-d kept
 
 
+def read_parameter(param):
+    """A MindSpore ``Parameter``'s value as a NumPy array of its own.
+
+    MindSpore 2.7 on CPU: ``Parameter.asnumpy()`` is a view of the buffer the compiled graphs update
+    in place (measured: an array taken before a step changed with the step), so a value kept from
+    before a step would silently become the value after it."""
+    import numpy as np
+
+    return np.array(param.asnumpy(), copy=True)
+
+
+def report_skipped_step(optimizer, skipped: bool) -> None:
+    """Make ``accelerator.optimizer_step_was_skipped`` say whether the last optimizer step was skipped.
+
+    The Hugging Face Trainer steps its LR scheduler only when that is False. accelerate 1.10 reads
+    it from each ``AcceleratedOptimizer``'s ``step_was_skipped``, which returns ``_is_overflow``: set
+    by ``step()`` only when a ``GradScaler`` is attached, and left alone otherwise, so what is written
+    here stands until the next report. ``optimizer``: the Trainer's (wrapped) optimizer; a plain one
+    (before ``accelerator.prepare``) has no such flag and nothing to tell."""
+    while optimizer is not None:
+        if hasattr(optimizer, "step_was_skipped"):
+            if not hasattr(optimizer, "_is_overflow"):
+                raise RuntimeError(f"{type(optimizer).__name__}.step_was_skipped no longer reads _is_overflow "
+                                   "(an accelerate release ms_gpt2 was not written for)")
+            optimizer._is_overflow = bool(skipped)
+        optimizer = getattr(optimizer, "optimizer", None)
+
+
 def _install_cpu_addcdiv() -> None:
     cpu = _cpu_table()
 

@@ -22,6 +22,11 @@ from mindnlp.transformers import GPT2Config, GPT2LMHeadModel, GenerationConfig  
 
 log = logging.getLogger(__name__)
 
+#: The least a loss sum is divided by, on both engines (here, and the compiled step's ``_floored``):
+#: a (weighted) token mean is Σ w·ce / max(Σ w, floor), so a batch that scores nothing has loss 0
+#: and one whose weights sum below 1 (e.g. only article tokens at weight 0.1) keeps its exact mean.
+LOSS_COUNT_FLOOR = 1e-6
+
 
 class CheckpointError(UserError, ValueError):
     """A model directory that cannot be loaded as asked; the message names the path."""
@@ -42,17 +47,16 @@ class GPT2ForSummarization(GPT2LMHeadModel):
         the token mean over all of it (sum / num_items_in_batch), so the micro-batches' gradients add
         up to the full batch's. Without it, the mean over this batch's scored tokens.
         ``loss_weights`` (B, T) float, by label position (``data.article_loss_weight``): the loss
-        is then the weighted mean Σ w·ce / Σ w."""
+        is then the weighted mean Σ w·ce / Σ w (every division floored at :data:`LOSS_COUNT_FLOOR`)."""
         kwargs["return_dict"] = True
         outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         if labels is not None:
             total, count = token_loss_sum(outputs.logits, labels, self.config.pad_token_id, loss_weights)
-            if num_items_in_batch is None:
-                denominator = count.clamp(min=1) if loss_weights is None else count.clamp(min=1e-6)  # 0/… = 0
-            else:
-                denominator = num_items_in_batch
+            denominator = count if num_items_in_batch is None else num_items_in_batch
             if torch.is_tensor(denominator):
-                denominator = denominator.to(total.dtype)
+                denominator = denominator.to(total.dtype).clamp(min=LOSS_COUNT_FLOOR)
+            else:
+                denominator = max(float(denominator), LOSS_COUNT_FLOOR)
             # item assignment: a ModelOutput ignores setattr on a field that was None
             outputs["loss"] = total / denominator
         return outputs

@@ -246,9 +246,12 @@ class LossLog(TrainerCallback):
         if logs and "loss" in logs:
             entry = {"step": state.global_step, "epoch": logs.get("epoch"), "loss": logs["loss"],
                      "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm")}
-            entry.update({k: logs[k] for k in ("loss_scale", "skipped_steps") if k in logs})  # fp16's loss scaling
+            # fp16's loss scaling; "skipped": the step's update was skipped (its grad_norm is null)
+            entry.update({k: logs[k] for k in ("loss_scale", "skipped_steps", "skipped") if k in logs})
+            # strict JSON: a value that is not finite (an overflowed norm, a diverged loss) is null
+            entry = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in entry.items()}
             with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(entry) + "\n")
+                handle.write(json.dumps(entry, allow_nan=False) + "\n")
 
 
 def drop_torn_tail(path: Path) -> None:

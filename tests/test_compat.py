@@ -275,3 +275,43 @@ def test_same_device_to_cuts_the_gradient_without_the_shim(monkeypatch):
     monkeypatch.setattr(mindspore.Tensor, "_move_to", compat.ORIGINALS["Tensor._move_to"])
     _, grad = _position_embedding_grad()
     assert not grad.any()  # GPT-2's position embeddings got no gradient on CPU
+
+
+def test_read_parameter_is_a_copy_where_asnumpy_is_a_view():
+    """MindSpore 2.7 on CPU: Parameter.asnumpy() shares the buffer a compiled graph's step updates."""
+    import mindspore
+    from mindspore import Parameter, Tensor, nn, ops
+
+    class Step(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.param = Parameter(Tensor(np.zeros(3, np.float32)), name="read_parameter_test")
+
+        def construct(self, x):
+            return ops.assign_add(self.param, x)
+
+    step = Step()
+    step.construct = mindspore.jit(step.construct)
+    step(Tensor(np.zeros(3, np.float32)))            # compiled, the parameter on the graph's buffer
+    view, copy = step.param.asnumpy(), compat.read_parameter(step.param)
+    step(Tensor(np.array([1.0, 2.0, 3.0], np.float32)))
+    assert copy.tolist() == [0.0, 0.0, 0.0]
+    assert view.tolist() == [1.0, 2.0, 3.0]          # the quirk read_parameter is for: if this fails, it is gone
+
+
+def test_a_reported_skip_is_what_the_accelerator_tells_the_trainer():
+    """compat.report_skipped_step sets what accelerate 1.10's optimizer_step_was_skipped reads (the
+    Trainer's scheduler waits on it), and the wrapper's own step() (no GradScaler) leaves it alone."""
+    import torch  # mindtorch
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    optimizer = accelerator.prepare_optimizer(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=0.1))
+    assert not accelerator.optimizer_step_was_skipped
+    compat.report_skipped_step(optimizer, True)
+    optimizer.step()
+    assert accelerator.optimizer_step_was_skipped
+    compat.report_skipped_step(optimizer, False)
+    assert not accelerator.optimizer_step_was_skipped
+    compat.report_skipped_step(optimizer.optimizer, True)   # an unwrapped optimizer has nothing to tell
+    assert not accelerator.optimizer_step_was_skipped

@@ -292,3 +292,59 @@ def test_the_model_gives_up_its_weights_while_the_graph_holds_them():
     for name, value in engine.weights().items():
         np.testing.assert_array_equal(own[name].detach().numpy(), value, err_msg=name)
     assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def _tiny_model():
+    from mindnlp.transformers import GPT2Config
+
+    from ms_gpt2.modeling import GPT2ForSummarization
+
+    runtime.seed_everything(0)
+    model = GPT2ForSummarization(GPT2Config(vocab_size=40, n_positions=16, n_embd=32, n_layer=2, n_head=2,
+                                            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0))
+    model.train()
+    return model
+
+
+def test_both_engines_floor_a_weighted_count_below_one_alike():
+    """One floor (ms_gpt2.modeling.LOSS_COUNT_FLOOR) for both engines: weights summing to 0.5 give the
+    exact weighted mean Σ w·ce / Σ w (the compiled step used to divide by max(Σ w, 1)), all-zero
+    weights give 0. Reference: NumPy cross-entropy on the Hugging Face model's logits (rtol 1e-5)."""
+    import torch  # mindtorch
+
+    from ms_gpt2.engine.compiled import CompiledEngine
+
+    model = _tiny_model()
+    ids = np.random.default_rng(1).integers(1, 40, (2, 12))
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor(ids)).logits.numpy().astype(np.float64)
+    shifted = logits[:, :-1] - logits[:, :-1].max(-1, keepdims=True)
+    ce = np.log(np.exp(shifted).sum(-1)) - np.take_along_axis(shifted, ids[:, 1:, None], -1)[..., 0]   # (B, T-1)
+    half = np.zeros(ids.shape, np.float32)
+    half[0, 3], half[1, 5:10] = 0.25, 0.05                      # by label position: Σ w = 0.5
+    engine = CompiledEngine(model, {}, max_grad_norm=0.0)
+    for weights in (half, np.zeros(ids.shape, np.float32)):
+        w = weights[:, 1:].astype(np.float64)
+        expected = (ce * w).sum() / max(w.sum(), 1e-6)
+        with torch.no_grad():
+            eager = float(model(input_ids=torch.tensor(ids), labels=torch.tensor(ids),
+                                loss_weights=torch.tensor(weights))["loss"])
+        compiled = engine.train_step({"input_ids": ids, "loss_weights": weights}, 0.0, 0)[0]  # lr 0: weights kept
+        assert eager == pytest.approx(expected, rel=1e-5, abs=1e-7)
+        assert compiled == pytest.approx(expected, rel=1e-5, abs=1e-7)
+    assert expected == 0.0
+
+
+def test_the_gpt2_graph_refuses_token_type_and_position_ids():
+    """Hugging Face's GPT-2 adds wte(token_type_ids) and reads position_ids; the graph computes neither,
+    so a batch carrying them is refused in one line rather than trained on without them."""
+    from ms_gpt2.engine.compiled import CompiledEngine
+    from ms_gpt2.engine.options import EngineError
+
+    engine = CompiledEngine(_tiny_model(), {}, max_grad_norm=1.0)
+    ids = np.random.default_rng(1).integers(1, 40, (2, 12))
+    engine.train_step({"input_ids": ids, "token_type_ids": None, "position_ids": None}, 1e-3, 0)  # None: absent
+    for key in ("token_type_ids", "position_ids"):
+        with pytest.raises(EngineError, match=f"the batch carries {key}, which the compiled GPT-2 graph does not "
+                                              "compute with .*--engine eager"):
+            engine.train_step({"input_ids": ids, key: np.zeros_like(ids)}, 1e-3, 1)

@@ -312,11 +312,55 @@ def test_a_trainer_made_directly_is_checked_too(char_vocab_dir, tmp_path):
     _trainer("compiled", _tiny_model(char_vocab_dir), tmp_path)  # every default passes
 
 
-def test_adam_settings_are_honoured_by_the_graph(char_vocab_dir, tmp_path):
-    """HONOURED says the graph's AdamW reads adam_beta1/2 and adam_epsilon: it does."""
-    trainer = _trainer("compiled", _tiny_model(char_vocab_dir), tmp_path, adam_beta1=0.8, adam_beta2=0.99,
-                       adam_epsilon=1e-6, weight_decay=0.1, max_grad_norm=0.5)
+def _numpy_adamw_step(params, grads, state, lr, betas, eps, decay, max_norm):
+    """torch.optim.AdamW's step (after torch.nn.utils.clip_grad_norm_), in NumPy float64, in place."""
+    norm = np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads.values()))
+    clip = min(max_norm / (norm + 1e-6), 1.0)
+    (b1, b2), state["t"] = betas, state["t"] + 1
+    t = state["t"]
+    for name, p in params.items():
+        g = grads[name].astype(np.float64) * clip
+        m = state.setdefault(("m", name), np.zeros_like(p))
+        v = state.setdefault(("v", name), np.zeros_like(p))
+        p *= 1 - lr * decay[name]
+        m[...] = b1 * m + (1 - b1) * g
+        v[...] = b2 * v + (1 - b2) * g * g
+        p -= lr / (1 - b1 ** t) * m / (np.sqrt(v) / np.sqrt(1 - b2 ** t) + eps)
+
+
+def test_the_graphs_adamw_is_torchs_with_the_trainers_betas_eps_and_decay(char_vocab_dir, tmp_path):
+    """Non-default adam_beta1/2, adam_epsilon, weight_decay and max_grad_norm through the Trainer into
+    the graph: three compiled steps give the weights of torch.optim.AdamW written in NumPy, fed Hugging
+    Face's gradients (mindtorch autograd on the eager model) at the reference's own weights. Three steps
+    on three batches: at the first m_hat = g and v_hat = g^2 whatever the betas, and on one batch
+    repeated the gradients barely change, which hides the betas too. Tolerance: 1e-3 x lr per weight (where
+    |g| ~ eps an update moves by lr/eps per unit of gradient: float32 noise)."""
+    import torch  # mindtorch
+    from mindtorch import autograd
+
+    betas, eps, wd, max_norm, lr = (0.8, 0.99), 1e-6, 0.1, 0.5, 1e-2
+    trainer = _trainer("compiled", _tiny_model(char_vocab_dir), tmp_path, adam_beta1=betas[0], adam_beta2=betas[1],
+                       adam_epsilon=eps, weight_decay=wd, max_grad_norm=max_norm)
     trainer.create_optimizer()
     engine = trainer._build_engine()
-    assert engine.cfg.betas == (0.8, 0.99) and engine.cfg.eps == pytest.approx(1e-6)
-    assert engine.cfg.max_grad_norm == 0.5
+    model = trainer.model
+    decaying = set(trainer.get_decay_parameter_names(model))      # the Trainer's rule: not biases, not LayerNorm
+    named = [(n, p) for n, p in model.named_parameters() if n in set(engine.names)]
+    params = {n: p.detach().numpy().astype(np.float64) for n, p in named}
+    decay = {n: wd if n in decaying else 0.0 for n in params}
+    assert 0 < sum(d > 0 for d in decay.values()) < len(decay)
+    rng, state = np.random.default_rng(0), {"t": 0}
+    for step in range(3):
+        ids = rng.integers(5, model.config.vocab_size, (2, 10))  # a new batch each step: gradients that differ
+        with torch.no_grad():   # the eager model at the reference's weights
+            for n, p in named:
+                p.copy_(torch.tensor(params[n].astype(np.float32)))
+        grads = autograd.value_and_grad(lambda: model(input_ids=torch.tensor(ids), labels=torch.tensor(ids))["loss"],
+                                        [p for _, p in named], attach_grads=False)()[1]
+        _numpy_adamw_step(params, {n: g.asnumpy() for (n, _), g in zip(named, grads)}, state, lr, betas, eps, decay,
+                          max_norm)
+        engine.train_step({"input_ids": ids}, lr, step)
+    got = engine.weights()
+    for name, expected in params.items():
+        np.testing.assert_allclose(got[name], expected, rtol=0, atol=1e-3 * lr, err_msg=name)
+    assert engine.optimizer_steps == 3

@@ -153,6 +153,64 @@ def test_the_in_graph_hash_is_uint32_arithmetic_and_keys_each_site():
             assert 0.3 < np.mean(masks[i] == masks[j]) < 0.7  # independent masks agree ~58% of the time
 
 
+# murmur3's fmix32, from the reference: aappleby/smhasher src/MurmurHash3.cpp compiled with gcc, which
+# also reproduced the published MurmurHash3_x86_32 vectors ("", 0) = 0, ("", 1) = 0x514E28B7,
+# ("", 0xFFFFFFFF) = 0x81F16F39, ("\0\0\0\0", 0) = 0x2362F9DE, ("Hello, world!", 1234) = 0xFAF6CDB3 and
+# (the quick brown fox, 0x9747B28C) = 0x2FA826CD. The first three and the fourth are fmix32 values
+# themselves: an empty key hashes to fmix32(seed), and four zero bytes to fmix32(0xE6546B60).
+FMIX32 = {0x00000000: 0x00000000, 0x00000001: 0x514E28B7, 0xFFFFFFFF: 0x81F16F39, 0xE6546B60: 0x2362F9DE,
+          0x00000002: 0x30F4C306, 0x00000003: 0x85F0B427, 0x7FFFFFFF: 0xF9CC0EA8, 0x80000000: 0x6D3C65A0,
+          0xDEADBEEF: 0x0DE5C6A9, 0x00003039: 0x3C46C9DC, 0x9E3779B9: 0x92CA2F0E}
+
+
+def _in_graph(fn):
+    class Graph(nn.Cell):
+        def construct(self, *args):
+            return fn(*args)
+
+    graph = Graph()
+    graph.construct = mindspore.jit(graph.construct)
+    return graph
+
+
+def test_the_hash_is_murmur3s_fmix32_by_the_reference_vectors():
+    inputs = np.array(list(FMIX32), np.uint32)
+    expected = np.array(list(FMIX32.values()), np.uint32)
+    graph = _in_graph(keyed.fmix32)(Tensor(inputs.view(np.int32))).asnumpy().view(np.uint32)
+    np.testing.assert_array_equal(graph, expected)                       # the graph's int32 ops
+    np.testing.assert_array_equal(keyed._fmix_np(inputs), expected)      # the host's NumPy
+    assert [keyed.fmix_int(int(x)) for x in inputs] == [int(y) for y in expected]
+    # index_hash is fmix32(1, 2, 3, ...)
+    np.testing.assert_array_equal(keyed.index_hash((3,)).asnumpy().view(np.uint32), expected[[1, 4, 5]])
+
+
+def _site_keep_mask(index, key, constant, threshold):
+    return keyed.keep_mask(index, keyed.site_key(key, constant), threshold)
+
+
+def test_the_graphs_masks_keep_1_minus_p_and_two_steps_are_not_shifts_of_each_other():
+    """Keep rate at p = 0.1 in the graph (200,000 draws: 5 sigma is 0.0034). Two steps' masks at one
+    site (p = 0.5, where agreement by chance is 1/2): at every cyclic shift s of one against the
+    other, agreement stays within 0.06 of 1/2 (4096 shifts of a 4096-long mask: sigma 0.0078, the
+    largest of 4096 ~ 4.5 sigma); a mask shifted by s agrees fully at s (index + step would do that)."""
+    keep = _in_graph(_site_keep_mask)
+    key = Tensor(np.int32(keyed.step_key(5, 11)))
+    mask = keep(keyed.index_hash((200_000,)), key, keyed.site_constant(2), Tensor(np.int32(keyed.threshold(0.1))))
+    assert abs(mask.asnumpy().mean() - 0.9) < 0.0034
+    n = 4096
+    a, b = (keep(keyed.index_hash((n,)), Tensor(np.int32(keyed.step_key(5, step))), keyed.site_constant(2),
+                 Tensor(np.int32(keyed.threshold(0.5)))).asnumpy() for step in (0, 1))
+    assert abs(a.mean() - 0.5) < 0.04 and abs(b.mean() - 0.5) < 0.04
+
+    def agreement(x, y):  # mean(x == roll(y, s)) for every s, through the FFT of the +-1 sequences
+        fx, fy = np.fft.rfft(np.where(x, 1.0, -1.0)), np.fft.rfft(np.where(y, 1.0, -1.0))
+        return (1 + np.fft.irfft(np.conj(fx) * fy, n) / n) / 2
+
+    assert np.max(np.abs(agreement(a, b) - 0.5)) < 0.06
+    shifted = agreement(a, np.roll(a, 7))          # the check can fail: a shifted mask agrees fully at s = 7
+    assert shifted[7] == pytest.approx(1.0) and np.argmax(shifted) == 7
+
+
 def _engine_run(source, seed=5, steps=3, start=0, engine=None, recompute=False):
     from ms_gpt2.engine.compiled import CompiledEngine
 

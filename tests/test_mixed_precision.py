@@ -74,7 +74,8 @@ def test_overflow_skips_the_step_and_halves_the_scale_then_training_goes_on():
     skipped = _train(engine, 3)
     assert all(not np.isfinite(norm) for _, norm in skipped)     # 2^40 overflows float16 gradients
     assert engine.loss_scale_state() == {"scale": 2.0**37, "good_steps": 0}
-    assert engine.optimizer_steps == 0 and not np.any(engine.optimizer_state())
+    assert engine.optimizer_steps == 0 and engine.optimizer_state() == {}
+    assert not any(m.asnumpy().any() or v.asnumpy().any() for m, v in zip(engine.step.exp_avg, engine.step.exp_avg_sq))
     for name, value in engine.weights().items():                 # weights untouched, decay included
         np.testing.assert_array_equal(value, before[name], err_msg=name)
     taken = _train(engine, 30, start=3)
@@ -123,14 +124,45 @@ def test_every_rank_skips_when_one_overflows_and_accumulation_skips_the_whole_gr
             return engine.apply(1e-2)[1]
 
         assert np.isfinite(step(0))
-        weights = engine.weights()
+        weights, state = engine.weights(), engine.optimizer_state()
+        assert all(entry["exp_avg"].any() and entry["exp_avg_sq"].any() for entry in state.values())  # not zero
         write_parameter(reduce.other, np.inf)
         assert not np.isfinite(step(1))                       # this rank's own gradients were finite
         assert engine.loss_scale_state()["scale"] == 2.0**15 and engine.optimizer_steps == 1
         for name, value in engine.weights().items():
             np.testing.assert_array_equal(value, weights[name], err_msg=name)
+        # after a taken step the moments are not zero: the skip must leave both exactly as they were
+        # (AdamW's decay of m and v is what betas := 1 holds back in TrainStep.update)
+        for name, entry in engine.optimizer_state().items():
+            assert entry["step"] == state[name]["step"] == 1.0
+            np.testing.assert_array_equal(entry["exp_avg"], state[name]["exp_avg"], err_msg=name)
+            np.testing.assert_array_equal(entry["exp_avg_sq"], state[name]["exp_avg_sq"], err_msg=name)
         write_parameter(reduce.other, 0.0)
         assert np.isfinite(step(2)) and engine.optimizer_steps == 2   # the accumulators were emptied
+
+
+FP16_TRAINER = ["model.n_positions=64", "model.n_embd=32", "model.n_layer=2", "model.n_head=2", "model.dropout=0.0",
+                "data.max_seq_len=64", "data.max_summary_len=30", "data.train_ratio=1.0",
+                "training.per_device_train_batch_size=4", "training.learning_rate=5.0e-3", "training.logging_steps=1",
+                "training.save_steps=2", "training.max_steps=4", "training.fp16=true"]
+
+
+def _trainer_run(out, vocab_dir, overrides=(), resume=None):
+    """ms_gpt2's train() on the compiled engine, fp16 emulated (the caller sets EMULATE_ENV); -> the
+    loss log's entries, parsed strictly (Infinity/NaN are not JSON)."""
+    from conftest import DEMO_DATA
+    from ms_gpt2.config import load_config
+    from ms_gpt2.training import train
+
+    config = load_config("configs/smoke.yaml", FP16_TRAINER + [f"tokenizer.path={vocab_dir}", *overrides])
+    config["engine"] = "compiled"
+    runtime.seed_everything(0)
+    train(config, DEMO_DATA, out, resume=resume)
+    return [json.loads(line, parse_constant=_not_json) for line in (out / "loss_log.jsonl").read_text().splitlines()]
+
+
+def _not_json(token):
+    raise ValueError(f"loss_log.jsonl holds {token}, which is not JSON")
 
 
 def test_fp16_training_logs_saves_and_resumes_the_loss_scale(tmp_path, monkeypatch, char_vocab_dir):
@@ -138,23 +170,10 @@ def test_fp16_training_logs_saves_and_resumes_the_loss_scale(tmp_path, monkeypat
     and --resume continues from it with the uninterrupted run's losses."""
     import torch  # mindtorch
 
-    from conftest import DEMO_DATA
-    from ms_gpt2.config import load_config
-    from ms_gpt2.training import train
-
     monkeypatch.setenv(EMULATE_ENV, "1")
-    overrides = ["model.n_positions=64", "model.n_embd=32", "model.n_layer=2", "model.n_head=2",
-                 "model.dropout=0.0", "data.max_seq_len=64", "data.max_summary_len=30", "data.train_ratio=1.0",
-                 "training.per_device_train_batch_size=4", "training.learning_rate=5.0e-3",
-                 "training.logging_steps=1", "training.save_steps=2", "training.max_steps=4", "training.fp16=true",
-                 f"tokenizer.path={char_vocab_dir}"]
 
     def run(out, resume=None, steps=4):
-        config = load_config("configs/smoke.yaml", overrides + [f"training.max_steps={steps}"])
-        config["engine"] = "compiled"
-        runtime.seed_everything(0)
-        train(config, DEMO_DATA, out, resume=resume)
-        return [json.loads(line) for line in (out / "loss_log.jsonl").read_text().splitlines()]
+        return _trainer_run(out, char_vocab_dir, [f"training.max_steps={steps}"], resume=resume)
 
     whole = run(tmp_path / "whole")
     assert [e["loss_scale"] for e in whole] == [2.0**16] * 4 and [e["skipped_steps"] for e in whole] == [0] * 4
@@ -170,6 +189,59 @@ def test_fp16_training_logs_saves_and_resumes_the_loss_scale(tmp_path, monkeypat
     after = [e for e in resumed if e["step"] > 2]
     assert [e["loss_scale"] for e in after] == [2.0**12] * 2      # restored, not the initial 2^16
     np.testing.assert_allclose([e["loss"] for e in after], [e["loss"] for e in whole[2:]], rtol=1e-3)
+
+
+def test_compiled_fp16_ignores_the_grad_scaler_accelerate_builds_on_a_device(tmp_path, monkeypatch, char_vocab_dir):
+    """On npu/cuda accelerate gives an fp16 Trainer a GradScaler and native autocast (its device branch,
+    accelerator.py; CPU gets neither). Given them here, the compiled engine must train exactly as
+    without them: the graph scales its own loss. (Before: scaler.step(EngineAdamW) raised
+    "AssertionError: Attempted step but _scale is None".)"""
+    from accelerate import Accelerator
+    from mindtorch.npu.amp import GradScaler  # what accelerate's get_grad_scaler builds on npu
+
+    monkeypatch.setenv(EMULATE_ENV, "1")
+    plain = _trainer_run(tmp_path / "plain", char_vocab_dir, ["training.max_steps=3", "training.save_steps=1000"])
+    real_init = Accelerator.__init__
+
+    def as_on_a_device(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        if self.state.mixed_precision == "fp16":
+            self.scaler, self.native_amp = GradScaler(), True
+
+    monkeypatch.setattr(Accelerator, "__init__", as_on_a_device)
+    device = _trainer_run(tmp_path / "device", char_vocab_dir, ["training.max_steps=3", "training.save_steps=1000"])
+    assert [e["step"] for e in device] == [1, 2, 3]
+    assert [e["loss"] for e in device] == [e["loss"] for e in plain]           # the very same run
+    assert [e["grad_norm"] for e in device] == [e["grad_norm"] for e in plain]
+    assert [e["skipped_steps"] for e in device] == [0, 0, 0] and device[-1]["learning_rate"] > 0   # steps taken
+
+
+def test_a_skipped_step_holds_the_learning_rate_and_logs_a_null_norm(tmp_path, monkeypatch, char_vocab_dir):
+    """Hugging Face's Trainer steps its scheduler only if not accelerator.optimizer_step_was_skipped:
+    the graph's skip is reported there, so warm-up counts the updates taken. The skipped step's
+    grad_norm is null and "skipped" true in loss_log.jsonl (strict JSON: no Infinity)."""
+    from ms_gpt2.engine.compiled import CompiledEngine
+    from ms_gpt2.engine.trainer import CompiledTrainerMixin
+
+    monkeypatch.setenv(EMULATE_ENV, "1")
+    reduce = _OtherRankOverflows()              # the overflow is forced at step index 2 (the third step)
+    monkeypatch.setattr(CompiledTrainerMixin, "engine_reduce", reduce)
+    real_step = CompiledEngine.train_step
+
+    def train_step(self, batch, lr, step_index):
+        write_parameter(reduce.other, np.inf if step_index == 2 else 0.0)
+        return real_step(self, batch, lr, step_index)
+
+    monkeypatch.setattr(CompiledEngine, "train_step", train_step)
+    log = _trainer_run(tmp_path / "run", char_vocab_dir, ["training.max_steps=5", "training.save_steps=1000",
+                                                          "training.warmup_steps=10"])
+    assert [e["step"] for e in log] == [1, 2, 3, 4, 5]
+    assert [e.get("skipped", False) for e in log] == [False, False, True, False, False]
+    assert log[2]["grad_norm"] is None and all(e["grad_norm"] > 0 for e in log[:2] + log[3:])
+    assert [e["skipped_steps"] for e in log] == [0, 0, 1, 1, 1]
+    # linear warm-up over 10 updates from 5e-3: the lr the step ran at, logged; it waits at the skip
+    taken_before = [0, 1, 2, 2, 3]
+    np.testing.assert_allclose([e["learning_rate"] for e in log], [5e-3 * k / 10 for k in taken_before], rtol=1e-6)
 
 
 def test_bert_graph_in_fp16_and_bf16_tracks_float32():
@@ -197,3 +269,15 @@ def test_bert_graph_in_fp16_and_bf16_tracks_float32():
         low = losses(precision)
         np.testing.assert_allclose(low, fp32, rtol=rtol)
         assert low != fp32 and low[-1] < low[0]
+
+
+def test_the_loss_log_writes_strict_json_whatever_the_trainer_logs(tmp_path):
+    """A value that is not finite (the eager engine's overflowed norm, a diverged loss) is null."""
+    from types import SimpleNamespace
+
+    from ms_gpt2.training import LossLog
+
+    LossLog(tmp_path / "log.jsonl").on_log(None, SimpleNamespace(global_step=3), None,
+                                           logs={"loss": float("nan"), "grad_norm": float("inf"), "epoch": 0.5})
+    entry = json.loads((tmp_path / "log.jsonl").read_text(), parse_constant=_not_json)
+    assert entry == {"step": 3, "epoch": 0.5, "loss": None, "learning_rate": None, "grad_norm": None}

@@ -85,3 +85,147 @@ def test_attention_walkthrough_prints_every_step_and_a_tiny_difference():
         assert any(line.startswith(step) and line.endswith(shape) for line in out.splitlines()), step
     diff = float(out.strip().splitlines()[-1].split("=")[-1])
     assert diff < 1e-5
+
+
+# -- branches that run only on a device, forced on CPU ----------------------------------------------
+def _pretend_setup(monkeypatch, device):
+    """runtime.setup(device) on this CPU machine with MindSpore's device calls recorded, not made:
+    -> the calls (set_device, and Ascend's op precision mode)."""
+    import mindspore
+    from mindspore.device_context.ascend import op_precision
+
+    calls = []
+    real_get_context = mindspore.get_context
+    monkeypatch.setattr(runtime, "_current", None)   # restored after the test: the CPU runtime comes back
+    monkeypatch.setattr(runtime, "available_devices", lambda: dict(ALL))
+    monkeypatch.setattr(mindspore, "set_device", lambda target: calls.append(("set_device", target)))
+    monkeypatch.setattr(mindspore, "get_context", lambda key: runtime.MINDSPORE_TARGET[device]
+                        if key == "device_target" else real_get_context(key))
+    monkeypatch.setattr(op_precision, "precision_mode", lambda mode: calls.append(("precision_mode", mode)))
+    rt = runtime.setup(device)
+    return rt, calls
+
+
+@pytest.mark.parametrize("device,torch_device,expected", [
+    ("ascend", "npu", [("set_device", "Ascend"), ("precision_mode", "must_keep_origin_dtype")]),
+    ("gpu", "cuda", [("set_device", "GPU")]),
+])
+def test_setup_on_a_device_requests_its_backend_and_on_ascend_keeps_each_ops_dtype(monkeypatch, device, torch_device,
+                                                                                    expected):
+    """runtime.setup's Ascend-only branch: float32 stays float32 on a 910A (force_fp16 by default)."""
+    rt, calls = _pretend_setup(monkeypatch, device)
+    assert calls == expected
+    assert (rt.device, rt.torch_device, rt.mindspore_target) == (device, torch_device,
+                                                                 runtime.MINDSPORE_TARGET[device])
+
+
+def test_ascend_soc_is_asked_of_mindspore_only_on_ascend(monkeypatch):
+    """runtime.ascend_soc's Ascend-only branch (it decides the 910A refusals of engine/options.py)."""
+    import dataclasses
+
+    from mindspore import _c_expression
+
+    class Context:
+        soc = "ascend910"
+
+        @classmethod
+        def get_instance(cls):
+            return cls()
+
+        def get_ascend_soc_version(self):
+            return self.soc
+
+    monkeypatch.setattr(_c_expression, "MSContext", Context)
+    assert runtime.ascend_soc() is None                                  # on CPU: not asked
+    monkeypatch.setattr(runtime, "_current", dataclasses.replace(runtime.current(), device="ascend"))
+    assert runtime.ascend_soc() == "ascend910"
+    Context.soc = ""                                                     # MindSpore knows none
+    assert runtime.ascend_soc() is None
+
+
+def test_the_ascend_soc_reaches_the_refusals(monkeypatch):
+    """options.check_config / check_arguments read the device and SoC from the runtime: a 910A refuses bf16."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from ms_gpt2.engine import options
+
+    monkeypatch.setattr(runtime, "_current", dataclasses.replace(runtime.current(), device="ascend"))
+    monkeypatch.setattr(runtime, "ascend_soc", lambda: "ascend910")
+    with pytest.raises(options.EngineError, match="training.bf16=true: this NPU is an Atlas training-series 910A"):
+        options.check_config({"training": {"bf16": True}}, "compiled")
+    options.check_config({"training": {"fp16": True}}, "compiled")       # fp16 runs there
+    with pytest.raises(options.EngineError, match="training.bf16=true: this NPU is an Atlas training-series 910A"):
+        options.check_arguments(SimpleNamespace(bf16=True), "eager")
+    monkeypatch.setattr(runtime, "ascend_soc", lambda: "ascend910b")
+    options.check_config({"training": {"bf16": True}}, "compiled")       # an A2 has bfloat16
+
+
+def test_dropout_masks_are_drawn_in_the_graph_off_cpu(monkeypatch):
+    """dropout.resolve_source's device branch, through CompiledEngine's reading of the runtime device."""
+    import dataclasses
+
+    from mindnlp.transformers import GPT2Config
+
+    from ms_gpt2.engine import dropout
+    from ms_gpt2.engine.compiled import CompiledEngine
+    from ms_gpt2.modeling import GPT2ForSummarization
+
+    assert [dropout.resolve_source("auto", d) for d in ("ascend", "gpu", "cpu")] == ["device", "device", "host"]
+    model = GPT2ForSummarization(GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=1, n_head=2,
+                                            resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1, pad_token_id=0))
+    model.train()
+    assert CompiledEngine(model, {}).graph.cfg.dropout_source == "host"
+    monkeypatch.setattr(runtime, "_current", dataclasses.replace(runtime.current(), device="ascend"))
+    assert CompiledEngine(model, {}).graph.cfg.dropout_source == "device"
+
+
+def test_training_arguments_leave_the_cpu_on_a_device(monkeypatch, tmp_path, char_vocab_dir):
+    """training.fit's use_cpu=False on a device (the Trainer then places the model on npu/cuda)."""
+    import dataclasses
+
+    from conftest import DEMO_DATA
+    from ms_gpt2 import training
+    from ms_gpt2.config import load_config
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def arguments(**kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(training, "TrainingArguments", arguments)
+    config = load_config("configs/smoke.yaml", ["model.n_positions=64", "model.n_embd=16", "model.n_layer=1",
+                                                "model.n_head=2", "data.max_seq_len=64", "data.max_summary_len=30",
+                                                f"tokenizer.path={char_vocab_dir}"])
+    for device, use_cpu in (("cpu", True), ("ascend", False)):
+        monkeypatch.setattr(runtime, "_current", dataclasses.replace(runtime.current(), device=device))
+        with pytest.raises(Stop):
+            training.train(config, DEMO_DATA, tmp_path / device)
+        assert seen["use_cpu"] is use_cpu
+
+
+def test_the_benchs_pytorch_reference_loads_torch_npu_for_an_npu(tmp_path):
+    """bench_workloads' reference side imports torch_npu when the bench runs on Ascend (reference_device
+    "npu", runtime.TORCH_DEVICE["ascend"]). Forced with stand-in torch/transformers/torch_npu modules:
+    the stand-in torch_npu exits 42 on import."""
+    import json
+    import os
+
+    from ms_gpt2 import bench
+
+    (tmp_path / "torch.py").write_text("")
+    (tmp_path / "transformers.py").write_text("GPT2Config = GPT2LMHeadModel = object\n")
+    (tmp_path / "torch_npu.py").write_text("raise SystemExit(42)\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+
+    def reference(device):
+        spec = json.dumps({"reference_device": device, "only": "train"})
+        return subprocess.run([sys.executable, str(bench.WORKLOADS), spec], env=env, capture_output=True, text=True,
+                              timeout=120).returncode
+
+    assert reference(runtime.TORCH_DEVICE["ascend"]) == 42
+    assert reference("cpu") not in (0, 42)     # no torch_npu: it goes on (and fails on the stand-in torch)

@@ -14,7 +14,7 @@ import numpy as np
 import mindspore
 from mindspore import Parameter, Tensor
 
-from ms_gpt2.compat import write_parameter
+from ms_gpt2.compat import read_parameter, write_parameter
 from ms_gpt2.engine import dropout as keyed
 from ms_gpt2.engine.graphs import graph_for
 from ms_gpt2.engine.precision import Precision
@@ -95,7 +95,8 @@ class CompiledEngine:
 
     # -- weights ----------------------------------------------------------------------------------
     def weights(self) -> dict[str, np.ndarray]:
-        return {n: p.asnumpy() for n, p in zip(self.step.names, self.step.weights)}
+        """name -> the graph's weight, a NumPy copy (the next step does not change it)."""
+        return {n: read_parameter(p) for n, p in zip(self.step.names, self.step.weights)}
 
     def to_model(self, model) -> None:
         """Bring the Hugging Face model up to date with the graph's weights (tied weights included),
@@ -104,7 +105,8 @@ class CompiledEngine:
 
         own = dict(model.named_parameters())
         with torch.no_grad():
-            for name, value in self.weights().items():
+            for name, param in zip(self.step.names, self.step.weights):  # views: torch.tensor copies
+                value = param.asnumpy()
                 if self.released:
                     own[name].data = torch.tensor(value).to(own[name].device)
                 else:
@@ -129,11 +131,11 @@ class CompiledEngine:
         return int(round(float(self.step.step.asnumpy())))
 
     def optimizer_state(self) -> dict[str, dict]:
-        """name -> {"step", "exp_avg", "exp_avg_sq"} (NumPy), empty before the first step."""
+        """name -> {"step", "exp_avg", "exp_avg_sq"} (NumPy copies), empty before the first step."""
         steps = self.optimizer_steps
         if steps == 0:
             return {}
-        return {n: {"step": float(steps), "exp_avg": m.asnumpy(), "exp_avg_sq": v.asnumpy()}
+        return {n: {"step": float(steps), "exp_avg": read_parameter(m), "exp_avg_sq": read_parameter(v)}
                 for n, m, v in zip(self.step.names, self.step.exp_avg, self.step.exp_avg_sq)}
 
     @property

@@ -17,12 +17,24 @@ accumulated batch and a data-parallel Reduce runs once per optimizer step. Witho
 
 AdamW has PyTorch's semantics (``torch.optim.AdamW``, which the Hugging Face Trainer uses): decoupled
 weight decay ``p *= 1 - lr * wd`` applied before the update, bias-corrected moments and ``eps``
-added to ``sqrt(v_hat)``. It runs on MindSpore's fused ``Adam`` kernel (``ApplyAdam``, one
-in-place kernel per tensor on CPU, GPU and Ascend), whose formula is
-``p -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``; passing it
-``eps * sqrt(1 - b2^t)`` makes that exactly PyTorch's ``lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
-(Neither ``nn.AdamWeightDecay`` (no bias correction) nor the fused ``AdamWeightDecay`` kernel
-has PyTorch's semantics.)
+added to ``sqrt(v_hat)``. It runs on MindSpore's fused in-place kernels (one per tensor on CPU, GPU
+and Ascend), neither of which has those semantics as documented, so the step rescales their inputs:
+
+* tensors without weight decay: ``Adam`` (``ApplyAdam``), which computes
+  ``p -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``; passed ``eps * sqrt(1 - b2^t)``
+  it is exactly PyTorch's ``lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``;
+* decayed tensors: ``AdamWeightDecay``, which computes ``p -= lr' * (m / (sqrt(v) + eps') + wd' * p)``
+  with no bias correction; passed ``lr' = lr * sqrt(1 - b2^t) / (1 - b1^t)``,
+  ``eps' = eps * sqrt(1 - b2^t)`` and ``wd' = wd * (1 - b1^t) / sqrt(1 - b2^t)`` (so that
+  ``lr' * wd' = lr * wd``) it is PyTorch's AdamW step, decay included, in one kernel. (``nn.AdamWeightDecay``,
+  the Cell, has no bias correction and is not used.)
+
+Checked against the eager Trainer's ``torch.optim.AdamW`` (``tests/test_engine.py``) and against
+AdamW written in NumPy with non-default betas, eps and decay (``tests/test_engine_options.py``).
+
+The loss is a mean: the summed (weighted) token losses divided by their summed weights, floored at
+:data:`ms_gpt2.modeling.LOSS_COUNT_FLOOR` (the eager loss's floor too), so a batch that scores
+nothing has loss 0 and a batch whose weights sum below 1 keeps its exact weighted mean.
 
 Mixed precision (``StepConfig.precision``, :mod:`ms_gpt2.engine.precision`): the loss graph runs its
 MatMuls in float16/bfloat16; here everything stays float32 (master weights, AdamW, the gradient
@@ -37,6 +49,7 @@ import mindspore
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 from ms_gpt2.engine.precision import Precision
+from ms_gpt2.modeling import LOSS_COUNT_FLOOR
 
 
 @dataclass(frozen=True)
@@ -61,12 +74,13 @@ class ScaledLoss(nn.Cell):
 
     def construct(self, scale, *inputs):
         loss_sum, count = self.net(*inputs)
-        return ops.mul(ops.div(loss_sum, _positive(count)), scale), count, loss_sum
+        return ops.mul(ops.div(loss_sum, _floored(count)), scale), count, loss_sum
 
 
-def _positive(count):
-    """The count a micro-batch's loss sum is divided by before scaling: itself, or 1 if it is 0."""
-    return ops.select(ops.gt(count, 0.0), count, ops.ones_like(count))
+def _floored(count):
+    """What a loss sum is divided by: its (weighted) count, at least :data:`~ms_gpt2.modeling.LOSS_COUNT_FLOOR`
+    (the eager loss's floor)."""
+    return ops.maximum(count, LOSS_COUNT_FLOOR)
 
 
 class Reduce(nn.Cell):
@@ -153,7 +167,7 @@ class TrainStep(nn.Cell):
         overflow stays inf/nan for :meth:`update` to see."""
         if self.scaled:
             (_, count, loss_sum), grads = self.grad_fn(self.loss_scale, *inputs)
-            grads = self.map(ops.partial(_scale, ops.div(_positive(count), self.loss_scale)), grads)
+            grads = self.map(ops.partial(_scale, ops.div(_floored(count), self.loss_scale)), grads)
         else:
             (loss_sum, count), grads = self.grad_fn(*inputs)
         return loss_sum, count, grads
@@ -192,7 +206,7 @@ class TrainStep(nn.Cell):
         decayed tensors) need no branch; then the scale halves (not
         below 1). ``window`` clean steps in a row double it."""
         loss_sum, count, grads = self.reduce(loss_sum, count, grads)
-        count = ops.maximum(count, 1.0)
+        count = _floored(count)
         inv_count = ops.div(1.0, count)
         grads = self.map(ops.partial(_scale, inv_count), grads)              # grads of the mean loss
         norm = ops.sqrt(ops.addn(self.map(_sq_sum, grads)))                  # torch.nn.utils.clip_grad_norm_

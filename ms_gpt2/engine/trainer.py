@@ -8,6 +8,7 @@ checkpoint saving and rotation, ``--resume``. Per optimizer step its loop (trans
     accelerator.clip_grad_norm_(params, c)  -> returns the norm the graph measured (before clipping)
     optimizer.step(); lr_scheduler.step()   -> the optimizer is a facade: step() does nothing,
     model.zero_grad()                          the scheduler advances the lr fed to the next step
+                                               (not after a step fp16 skipped, as on PyTorch)
     _maybe_log_save_evaluate(...)           -> model brought up to date before saving/evaluating
 
 so :class:`CompiledTrainerMixin` replaces ``training_step`` (it runs the graph at the
@@ -29,16 +30,24 @@ and the group's mean at the last, so the Trainer's summed, logged loss is the ea
 
 What the graph does not do is refused before training, in one line naming ``--engine eager``:
 the TrainingArguments fields whose effect lives in the code it replaces (label smoothing, NEFTune,
-fp16/bf16, optimizers other than AdamW, ...: the decision table, field by field, is
+fp16/bf16 on CPU, optimizers other than AdamW, ...: the decision table, field by field, is
 :mod:`ms_gpt2.engine.options`), and frozen parameters (the graph updates every weight it holds).
 ``predict`` is not synchronised (ms_gpt2 does not call it during training).
+
+Mixed precision is the graph's (:mod:`ms_gpt2.engine.precision`), loss scaling included. On a device
+accelerate builds, for ``fp16``, a ``GradScaler`` and native autocast; the mixin removes both from
+the Trainer's accelerator (and the Trainer's CPU autocast), so the loop's ``optimizer.step()`` is the
+facade's and the model is not wrapped in autocast. A step the graph skipped (its fp16 gradients
+overflowed) is reported through ``accelerator.optimizer_step_was_skipped``
+(:func:`ms_gpt2.compat.report_skipped_step`), so the LR schedule counts only the updates taken, and
+its log line carries ``"grad_norm": None, "skipped": True``.
 """
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
 
-from ms_gpt2 import runtime
+from ms_gpt2 import compat, runtime
 
 runtime.ensure()
 
@@ -131,6 +140,7 @@ class CompiledTrainerMixin:
     _engine_grad_norm = None
     _engine_micro = 0          # micro-batches accumulated since the last apply (accumulation > 1)
     _engine_skipped = 0        # optimizer steps fp16 skipped (overflow) in this train() call
+    _engine_last_skipped = False  # the last optimizer step was one of them
     engine_reduce = None       # a ms_gpt2.engine.step.Reduce replacement (data parallel), or None
 
     # -- set-up -----------------------------------------------------------------------------------
@@ -139,9 +149,15 @@ class CompiledTrainerMixin:
         # what the graph does not do, refused before training (ms_gpt2's jobs check the config earlier)
         options.check_arguments(self.args, "compiled")
         options.check_frozen(self.model)
+        self.use_cpu_amp = False   # the graph casts its own MatMuls; no Trainer autocast (module docstring)
 
     def create_accelerator_and_postprocess(self):
         super().create_accelerator_and_postprocess()
+        # fp16's loss scale is the graph's. accelerate's device-only fp16 objects must not act: with its
+        # GradScaler the loop's optimizer.step() goes through scaler.step(EngineAdamW), which asserts (no
+        # scaler.scale ran: "Attempted step but _scale is None"); native_amp wraps the model in autocast.
+        self.accelerator.scaler = None
+        self.accelerator.native_amp = False
         # The loop's clipping call: the graph has clipped already; report the norm it measured.
         self.accelerator.clip_grad_norm_ = self._engine_clip_grad_norm
 
@@ -204,16 +220,21 @@ class CompiledTrainerMixin:
         self._engine_dirty = True
         if not self._engine.released:  # the graph holds the weights: the model's copies wait for sync_model
             self._engine.release_model(self.model)
-        if self._engine.loss_scaled and not np.isfinite(self._engine_grad_norm):
+        self._engine_last_skipped = self._engine.loss_scaled and not np.isfinite(self._engine_grad_norm)
+        compat.report_skipped_step(self.optimizer, self._engine_last_skipped)  # the scheduler waits a step
+        if self._engine_last_skipped:
             self._engine_skipped += 1
             log.warning("step %d skipped: the float16 gradients overflowed; loss scale now %g",
                         self.state.global_step + 1, self._engine.loss_scale_state()["scale"])
         return torch.tensor(loss, device=self.args.device)
 
     def log(self, logs, *args, **kwargs):
-        """The Trainer's log line, plus fp16's loss scale and the steps it skipped so far."""
+        """The Trainer's log line, plus fp16's loss scale and the steps it skipped so far; if the
+        line's last step was skipped, its ``grad_norm`` (not finite) is None and ``skipped`` True."""
         if self._engine is not None and self._engine.loss_scaled and "loss" in logs:
             logs = dict(logs, loss_scale=self._engine.loss_scale_state()["scale"], skipped_steps=self._engine_skipped)
+            if self._engine_last_skipped:
+                logs.update(grad_norm=None, skipped=True)
         return super().log(logs, *args, **kwargs)
 
     # -- keeping the Hugging Face model up to date --------------------------------------------------
@@ -249,6 +270,7 @@ class CompiledTrainerMixin:
         self._drop_engine()  # built at the first step, from the model as train() (or --resume) left it
         self._engine_micro = 0
         self._engine_skipped = 0
+        self._engine_last_skipped = False
         try:
             return super().train(*args, **kwargs)
         finally:

@@ -38,6 +38,7 @@ from mindspore import Tensor, nn, ops
 from ms_gpt2.attention import merge_heads, split_heads
 from ms_gpt2.engine import dropout as keyed
 from ms_gpt2.engine.graphs.base import ModelGraph
+from ms_gpt2.engine.options import EngineError
 from ms_gpt2.engine.graph_ops import Linear, ScoresMatMul, Softmax, WeightedSum, attention_bias, scale
 from ms_gpt2.engine.precision import Precision, matmul
 from ms_gpt2.fast_decode import FLOAT32_MIN, gelu_new, layer_norm
@@ -218,7 +219,13 @@ class GPT2Graph(ModelGraph):
 
     Batches are dicts of NumPy arrays (B, T): ``input_ids``; optional ``attention_mask`` (default
     all ones), ``labels`` (default the ids) and ``loss_weights`` (float, by label position; default
-    all ones: the plain token mean, ``data.article_loss_weight``)."""
+    all ones: the plain token mean, ``data.article_loss_weight``). A batch that carries
+    ``token_type_ids`` or ``position_ids`` is refused (:data:`UNSUPPORTED_INPUTS`): Hugging Face's GPT-2
+    adds ``wte(token_type_ids)`` and reads the positions given, the graph does neither; ms_gpt2's
+    own pipelines never make them."""
+
+    #: batch keys the graph does not compute with; Hugging Face's GPT-2 would
+    UNSUPPORTED_INPUTS = ("token_type_ids", "position_ids")
 
     def __init__(self, model, precision: Precision, recompute: bool, dropout_source: str):
         from ms_gpt2.fast_decode import unsupported
@@ -249,6 +256,10 @@ class GPT2Graph(ModelGraph):
                 f"{self.cfg.dropout_source}), recompute {self.cfg.recompute}")
 
     def inputs(self, batch: dict) -> tuple:
+        given = [k for k in self.UNSUPPORTED_INPUTS if batch.get(k) is not None]
+        if given:
+            raise EngineError(f"the batch carries {' and '.join(given)}, which the compiled GPT-2 graph does not "
+                              "compute with (Hugging Face's GPT-2 would); drop them or train with --engine eager")
         ids = np.asarray(batch["input_ids"], np.int32)
         mask, labels, weights = (batch.get(k) for k in ("attention_mask", "labels", "loss_weights"))
         return (Tensor(ids), Tensor(np.ones_like(ids) if mask is None else np.asarray(mask, np.int32)),
