@@ -530,6 +530,9 @@ class Fitted:
 
 
 EVAL_STRATEGIES = ("no", "steps", "epoch")
+#: ``training:`` keys that do nothing without evaluations during training (refused then)
+NEEDS_EVALUATION = ("eval_steps", "eval_delay", "eval_on_start", "per_device_eval_batch_size", "metric_for_best_model",
+                    "greater_is_better", "load_best_model_at_end")
 
 
 def evaluation_settings(tcfg: dict, per_epoch: int, held_out: HeldOutEvaluation | None, no_held_out: str) -> None:
@@ -541,10 +544,11 @@ def evaluation_settings(tcfg: dict, per_epoch: int, held_out: HeldOutEvaluation 
     if strategy not in EVAL_STRATEGIES:
         raise UserError(f"training.eval_strategy={strategy}: choose one of {', '.join(EVAL_STRATEGIES)}")
     if strategy == "no":
-        for key in ("load_best_model_at_end", "eval_on_start"):
-            if tcfg.get(key):
-                raise UserError(f"training.{key}=true needs evaluations during training: set training.eval_strategy "
-                                f"(steps or epoch)")
+        for key in NEEDS_EVALUATION:
+            if tcfg.get(key) not in (None, False):  # False, 0: the defaults
+                value = str(tcfg[key]).lower() if isinstance(tcfg[key], bool) else tcfg[key]
+                raise UserError(f"training.{key}={value} applies to evaluations during training, and there are "
+                                f"none: set training.eval_strategy (steps or epoch), or drop it")
         return
     if held_out is None:
         raise UserError(f"training.eval_strategy={strategy}: {no_held_out}")
