@@ -295,7 +295,8 @@ def test_two_msrun_workers_evaluate_like_one_process_and_keep_the_best(tmp_path,
                                                        "training.per_device_train_batch_size=4"])
     runtime.setup("cpu", seed=0)
     train(config, data, tmp_path / "one")
-    dp, one = ({e["step"]: e["eval_loss"] for e in entries(tmp_path / run) if "eval_loss" in e} for run in ("dp", "one"))
+    dp, one = ({e["step"]: e["eval_loss"] for e in entries(tmp_path / run) if "eval_loss" in e}
+               for run in ("dp", "one"))
     assert sorted(dp) == sorted(one) == [2, 4]  # 6 records, global batch 2 x 2: 2 steps an epoch, 2 epochs
     for step in dp:
         assert dp[step] == pytest.approx(one[step], rel=1e-5)
