@@ -71,6 +71,7 @@ log = logging.getLogger(__name__)
 
 LOSS_LOG = "loss_log.jsonl"
 LOSS_CURVE = "loss_curve.png"
+TENSORBOARD_DIR = "runs"  # Hugging Face's default logging_dir: OUTPUT_DIR/runs/<date>_<host>
 EVAL_LOSS = "eval_loss"  # the held-out loss an evaluation during training logs
 EVAL_TIMINGS = ("_runtime", "_per_second")  # evaluation metrics the loss log leaves out
 PAUSE_IN_SAVE_ENV = "MS_GPT2_TEST_PAUSE_IN_SAVE"
@@ -490,11 +491,12 @@ def clear_partial_checkpoints(output_dir: Path) -> list[str]:
 
 def start(output_dir: Path, resume, overwrite: bool, outputs=()) -> str | None:
     """The checkpoint to resume from (None: a fresh start). A fresh start with ``overwrite`` clears
-    the earlier run's checkpoints, loss log and ``outputs`` (rank 0)."""
+    the earlier run's checkpoints, loss log, TensorBoard event files and ``outputs`` (rank 0)."""
     cut_off = clear_partial_checkpoints(output_dir)
     resume_from = _resume_checkpoint(output_dir, resume, overwrite, cut_off)
     if overwrite and not resume_from and distributed.world()[0] == 0:
-        for stale in [*output_dir.glob("checkpoint-*"), output_dir / LOSS_LOG, *(output_dir / o for o in outputs)]:
+        for stale in [*output_dir.glob("checkpoint-*"), output_dir / LOSS_LOG, output_dir / TENSORBOARD_DIR,
+                      *(output_dir / o for o in outputs)]:
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     return resume_from

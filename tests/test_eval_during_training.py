@@ -135,6 +135,17 @@ def test_report_to_tensorboard_writes_the_logged_scalars(runs):
         np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-6, err_msg=tag)  # float32
 
 
+def test_overwrite_clears_the_earlier_runs_event_files(tmp_path):
+    """--overwrite starts a fresh run: TensorBoard must not show the earlier run's curves beside it."""
+    from ms_gpt2.training import start
+
+    stale = tmp_path / "runs" / "Jan01_00-00-00_host" / "events.out.tfevents.1.host"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"")
+    start(tmp_path, resume=None, overwrite=True)
+    assert not (tmp_path / "runs").exists()
+
+
 def read_event_scalars(log_root) -> dict[str, list[tuple[int, float]]]:
     """tag -> [(step, value)] from the TFRecord event files under ``log_root`` (length, crc, Event, crc)."""
     from tensorboardX.proto import event_pb2
