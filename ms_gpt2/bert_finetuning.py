@@ -38,7 +38,8 @@ refused. Without ``init_from`` the same model is built from the ``model:`` keys 
 their positives and negatives (majority baseline beside them), and matching accuracy: for each
 held-out article, is its own summary the one, among all held-out summaries, the model scores as
 likeliest to match (chance 1 / number of held-out records); pair accuracy and loss on a sample of
-the training examples too.
+the training examples too. Evaluations during training (``training.eval_strategy``) log the
+held-out pair ``eval_loss`` and ``eval_accuracy``.
 
 Output directory: as for ``ms-gpt2 train``: ``checkpoint-N/``, ``model/`` (Hugging Face layout with
 ``vocab.txt``: ``BertForSequenceClassification.from_pretrained(OUTPUT_DIR/model)``),
@@ -68,7 +69,8 @@ from ms_gpt2.data import DataError, NLPCCSource, parse_record, records  # noqa: 
 from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.modeling import CheckpointError  # noqa: E402
 from ms_gpt2.rundir import atomic_write_text  # noqa: E402
-from ms_gpt2.training import fit, resolve_tokenizer, run_directory, run_seed, start, workdir_for  # noqa: E402
+from ms_gpt2.training import (HeldOutEvaluation, fit, resolve_tokenizer, run_directory,  # noqa: E402
+                              run_seed, start, workdir_for)
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +345,9 @@ def _finetune_bert(config: dict, data_path, output_dir: Path, resume, overwrite:
         return train_examples.pipeline(epoch, batch_size, shuffle=dcfg["shuffle"])
 
     fitted = fit(config, model, tokenizer, pipeline, train_examples.n_examples, output_dir, resume_from,
-                 compiled_ok=False, data_parallel_ok=False)
+                 compiled_ok=False, data_parallel_ok=False,
+                 held_out=HeldOutEvaluation(lambda m, batch_size: evaluate_pairs(m, held_out, batch_size),
+                                            ("loss", "accuracy")))
     model = fitted.trainer.model
     batch_size = int(config["training"]["per_device_train_batch_size"])
     scores = {"start": "pretrained" if init_from else "scratch", "init_from": init_from,

@@ -36,7 +36,9 @@ successor; a two-sentence document's pair is then always IsNext). ``eval.json``'
 name which in ``nsp_negatives``. After training, ``eval.json`` holds, for the held-out examples and
 for a sample of the training examples: MLM accuracy on the masked positions, NSP accuracy, the MLM
 loss (mean over masked tokens), the NSP loss and their sum ``loss`` (what the model minimizes), with
-the chance baselines beside them.
+the chance baselines beside them. Evaluations during training (``training.eval_strategy``) log the
+held-out ``eval_loss``, ``eval_mlm_loss``, ``eval_nsp_loss``, ``eval_mlm_accuracy`` and
+``eval_nsp_accuracy``.
 
 Output directory: as for ``ms-gpt2 train``: ``checkpoint-N/``, ``model/`` (Hugging Face layout with
 ``vocab.txt``: ``BertForPreTraining.from_pretrained(OUTPUT_DIR/model)`` loads it, ``BertModel`` too),
@@ -66,7 +68,8 @@ from ms_gpt2.corpus import CorpusSource, parse_document  # noqa: E402
 from ms_gpt2.data import DataError  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.modeling import CheckpointError  # noqa: E402
-from ms_gpt2.training import fit, resolve_tokenizer, run_directory, run_seed, start  # noqa: E402
+from ms_gpt2.training import (HeldOutEvaluation, fit, resolve_tokenizer, run_directory,  # noqa: E402
+                              run_seed, start)
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,8 @@ IGNORE = -100            # labels not predicted (Hugging Face's ignore index)
 IS_NEXT, NOT_NEXT = 0, 1  # next_sentence_label, Hugging Face's convention
 EVAL_SALT = 7_919        # eval pairs/masks use their own random stream
 TRAIN_EVAL_SAMPLE = 512  # training examples scored after training
+#: what an evaluation during training (training.eval_strategy) logs, as eval_<name>
+HELD_OUT_METRICS = ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -443,20 +448,26 @@ def _pretrain_mlm_nsp(config: dict, data_path, output_dir: Path, resume, overwri
     def pipeline(batch_size, epoch):  # pairs and masks keyed by (seed, epoch, index)
         return train_examples.pipeline(epoch, batch_size, shuffle=dcfg["shuffle"])
 
-    # data parallel runs on the compiled engine (its graph divides each rank's loss by the global counts)
-    compiled = compiled_graph_fits(config, model)
-    fitted = fit(config, model, tokenizer, pipeline, train_examples.n_examples, output_dir, resume_from,
-                 compiled_ok=compiled, data_parallel_ok=compiled)
-    trainer, model_dir, curve = fitted.trainer, fitted.model_dir, fitted.loss_curve
-    log.info("pretrained BERT (MLM + NSP) %d steps, final model in %s", fitted.global_step, model_dir)
-
-    batch_size = int(config["training"]["per_device_train_batch_size"])
-    scores = {"train": evaluate(trainer.model, train_examples, batch_size, limit=TRAIN_EVAL_SAMPLE), "eval": None}
+    held_out = negatives = evaluation = None
     if count_pairs(eval_docs):
         held_out, negatives = held_out_examples(eval_docs, tokenizer, **options)
         if negatives == SAME_DOCUMENT:
             log.warning("fewer than two held-out documents have sentences: held-out NSP negatives are other "
                         "sentences of the same document (training's come from other documents)")
+        evaluation = HeldOutEvaluation(lambda m, batch_size: evaluate(m, held_out, batch_size), HELD_OUT_METRICS)
+
+    # data parallel runs on the compiled engine (its graph divides each rank's loss by the global counts)
+    compiled = compiled_graph_fits(config, model)
+    fitted = fit(config, model, tokenizer, pipeline, train_examples.n_examples, output_dir, resume_from,
+                 compiled_ok=compiled, data_parallel_ok=compiled, held_out=evaluation,
+                 no_held_out=f"the held-out documents (pretrain.eval_fraction={pcfg['eval_fraction']}) hold no "
+                             f"sentence pair to evaluate on; raise it")
+    trainer, model_dir, curve = fitted.trainer, fitted.model_dir, fitted.loss_curve
+    log.info("pretrained BERT (MLM + NSP) %d steps, final model in %s", fitted.global_step, model_dir)
+
+    batch_size = int(config["training"]["per_device_train_batch_size"])
+    scores = {"train": evaluate(trainer.model, train_examples, batch_size, limit=TRAIN_EVAL_SAMPLE), "eval": None}
+    if held_out is not None:
         scores["eval"] = {**evaluate(trainer.model, held_out, batch_size), "nsp_negatives": negatives}
     elif eval_docs:
         log.warning("the %d held-out documents have no sentence pairs; no held-out scores", len(eval_docs))

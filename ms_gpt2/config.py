@@ -55,7 +55,6 @@ MANAGED_TRAINING_KEYS = {
     "seed": "use --seed",
     "use_cpu": "use --device",
     "save_strategy": "checkpoints are written every training.save_steps steps (save_steps: epoch = once per epoch)",
-    "report_to": "the loss goes to loss_log.jsonl and loss_curve.png in --output-dir",
     "save_safetensors": "checkpoints are always safetensors",
     "remove_unused_columns": "the MindSpore pipeline yields exactly the model's inputs",
     "dataloader_num_workers": "batches come from the MindSpore data pipeline",

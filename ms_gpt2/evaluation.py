@@ -68,7 +68,8 @@ def language_model_loss(model, batches) -> dict:
 
     Uses the model's own loss (the training objective), weighting each batch by its number of
     scored tokens (their summed ``loss_weights`` when the batches carry them: the article tokens
-    then count λ each) so the result does not depend on how examples were batched.
+    then count λ each) so the result does not depend on how examples were batched. The model runs
+    in eval mode (no dropout) and is left in the mode it was in.
     """
     from ms_gpt2 import runtime
 
@@ -80,15 +81,20 @@ def language_model_loss(model, batches) -> dict:
 
     pad = model.config.pad_token_id
     total, tokens = 0.0, 0
-    with torch.no_grad():
-        for row in batches:
-            n = scored_count(row["labels"], pad, row.get("loss_weights"))
-            if n == 0:
-                continue
-            batch = {k: torch.tensor(v.astype(np.float32 if k == "loss_weights" else np.int64)).to(model.device)
-                     for k, v in row.items()}
-            total += float(model(**batch).loss) * n
-            tokens += n
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for row in batches:
+                n = scored_count(row["labels"], pad, row.get("loss_weights"))
+                if n == 0:
+                    continue
+                batch = {k: torch.tensor(v.astype(np.float32 if k == "loss_weights" else np.int64)).to(model.device)
+                         for k, v in row.items()}
+                total += model(**batch).loss.item() * n  # not float(): mindtorch rounds it to 5 decimals
+                tokens += n
+    finally:
+        model.train(was_training)
     if tokens == 0:
         raise ValueError("no scored tokens to compute a loss on")
     loss = total / tokens

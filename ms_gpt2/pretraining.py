@@ -14,9 +14,10 @@ per run (the block count fixes the number of steps); each epoch then shuffles al
 permutation keyed on the data seed and the epoch) and a MindSpore pipeline batches them.
 
 **Held-out documents.** The last ``pretrain.eval_fraction`` of the documents (by document, from
-the end of the file: deterministic) are never trained on; after training they are packed the same
-way (their final partial block kept, evaluated as a shorter sequence) and the token-weighted
-validation loss and perplexity are written to ``eval.json``.
+the end of the file: deterministic) are never trained on; they are packed the same way (their
+final partial block kept, evaluated as a shorter sequence) and the token-weighted validation loss
+and perplexity are written to ``eval.json`` after training, and logged as ``eval_loss`` and
+``eval_perplexity`` at each evaluation during training (``training.eval_strategy``).
 
 Output directory: as for ``ms-gpt2 train`` (``checkpoint-N/``, ``model/`` in Hugging Face layout
 with the tokenizer and run config, ``loss_log.jsonl``, ``loss_curve.png``, ``train_config.yaml``)
@@ -49,7 +50,8 @@ from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.modeling import build_config, generation_config_for, load_model  # noqa: E402
 from ms_gpt2.engine import distributed, options  # noqa: E402
 from ms_gpt2.rundir import atomic_write_text  # noqa: E402
-from ms_gpt2.training import (data_seed, fit, rank0_first, resolve_tokenizer, run_directory,  # noqa: E402
+from ms_gpt2.training import (HeldOutEvaluation, data_seed, fit, rank0_first, resolve_tokenizer,  # noqa: E402
+                              run_directory,
                               run_seed, start, workdir_for)
 
 log = logging.getLogger(__name__)
@@ -140,7 +142,7 @@ def heldout_loss(model, packed: Packed, batch_size: int = 8) -> dict:
         for batch in sequences:
             ids = torch.tensor(batch.astype(np.int64)).to(model.device)
             n = batch.shape[0] * (batch.shape[1] - 1)  # predicted positions
-            total += float(model(input_ids=ids, labels=ids).loss) * n
+            total += model(input_ids=ids, labels=ids).loss.item() * n  # float() would round to 5 decimals
             tokens += n
     model.train(was_training)
     if tokens == 0:
@@ -232,13 +234,18 @@ def _pretrain(config: dict, data_path, output_dir: Path, resume, overwrite: bool
     def pipeline(batch_size, epoch):  # every block once per epoch, in an order keyed on (data seed, epoch)
         return block_pipeline(packed.blocks, batch_size, shuffle=dcfg["shuffle"], seed=order_seed, epoch=epoch)
 
-    fitted = fit(config, model, tokenizer, pipeline, len(packed.blocks), output_dir, resume_from, generation_config)
+    held_out = _pack_split(source, "eval", tokenizer, block_size) if source.n_eval else None
+    evaluation = HeldOutEvaluation(lambda m, batch_size: heldout_loss(m, held_out, batch_size),
+                                   ("loss", "perplexity")) if held_out else None
+    fitted = fit(config, model, tokenizer, pipeline, len(packed.blocks), output_dir, resume_from, generation_config,
+                 held_out=evaluation, no_held_out=f"pretrain.eval_fraction={pcfg['eval_fraction']} holds out no "
+                                                  f"document of this corpus to evaluate on; raise it")
     log.info("pretrained %d steps, final model in %s", fitted.global_step, fitted.model_dir)
 
     scores = None
-    if source.n_eval and distributed.world()[0] == 0:
+    if held_out and distributed.world()[0] == 0:
         batch_size = int(config["training"]["per_device_train_batch_size"])
-        scores = heldout_loss(fitted.trainer.model, _pack_split(source, "eval", tokenizer, block_size), batch_size)
+        scores = heldout_loss(fitted.trainer.model, held_out, batch_size)
         atomic_write_text(output_dir / EVAL_FILE, json.dumps(scores, indent=2))
         log.info("held-out loss %.4f, perplexity %.2f over %d tokens of %d documents", scores["loss"],
                  scores["perplexity"], scores["tokens"], scores["documents"])

@@ -9,6 +9,13 @@ can be varied apart from the model's initialisation and dropout, which follow ``
 run resumed from a checkpoint, even mid-epoch, sees exactly the batches the uninterrupted run would
 have. ``training.dataloader_drop_last`` leaves out each epoch's short last batch.
 
+**Evaluation during training** (``training.eval_strategy`` steps or epoch): each job hands
+:func:`fit` its own held-out evaluation (:class:`HeldOutEvaluation`, the code that scores the
+held-out split after training) and :meth:`PipelineTrainer.evaluate` runs it on the Hugging Face
+model, so the Trainer's ``eval_*`` metrics, ``load_best_model_at_end`` and ``metric_for_best_model``
+work as in Hugging Face. Every data-parallel rank evaluates the whole held-out split (the same
+weights, so the same numbers; no collective call, so no rank waits for another).
+
 Output directory::
 
     checkpoint-N/      Trainer checkpoints (HF format + tokenizer + ms_gpt2_config.yaml), the newest
@@ -16,7 +23,9 @@ Output directory::
                        only when complete, so a crash never leaves a half-written checkpoint-N
     model/             the final model + tokenizer + generation config, written atomically
     tokenizer/         the vocabulary built from the data (when none was given; rebuilt on every fresh start)
-    train_config.yaml  the resolved config;  loss_log.jsonl, loss_curve.png  the loss history
+    train_config.yaml  the resolved config;  loss_log.jsonl, loss_curve.png  the loss history (and the
+                       held-out metrics of evaluations during training, training.eval_strategy)
+    runs/              TensorBoard event files (training.report_to: tensorboard)
     work/              clean copies of input files that had skipped bad lines
     .ms_gpt2.lock      held (flock) while a run writes here: a second run into the directory refuses
 """
@@ -33,6 +42,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ms_gpt2 import runtime
 
@@ -42,6 +52,7 @@ import mindspore.dataset as msds  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402  (mindtorch)
 from mindnlp.transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+from transformers.trainer import TRAINER_STATE_NAME  # noqa: E402
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint  # noqa: E402
 
 from ms_gpt2 import tokenization  # noqa: E402
@@ -51,6 +62,7 @@ from ms_gpt2.config import article_loss_weight, dump_config  # noqa: E402
 from ms_gpt2.data import NLPCCSource, records  # noqa: E402
 from ms_gpt2.engine import distributed, options  # noqa: E402
 from ms_gpt2.engine.trainer import trainer_class  # noqa: E402
+from ms_gpt2.evaluation import language_model_loss  # noqa: E402
 from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.examples import summary_fits, train_pipeline  # noqa: E402
 from ms_gpt2.modeling import (GPT2ForSummarization, build_config, generation_config_for,  # noqa: E402
@@ -61,6 +73,9 @@ log = logging.getLogger(__name__)
 
 LOSS_LOG = "loss_log.jsonl"
 LOSS_CURVE = "loss_curve.png"
+TENSORBOARD_DIR = "runs"  # Hugging Face's default logging_dir: OUTPUT_DIR/runs/<date>_<host>
+EVAL_LOSS = "eval_loss"  # the held-out loss an evaluation during training logs
+EVAL_TIMINGS = ("_runtime", "_per_second")  # evaluation metrics the loss log leaves out
 PAUSE_IN_SAVE_ENV = "MS_GPT2_TEST_PAUSE_IN_SAVE"
 
 
@@ -147,10 +162,22 @@ class CrashSafeCheckpoints:
                 dump_config(self.run_config, root / name / RUN_CONFIG)
         finally:
             self._staging_root = None
+        self._unstage_best_checkpoint(root, run_dir, root / name)
         replace_dir(root / name, run_dir / name)
         shutil.rmtree(root, ignore_errors=True)
         if self.args.should_save:
             self._rotate_checkpoints(use_mtime=True, output_dir=str(run_dir))
+
+    def _unstage_best_checkpoint(self, root: Path, run_dir: Path, staged: Path) -> None:
+        """The Trainer names the best checkpoint (``load_best_model_at_end``) by the directory it saved
+        into, the staging one: name its final place, in the state and in the staged trainer_state.json."""
+        best = self.state.best_model_checkpoint
+        if best is None or Path(best).parent != root:
+            return
+        self.state.best_model_checkpoint = str(run_dir / Path(best).name)
+        state_file = staged / TRAINER_STATE_NAME
+        if self.args.should_save and state_file.is_file():
+            self.state.save_to_json(str(state_file))  # what the Trainer wrote, with the final name
 
     def _save_rng_state(self, output_dir):
         _pause_in_save_for_tests(Path(self.args.output_dir), self.state.global_step)
@@ -177,8 +204,37 @@ class PipelineLoader(torch.utils.data.DataLoader):
         self.dataset.set_epoch(epoch)
 
 
+@dataclass
+class HeldOutEvaluation:
+    """A job's held-out evaluation during training, handed to the Trainer as its ``eval_dataset``.
+
+    ``score(model, batch_size) -> {metric: value}`` is the job's own held-out scoring (the code of its
+    end-of-training scores), run on the Hugging Face model; it puts the model in eval mode (no
+    dropout) and back in train mode. ``metrics``: the names the Trainer reports, as ``eval_<name>``
+    (``loss`` among them: Hugging Face's default ``metric_for_best_model``)."""
+
+    score: Callable[[object, int], dict]
+    metrics: tuple[str, ...]
+
+
 class PipelineTrainer(CrashSafeCheckpoints, Trainer):
-    """The MindNLP Trainer, reading batches the MindSpore pipeline already made."""
+    """The MindNLP Trainer, reading batches the MindSpore pipeline already made, evaluating with the
+    job's :class:`HeldOutEvaluation` (its ``eval_dataset``)."""
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
+        """The Trainer's ``evaluate`` with the job's held-out scoring instead of its prediction loop:
+        ``{eval_<metric>: value, eval_runtime}``, logged and passed to the callbacks as Hugging Face does.
+        (The compiled engine brings the model up to date before this runs.)"""
+        held_out = self.eval_dataset if eval_dataset is None else eval_dataset
+        if not isinstance(held_out, HeldOutEvaluation):
+            raise TypeError(f"{type(self).__name__}.evaluate scores a HeldOutEvaluation, not {type(held_out).__name__}")
+        started = time.time()
+        scores = held_out.score(self.model, self.args.per_device_eval_batch_size)
+        metrics = {f"{metric_key_prefix}_{name}": float(scores[name]) for name in held_out.metrics}
+        metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - started, 4)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
     def get_train_dataloader(self):
         # batch_size=None: the pipeline has batched. Not passed through accelerate's prepare():
@@ -234,7 +290,9 @@ def trained_position(checkpoint, n_batches: int, accumulation: int) -> tuple[int
 
 
 class LossLog(TrainerCallback):
-    """Appends every logged loss to loss_log.jsonl, so the curve survives resumes and crashes."""
+    """Appends every logged loss to loss_log.jsonl, so the curve survives resumes and crashes; and
+    every evaluation's held-out metrics, as ``{"step", "epoch", "eval_loss", ...}`` (no timings: the
+    log of a seeded run is the same in every process)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -248,10 +306,15 @@ class LossLog(TrainerCallback):
                      "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm")}
             # fp16's loss scaling; "skipped": the step's update was skipped (its grad_norm is null)
             entry.update({k: logs[k] for k in ("loss_scale", "skipped_steps", "skipped") if k in logs})
-            # strict JSON: a value that is not finite (an overflowed norm, a diverged loss) is null
-            entry = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in entry.items()}
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(entry, allow_nan=False) + "\n")
+        elif logs and EVAL_LOSS in logs:
+            entry = {"step": state.global_step, "epoch": logs.get("epoch"),
+                     **{k: v for k, v in logs.items() if k.startswith("eval_") and not k.endswith(EVAL_TIMINGS)}}
+        else:
+            return
+        # strict JSON: a value that is not finite (an overflowed norm, a diverged loss) is null
+        entry = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in entry.items()}
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry, allow_nan=False) + "\n")
 
 
 def drop_torn_tail(path: Path) -> None:
@@ -266,9 +329,10 @@ def drop_torn_tail(path: Path) -> None:
             handle.truncate(keep)
 
 
-def read_loss_log(path: Path) -> dict[int, float]:
-    """step -> loss from loss_log.jsonl; a resumed run re-logs a step: the latest entry wins. A torn
-    last line (a kill during an append) is skipped."""
+def read_loss_log(path: Path, key: str = "loss") -> dict[int, float]:
+    """step -> ``key`` (the training loss, or an evaluation's metric such as ``eval_loss``) from
+    loss_log.jsonl; entries without it are left out. A resumed run re-logs a step: the latest entry
+    wins. A torn last line (a kill during an append) is skipped."""
     by_step = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
@@ -276,7 +340,8 @@ def read_loss_log(path: Path) -> dict[int, float]:
         except json.JSONDecodeError:
             log.warning("%s: skipping an incomplete line (an interrupted write)", path)
             continue
-        by_step[entry["step"]] = entry["loss"]
+        if key in entry:
+            by_step[entry["step"]] = entry[key]
     return by_step
 
 
@@ -288,15 +353,19 @@ def plot_loss_curve(log_path: Path, png_path: Path) -> Path | None:
 
     if not log_path.is_file():
         return None
-    by_step = read_loss_log(log_path)
-    if not by_step:
+    by_step, held_out = read_loss_log(log_path), read_loss_log(log_path, EVAL_LOSS)
+    if not by_step and not held_out:
         return None
-    steps = sorted(by_step)
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, [by_step[s] for s in steps], marker="." if len(steps) < 50 else None)
+    for label, values, marker in (("training loss", by_step, "."), ("held-out loss", held_out, "o")):
+        if values:
+            steps = sorted(values)
+            ax.plot(steps, [values[s] for s in steps], marker=marker if len(steps) < 50 else None, label=label)
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_title("ms_gpt2 training loss")
+    ax.set_ylabel("loss")
+    ax.set_title("ms_gpt2 training loss" + (" and held-out loss" if held_out else ""))
+    if held_out:
+        ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
@@ -434,11 +503,12 @@ def clear_partial_checkpoints(output_dir: Path) -> list[str]:
 
 def start(output_dir: Path, resume, overwrite: bool, outputs=()) -> str | None:
     """The checkpoint to resume from (None: a fresh start). A fresh start with ``overwrite`` clears
-    the earlier run's checkpoints, loss log and ``outputs`` (rank 0)."""
+    the earlier run's checkpoints, loss log, TensorBoard event files and ``outputs`` (rank 0)."""
     cut_off = clear_partial_checkpoints(output_dir)
     resume_from = _resume_checkpoint(output_dir, resume, overwrite, cut_off)
     if overwrite and not resume_from and distributed.world()[0] == 0:
-        for stale in [*output_dir.glob("checkpoint-*"), output_dir / LOSS_LOG, *(output_dir / o for o in outputs)]:
+        for stale in [*output_dir.glob("checkpoint-*"), output_dir / LOSS_LOG, output_dir / TENSORBOARD_DIR,
+                      *(output_dir / o for o in outputs)]:
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     return resume_from
@@ -480,8 +550,54 @@ class Fitted:
     loss_curve: Path | None
 
 
+EVAL_STRATEGIES = ("no", "steps", "epoch")
+#: ``training:`` keys that do nothing without evaluations during training (refused then)
+NEEDS_EVALUATION = ("eval_steps", "eval_delay", "eval_on_start", "per_device_eval_batch_size", "metric_for_best_model",
+                    "greater_is_better", "load_best_model_at_end")
+
+
+def evaluation_settings(tcfg: dict, per_epoch: int, held_out: HeldOutEvaluation | None, no_held_out: str) -> None:
+    """Check the ``training:`` evaluation keys against the job's held-out evaluation, in one line each,
+    and map ``eval_strategy: epoch`` to steps as ``save_steps: epoch`` is (``eval_steps`` = the optimizer
+    steps of an epoch, ``eval_delay`` in epochs turned into steps), so ``load_best_model_at_end``
+    finds the save and evaluation strategies matching. ``tcfg`` is changed in place."""
+    strategy = str(tcfg.get("eval_strategy") or "no")  # YAML reads a bare `no` as false
+    if strategy not in EVAL_STRATEGIES:
+        raise UserError(f"training.eval_strategy={strategy}: choose one of {', '.join(EVAL_STRATEGIES)}")
+    if strategy == "no":
+        for key in NEEDS_EVALUATION:
+            if tcfg.get(key) not in (None, False):  # False, 0: the defaults
+                value = str(tcfg[key]).lower() if isinstance(tcfg[key], bool) else tcfg[key]
+                raise UserError(f"training.{key}={value} applies to evaluations during training, and there are "
+                                f"none: set training.eval_strategy (steps or epoch), or drop it")
+        return
+    if held_out is None:
+        raise UserError(f"training.eval_strategy={strategy}: {no_held_out}")
+    metric = tcfg.get("metric_for_best_model")
+    if metric is not None and str(metric).removeprefix("eval_") not in held_out.metrics:
+        raise UserError(f"training.metric_for_best_model={metric}: this job's held-out metrics are "
+                        f"{', '.join(held_out.metrics)}")
+    if strategy == "epoch":
+        tcfg["eval_strategy"], tcfg["eval_steps"] = "steps", per_epoch
+        tcfg["eval_delay"] = math.ceil(float(tcfg.get("eval_delay") or 0) * per_epoch)
+    eval_steps = tcfg.get("eval_steps") or tcfg.get("logging_steps")
+    save_steps = tcfg.get("save_steps")
+    if (tcfg.get("load_best_model_at_end") and isinstance(save_steps, int) and isinstance(eval_steps, int)
+            and eval_steps > 0 and save_steps % eval_steps):
+        raise UserError(f"training.load_best_model_at_end: the best model must have a checkpoint, so save_steps "
+                        f"({save_steps}) must be a multiple of the evaluation interval ({eval_steps} steps)")
+
+
+def report_to(value) -> list[str]:
+    """``training.report_to`` as the Trainer's list: [] or ["tensorboard"] (anything else is refused
+    earlier, by :mod:`ms_gpt2.engine.options`)."""
+    return ["tensorboard"] if options.reports_to_tensorboard(value) else []
+
+
 def fit(config: dict, model, tokenizer, make_pipeline, n_examples: int, output_dir: Path, resume_from: str | None,
-        generation_config=None, compiled_ok: bool = True, data_parallel_ok: bool = True) -> Fitted:
+        generation_config=None, compiled_ok: bool = True, data_parallel_ok: bool = True,
+        held_out: HeldOutEvaluation | None = None,
+        no_held_out: str = "this job has no held-out split to evaluate on") -> Fitted:
     """Train ``model`` with the MindNLP Trainer on batches from ``make_pipeline(batch_size, epoch)``
     (a batched MindSpore dataset of ``n_examples`` examples per epoch); the one set-up every job
     (train, pretrain, pretrain --objective mlm-nsp) shares.
@@ -490,7 +606,9 @@ def fit(config: dict, model, tokenizer, make_pipeline, n_examples: int, output_d
     for models the graph does not implement, which then train eagerly). Under msrun every rank
     reads the same global batches of ``per_device_train_batch_size x world size`` and keeps its rows
     (with ``dataloader_drop_last``, only full global batches); the batch order follows
-    :func:`data_seed`; rank 0 alone writes ``train_config.yaml``, checkpoints, the loss log and curve, and ``model/``."""
+    :func:`data_seed`; rank 0 alone writes ``train_config.yaml``, checkpoints, the loss log and curve,
+    TensorBoard's event files, and ``model/``. ``held_out``: the job's evaluation during training
+    (``training.eval_strategy``); without one, ``no_held_out`` says why when evaluation is asked for."""
     engine = config.get("engine") if compiled_ok else "eager"
     options.check_config(config, engine)  # the jobs checked already, before their data work; API callers here
     rank, world_size = distributed.world()
@@ -511,6 +629,9 @@ def fit(config: dict, model, tokenizer, make_pipeline, n_examples: int, output_d
     accumulation = int(tcfg.get("gradient_accumulation_steps", 1))
     if tcfg.get("save_steps") == "epoch":  # once per epoch: the Trainer counts optimizer steps
         tcfg["save_steps"] = updates_per_epoch(n_batches, accumulation)
+    evaluation_settings(tcfg, updates_per_epoch(n_batches, accumulation), held_out, no_held_out)
+    reports = report_to(tcfg.pop("report_to", None))
+    reports = reports if rank == 0 else []  # rank 0 alone writes files
     batches = PipelineBatches(lambda: make_pipeline(global_batch, batches.epoch), n_batches, data_seed(config))
     # Resuming mid-epoch: the Trainer would skip the trained batches by drawing and dropping them
     # through a new DataLoader (accelerate's skip_first_batches); PipelineBatches skips them in the
@@ -523,7 +644,7 @@ def fit(config: dict, model, tokenizer, make_pipeline, n_examples: int, output_d
 
     args = TrainingArguments(
         output_dir=str(output_dir), per_device_train_batch_size=batch_size, seed=seed,
-        report_to=[], save_strategy="steps", save_safetensors=True, remove_unused_columns=False,
+        report_to=reports, save_strategy="steps", save_safetensors=True, remove_unused_columns=False,
         dataloader_num_workers=0, use_cpu=runtime.ensure().device == "cpu", ignore_data_skip=True, **tcfg)
     if rank == 0:
         dump_config(config, output_dir / "train_config.yaml")
@@ -538,7 +659,7 @@ def fit(config: dict, model, tokenizer, make_pipeline, n_examples: int, output_d
     trainer_cls = trainer_class(PipelineTrainer, engine, data_parallel=world_size > 1)
     callbacks = [EpochProgress(batches)] + ([LossLog(output_dir / LOSS_LOG)] if rank == 0 else [])
     trainer = trainer_cls(model=model, args=args, train_dataset=batches, processing_class=tokenizer,
-                          callbacks=callbacks)
+                          callbacks=callbacks, eval_dataset=held_out if args.eval_strategy != "no" else None)
     trainer.run_config = config  # each checkpoint-N carries it, for summarize/evaluate --model checkpoint-N
     result = trainer.train(resume_from_checkpoint=resume_from)
     model_dir, curve = output_dir / FINAL_MODEL, None
@@ -589,7 +710,15 @@ def _train(config: dict, data_path, output_dir: Path, resume, overwrite: bool) -
         return train_pipeline(source.lines("train"), tokenizer, dcfg["max_seq_len"], batch_size,
                               shuffle=dcfg["shuffle"], article_loss_weight=article_loss_weight(dcfg))
 
-    fitted = fit(config, model, tokenizer, pipeline, source.n_train, output_dir, resume_from, generation_config)
+    def held_out_loss(model, batch_size):  # the λ-weighted training objective on the held-out records
+        batches = train_pipeline(source.lines("test"), tokenizer, dcfg["max_seq_len"], batch_size,
+                                 article_loss_weight=article_loss_weight(dcfg))
+        return language_model_loss(model, batches.create_dict_iterator(num_epochs=1, output_numpy=True))
+
+    fitted = fit(config, model, tokenizer, pipeline, source.n_train, output_dir, resume_from, generation_config,
+                 held_out=HeldOutEvaluation(held_out_loss, ("loss", "perplexity")) if source.n_test else None,
+                 no_held_out=f"data.train_ratio={dcfg['train_ratio']} (of data.fraction={dcfg['fraction']}) leaves "
+                             f"no held-out records to evaluate on; lower it")
     if workdir != output_dir / "work":
         shutil.rmtree(workdir, ignore_errors=True)
     log.info("trained %d steps, final model in %s", fitted.global_step, fitted.model_dir)

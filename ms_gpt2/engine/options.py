@@ -84,6 +84,22 @@ def _on_910a(value, ctx: Context) -> bool:
 
 _HALF_ON_CPU = "drop it (train in float32), or train on Ascend (or a GPU)"
 
+#: ``training.report_to`` values ms_gpt2 honours (besides the default, none)
+REPORT_TO = ("none", ["none"], "tensorboard", ["tensorboard"])
+
+
+def reports_to_tensorboard(value) -> bool:
+    return value in ("tensorboard", ["tensorboard"])
+
+
+def tensorboard_writer() -> bool:
+    """Whether Hugging Face's TensorBoardCallback will find a writer: mindtorch has no
+    ``torch.utils.tensorboard``, so it takes tensorboardX's."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboardX") is not None
+
+
 #: key -> the refusals that apply to it, checked in order (the first that applies is raised).
 REFUSED: dict[str, tuple[Refused, ...]] = {
     # -- precision: the graph's dtype is float32; CPU has no working half-precision path at all --
@@ -170,6 +186,33 @@ REFUSED: dict[str, tuple[Refused, ...]] = {
                                      "which ms_gpt2's pipeline and data parallel do without",
                                      "drop it (data order: training.data_seed; data parallel: --nproc)",
                                      engines=ENGINES),),
+    # -- both engines: evaluation during training is the job's own held-out scoring --
+    **{key: (Refused(f"{what}; ms_gpt2's evaluation during training is the job's own held-out scoring "
+                     f"(ms_gpt2.training.HeldOutEvaluation), which runs no prediction loop and no compute_metrics",
+                     "drop it", engines=ENGINES),)
+       for key, what in {
+           "eval_accumulation_steps": "it moves gathered predictions off the device every N evaluation steps",
+           "prediction_loss_only": "it makes the prediction loop return only the loss",
+           "include_inputs_for_metrics": "it passes the inputs to compute_metrics",
+           "include_for_metrics": "it passes inputs or losses to compute_metrics",
+           "eval_do_concat_batches": "it sets how the prediction loop concatenates predictions",
+           "batch_eval_metrics": "it calls compute_metrics batch by batch",
+           "eval_use_gather_object": "it gathers predictions as Python objects across devices",
+           "jit_mode_eval": "it traces the model with torch.jit for the prediction loop",
+           "fp16_full_eval": "it runs the prediction loop's model in float16 (the held-out scoring is float32)",
+           "bf16_full_eval": "it runs the prediction loop's model in bfloat16 (the held-out scoring is float32)",
+           "use_legacy_prediction_loop": "it selects the older prediction loop",
+           "label_names": "the prediction loop reads the labels under these names",
+       }.items()},
+    "per_gpu_eval_batch_size": (Refused("the deprecated alias of per_device_eval_batch_size",
+                                        "use training.per_device_eval_batch_size", engines=ENGINES),),
+    # -- both engines: where the logs go --
+    "report_to": (Refused("ms_gpt2 logs to loss_log.jsonl and loss_curve.png in --output-dir, and to TensorBoard "
+                          "with report_to: tensorboard; it sets up no other integration",
+                          "use report_to: tensorboard (or none)", engines=ENGINES, allowed=REPORT_TO),
+                  Refused("TensorBoard's event files are written with tensorboardX, which is not installed",
+                          "pip install tensorboardX (or drop the setting)", engines=ENGINES,
+                          when=lambda value, ctx: reports_to_tensorboard(value) and not tensorboard_writer()),),
     # -- both engines: ms_gpt2's own data parallel --
     "average_tokens_across_devices": (Refused(
         "ms_gpt2's data parallel always takes the token mean over every rank's tokens (both engines)",
@@ -199,8 +242,8 @@ _LOOP = "the Trainer's loop around the step, the same on both engines"
 _LOGGING = "logging of what the step returns (loss, grad norm), the same on both engines"
 _SAVING = ("checkpoints and resume: the engine brings the model up to date before each save; optimizer.pt holds "
            "its AdamW state")
-_EVAL = ("evaluation runs the Hugging Face model, which the compiled engine brings up to date first (ms_gpt2 "
-         "passes the Trainer no eval dataset; its evaluation is its own)")
+_EVAL = ("evaluation during training: the job's own held-out scoring (ms_gpt2.training.HeldOutEvaluation) runs "
+         "on the Hugging Face model, which the compiled engine brings up to date first")
 _HUB = "Hugging Face Hub uploads of saved checkpoints, the same on both engines"
 _LAUNCH = ("device selection and torch.distributed launch settings, read before training (ms_gpt2: --device, and "
            "its own data parallel through msrun on both engines)")
@@ -222,10 +265,7 @@ OUTSIDE_THE_STEP: dict[str, str] = {
     "resume_from_checkpoint": "not read by the Trainer (ms_gpt2: --resume)",
     **_each("not read by the Trainer (scripts' flags)", "do_train do_eval do_predict"),
     **_each(_EVAL, "eval_strategy eval_steps eval_delay eval_on_start per_device_eval_batch_size "
-                   "per_gpu_eval_batch_size eval_accumulation_steps prediction_loss_only include_inputs_for_metrics "
-                   "include_for_metrics eval_do_concat_batches batch_eval_metrics eval_use_gather_object "
-                   "jit_mode_eval fp16_full_eval bf16_full_eval metric_for_best_model greater_is_better "
-                   "load_best_model_at_end use_legacy_prediction_loop label_names"),
+                   "metric_for_best_model greater_is_better load_best_model_at_end"),
     # data loading, before the step: ms_gpt2's MindSpore pipeline builds the batches on both engines
     "data_seed": "seeds each epoch's batch order (ms_gpt2.training.PipelineBatches), apart from --seed, which the "
                  "initial weights and dropout keep following",
