@@ -66,10 +66,14 @@ FINAL_MODEL = "model"  # where ``ms-gpt2 train``/``pretrain`` put the final mode
 
 
 def resolve_model_dir(path) -> Path:
-    """``--model`` as the user means it: a training output directory stands for its final ``model/``."""
+    """``--model`` as the user means it: a training output directory stands for its final ``model/``.
+    A path that is no directory is a :class:`CheckpointError` naming it as the model directory."""
     import logging
 
-    path = Path(path)
+    path = recover_dir(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such model directory" if not path.exists() else
+                              f"{path}: not a directory; expected a model directory (config.json, weights, vocabulary)")
     final = path / FINAL_MODEL
     if path.is_dir() and not (path / "config.json").is_file() and (recover_dir(final) / "config.json").is_file():
         logging.getLogger(__name__).info("%s is a training output directory; using its final model %s", path, final)

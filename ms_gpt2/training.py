@@ -307,6 +307,8 @@ def _checkpoint_tokenizer(init_from, purpose: str | None):
     """The vocabulary a model.init_from checkpoint was trained with, or None if it carries none.
     ``purpose``: why a BERT vocabulary is required (BPE refused), or None when either kind serves."""
     init_from = Path(init_from)
+    if not init_from.is_dir():  # else the message would be about its missing vocabulary
+        raise UserError(f"model.init_from {init_from}: no such model directory")
     if not any((init_from / name).is_file() for name in ("vocab.txt", "vocab.json")):
         return None
     tokenizer = load_tokenizer(init_from)
