@@ -97,10 +97,14 @@ def save_pretrained(model, tokenizer, target, generation_config=None, run_config
     shutil.rmtree(tmp, ignore_errors=True)
     if generation_config is not None:
         model.generation_config = generation_config
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
-    if run_config is not None:
-        from ms_gpt2.config import dump_config
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        if run_config is not None:
+            from ms_gpt2.config import dump_config
 
-        dump_config(run_config, tmp / RUN_CONFIG)
-    return replace_dir(tmp, target)
+            dump_config(run_config, tmp / RUN_CONFIG)
+        return replace_dir(tmp, target)
+    except BaseException:  # e.g. a full disk: the half-written copy must not keep its space
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
