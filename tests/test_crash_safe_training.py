@@ -368,6 +368,34 @@ def test_disk_full_while_saving_the_final_model_is_one_line_and_resume_finishes(
     assert (run / "model" / "model.safetensors").is_file()
 
 
+def test_disk_full_while_appending_to_the_loss_log_is_one_line_and_resume_continues(setup, straight, tmp_path,
+                                                                                     monkeypatch):
+    import builtins
+
+    import ms_gpt2.training as training
+    from ms_gpt2.errors import UserError
+
+    appends = []
+
+    def open_(file, mode="r", *args, **kwargs):  # the disk fills up once step 4 is logged (and checkpointed)
+        if str(file).endswith("loss_log.jsonl") and "a" in mode:
+            appends.append(file)
+            if len(appends) > 4:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+        return builtins.open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(training, "open", open_, raising=False)
+    run = tmp_path / "run"
+    runtime.seed_everything(0)
+    with pytest.raises(UserError) as info:
+        train(setup.config, setup.data, run)
+    assert str(info.value) == (f"{run / 'loss_log.jsonl'}: No space left on device (ENOSPC); the earlier "
+                               f"checkpoints are intact (newest checkpoint-4): free space, then run the same "
+                               f"command with --resume")
+    monkeypatch.undo()
+    _resume_and_check(setup, straight, run)
+
+
 def _mount_tmpfs(path: Path, size: int) -> bool:
     path.mkdir(parents=True, exist_ok=True)
     if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("mount"):
