@@ -439,3 +439,23 @@ def test_the_log_is_cut_back_to_the_step_a_run_starts_from(tmp_path):
     assert path.stat().st_ino != inode  # replaced, never truncated in place
     LossLog(path).on_train_begin(None, SimpleNamespace(global_step=0), None)
     assert path.read_text(encoding="utf-8").splitlines() == ['{"note": "no step"}']
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "ENOENT"])
+def test_any_command_says_a_write_failure_in_one_line_and_keeps_bugs_tracebacks(code, monkeypatch, capsys):
+    """Outside a training run's directory (summarize --out, download-data, ...) the CLI still names
+    the file and the reason; an OSError that is no write failure stays a traceback (a bug)."""
+    from ms_gpt2 import cli, walkthrough
+
+    def run(*args):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), "/data/out.jsonl")
+
+    monkeypatch.setattr(walkthrough, "run", run)
+    if code == "ENOENT":
+        with pytest.raises(FileNotFoundError):
+            cli.main(["attention-demo", "--device", "cpu"])
+        return
+    with pytest.raises(SystemExit) as info:
+        cli.main(["attention-demo", "--device", "cpu"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == "ms-gpt2: error: /data/out.jsonl: No space left on device (ENOSPC)\n"
