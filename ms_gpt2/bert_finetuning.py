@@ -164,7 +164,7 @@ def checkpoint_dir(path) -> Path:
     its ``model/``), or :class:`CheckpointError` saying what it is not."""
     given = Path(path)
     if not given.exists():
-        raise CheckpointError(f"model.init_from {given}: no such directory")
+        raise CheckpointError(f"model.init_from {given}: no such model directory")
     path = resolve_model_dir(given)
     config_file = path / "config.json"
     if not config_file.is_file():

@@ -66,10 +66,14 @@ FINAL_MODEL = "model"  # where ``ms-gpt2 train``/``pretrain`` put the final mode
 
 
 def resolve_model_dir(path) -> Path:
-    """``--model`` as the user means it: a training output directory stands for its final ``model/``."""
+    """``--model`` as the user means it: a training output directory stands for its final ``model/``.
+    A path that is no directory is a :class:`CheckpointError` naming it as the model directory."""
     import logging
 
-    path = Path(path)
+    path = recover_dir(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such model directory" if not path.exists() else
+                              f"{path}: not a directory; expected a model directory (config.json, weights, vocabulary)")
     final = path / FINAL_MODEL
     if path.is_dir() and not (path / "config.json").is_file() and (recover_dir(final) / "config.json").is_file():
         logging.getLogger(__name__).info("%s is a training output directory; using its final model %s", path, final)
@@ -93,10 +97,14 @@ def save_pretrained(model, tokenizer, target, generation_config=None, run_config
     shutil.rmtree(tmp, ignore_errors=True)
     if generation_config is not None:
         model.generation_config = generation_config
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
-    if run_config is not None:
-        from ms_gpt2.config import dump_config
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        if run_config is not None:
+            from ms_gpt2.config import dump_config
 
-        dump_config(run_config, tmp / RUN_CONFIG)
-    return replace_dir(tmp, target)
+            dump_config(run_config, tmp / RUN_CONFIG)
+        return replace_dir(tmp, target)
+    except BaseException:  # e.g. a full disk: the half-written copy must not keep its space
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -442,7 +442,23 @@ def main(argv: list[str] | None = None) -> int:
         runtime.setup(args.device, args.seed)
         return args.handler(args)
     except UserError as err:  # bad input: one clear line, exit 2; anything else is a bug
+        _close_progress_bars()
         parser.exit(2, f"ms-gpt2: error: {err}\n")
+    except OSError as err:  # a full disk, a read-only one...: as one line too (training jobs say more)
+        from ms_gpt2.rundir import describe_write_failure, write_failure
+
+        failure = write_failure(err)
+        if failure is None:
+            raise
+        _close_progress_bars()
+        parser.exit(2, f"ms-gpt2: error: {failure.filename or err.filename}: {describe_write_failure(failure)}\n")
+
+
+def _close_progress_bars() -> None:
+    """End a training progress bar the error cut short, so the error is a line of its own (and the last)."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
 
 
 if __name__ == "__main__":

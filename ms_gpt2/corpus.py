@@ -10,8 +10,9 @@ Two formats:
 A bad line (not UTF-8; with ``text_field`` also bad JSON, not an object, a missing, non-string or
 empty field) is a :class:`~ms_gpt2.data.DataError` naming ``file:line``, or, with
 ``skip_bad_lines``, it is counted and left out, exactly as ``ms_gpt2.data`` treats NLPCC files
-(its checking helpers are reused here). The user's file is never modified: when a pipeline needs
-a file holding only the good documents, :func:`clean_copy` writes one elsewhere.
+(its checking helpers are reused here; a UTF-8 byte-order mark is read past). The user's file is
+never modified: when a pipeline needs a file holding only the good documents, or one without the
+byte-order mark, :func:`clean_copy` writes one elsewhere.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from pathlib import Path
 from typing import Iterator
 
 from ms_gpt2.errors import UserError
-from ms_gpt2.data import DataError, _lines, _text_lines, check_path, decode_line, json_object, text_field as _text_field
+from ms_gpt2.data import (DataError, _lines, _text_lines, check_path, decode_line, json_object, starts_with_bom,
+                          text_field as _text_field)
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +124,11 @@ def clean_copy(report: CorpusReport, workdir) -> Path:
 
     The original is returned as it is when every non-empty line is a good document and there are
     no blank lines (MindSpore's ``TextFileDataset`` would otherwise hand over whitespace-only lines
-    and shift document counts). With ``text_field``, the copy keeps one JSON object per line (the
+    and shift document counts) and no UTF-8 byte-order mark (it would hand that over as the first
+    document's first character). With ``text_field``, the copy keeps one JSON object per line (the
     field only), so documents containing newlines survive.
     """
-    if not report.bad and not report.blank_lines:
+    if not report.bad and not report.blank_lines and not starts_with_bom(report.path):
         return report.path
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,8 @@ The tutorial's pipeline shape is kept: ``TextFileDataset`` → ``map`` (parse th
   checked in Python (UTF-8, JSON object, both keys, non-empty text, fits ``max_seq_len``). A bad
   line is an error naming ``file:line`` before any training starts, or, with ``skip_bad_lines``,
   it is counted and left out: the pipeline then reads a clean copy holding only the good lines.
+  A UTF-8 byte-order mark (Windows editors write one) is read past, and the pipeline reads a copy
+  without it, so the first record never starts with U+FEFF.
 * **A deterministic split by position**, the tutorial's: the first ``fraction`` of the records,
   then the first ``train_ratio`` of those for training and the rest for testing.
 """
@@ -92,13 +94,26 @@ class ScanReport:
 
     @property
     def readable_as_is(self) -> bool:
-        # TextFileDataset drops empty lines itself but would hand us whitespace-only ones.
-        return not self.bad and not self.blank_lines
+        # TextFileDataset drops empty lines itself but would hand us whitespace-only ones, and
+        # would pass a byte-order mark on as the first record's first character.
+        return not self.bad and not self.blank_lines and not starts_with_bom(self.path)
+
+
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def starts_with_bom(path) -> bool:
+    """Whether the file begins with a UTF-8 byte-order mark (as Windows editors save "UTF-8")."""
+    with open(path, "rb") as handle:
+        return handle.read(len(UTF8_BOM)) == UTF8_BOM
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line without its end), a leading UTF-8 byte-order mark left out (``utf-8-sig``)."""
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM):]
             yield number, raw.rstrip(b"\r\n")
 
 

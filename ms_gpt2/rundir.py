@@ -8,6 +8,8 @@ Everything a run saves appears under its final name only once it is completely w
   without the directory; elsewhere the old one is first renamed to ``.<name>.old``, and
   :func:`recover_dir` (called by the loaders and savers) puts it back if a crash fell between the
   two renames.
+* :func:`write_failure` tells a write the user can fix (a full disk, a quota, a read-only or
+  forbidden place) from a bug, so the jobs can say it in one line (:class:`WriteError`).
 * :class:`RunLock` holds an OS lock (``fcntl.flock``) on ``<output_dir>/.ms_gpt2.lock`` for the
   whole run. The kernel drops it when its holder dies, even by SIGKILL, so a lock file left
   behind by a dead run is simply taken over (with a warning); a live holder makes a second run
@@ -20,6 +22,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -31,6 +34,39 @@ from ms_gpt2.errors import UserError
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".ms_gpt2.lock"
+
+
+#: errno values of a write that failed for a reason the user can fix; ENOSPC and EDQUOT: no room
+WRITE_ERRNOS = frozenset(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EFBIG,
+                                           errno.EROFS, errno.EACCES, errno.EPERM) if code is not None)
+NO_ROOM = frozenset(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None)
+
+
+class WriteError(UserError):
+    """A file of the run could not be written (disk full, quota, read-only, permissions)."""
+
+
+def write_failure(err: BaseException) -> OSError | None:
+    """The OSError behind ``err`` (itself, or one it was raised from) when it is one of
+    :data:`WRITE_ERRNOS`, else None. Writers that are not Python's own report the errno in their
+    message (safetensors: ``SafetensorError: ... No space left on device (os error 28)``, Rust's
+    ``io::Error``); those are recognised too."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
+            return err
+        found = re.search(r"\(os error (\d+)\)|\bOs \{ code: (\d+)", str(err))
+        code = int(found.group(1) or found.group(2)) if found else None
+        if code in WRITE_ERRNOS:
+            return OSError(code, os.strerror(code))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def describe_write_failure(err: OSError) -> str:
+    """``No space left on device (ENOSPC)``: the reason, with the errno's name for searching."""
+    return f"{os.strerror(err.errno)} ({errno.errorcode.get(err.errno, err.errno)})"
 
 
 def staging_name(target) -> Path:

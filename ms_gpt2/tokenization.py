@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ms_gpt2 import runtime
+from ms_gpt2.data import starts_with_bom
 from ms_gpt2.errors import UserError
 
 runtime.ensure()
@@ -119,6 +120,9 @@ def load_tokenizer(path) -> BertTokenizer:
         vocab_file = path
     else:
         raise TokenizerError(f"{path}: no such tokenizer directory or vocab file")
+    if starts_with_bom(vocab_file):  # BertTokenizer would read its first token as "\ufeff[PAD]"
+        raise TokenizerError(f"{vocab_file}: vocab.txt starts with a UTF-8 byte-order mark; save it as UTF-8 "
+                             f"without BOM (its first line must be exactly [PAD])")
     check_special_tokens(tokenizer, path)
     _check_repeats(tokenizer, vocab_file)
     return _as_gpt2_vocabulary(tokenizer)

@@ -24,7 +24,8 @@ Output directory::
     model/             the final model + tokenizer + generation config, written atomically
     tokenizer/         the vocabulary built from the data (when none was given; rebuilt on every fresh start)
     train_config.yaml  the resolved config;  loss_log.jsonl, loss_curve.png  the loss history (and the
-                       held-out metrics of evaluations during training, training.eval_strategy)
+                       held-out metrics of evaluations during training, training.eval_strategy; a run
+                       starting from checkpoint-N first drops the entries after step N)
     runs/              TensorBoard event files (training.report_to: tensorboard)
     work/              clean copies of input files that had skipped bad lines
     .ms_gpt2.lock      held (flock) while a run writes here: a second run into the directory refuses
@@ -67,7 +68,8 @@ from ms_gpt2.errors import UserError  # noqa: E402
 from ms_gpt2.examples import summary_fits, train_pipeline  # noqa: E402
 from ms_gpt2.modeling import (GPT2ForSummarization, build_config, generation_config_for,  # noqa: E402
                               ignored_label_id, load_model, loss_token_count)
-from ms_gpt2.rundir import RunLock, recover_dir, replace_dir, staging_name  # noqa: E402
+from ms_gpt2.rundir import (NO_ROOM, RunLock, WriteError, atomic_write_text, describe_write_failure,  # noqa: E402
+                            recover_dir, replace_dir, staging_name, write_failure)
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +133,9 @@ class CrashSafeCheckpoints:
     The Trainer's own ``_save_checkpoint`` writes into ``.checkpoint-N.partial/checkpoint-N`` (by
     pointing ``_get_output_dir`` there while it runs), then the finished directory is flushed and
     renamed to ``checkpoint-N`` and only then are old checkpoints rotated away. Hidden staging names
-    match neither ``get_last_checkpoint`` nor the rotation's ``checkpoint-*`` glob.
+    match neither ``get_last_checkpoint`` nor the rotation's ``checkpoint-*`` glob. A save that fails
+    (a full disk) removes its staging directory; one the user can fix (see
+    :func:`~ms_gpt2.rundir.write_failure`) is a one-line :class:`~ms_gpt2.rundir.WriteError`.
     """
 
     run_config: dict | None = None  # saved as ms_gpt2_config.yaml in every checkpoint
@@ -160,10 +164,17 @@ class CrashSafeCheckpoints:
             super()._save_checkpoint(model, trial)
             if self.run_config is not None:
                 dump_config(self.run_config, root / name / RUN_CONFIG)
+            self._unstage_best_checkpoint(root, run_dir, root / name)
+            replace_dir(root / name, run_dir / name)
+        except Exception as err:  # a full disk: one line, and the half-written copy does not keep its space
+            shutil.rmtree(root, ignore_errors=True)
+            failure = write_failure(err)
+            if failure is None:
+                raise
+            raise WriteError(f"{run_dir / name}: cannot save the checkpoint: {describe_write_failure(failure)}; "
+                             f"{what_survives(run_dir, failure)}") from err
         finally:
             self._staging_root = None
-        self._unstage_best_checkpoint(root, run_dir, root / name)
-        replace_dir(root / name, run_dir / name)
         shutil.rmtree(root, ignore_errors=True)
         if self.args.should_save:
             self._rotate_checkpoints(use_mtime=True, output_dir=str(run_dir))
@@ -299,6 +310,8 @@ class LossLog(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         drop_torn_tail(self.path)  # a run killed mid-write left half a line: the next entry must start clean
+        # steps a crashed run logged after its last checkpoint are trained (and logged) again
+        drop_entries_after(self.path, state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
@@ -327,6 +340,26 @@ def drop_torn_tail(path: Path) -> None:
         log.warning("%s: dropping an incomplete last line (%d bytes) left by an interrupted run", path, len(data) - keep)
         with open(path, "r+b") as handle:
             handle.truncate(keep)
+
+
+def drop_entries_after(path: Path, step: int) -> None:
+    """Cut a JSON-lines log back to the entries of steps up to ``step`` (the checkpoint a run resumes
+    from; 0 on a fresh start), crash-safely: the kept lines go to a temporary file that replaces it."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if _logged_step(line) <= step]
+    if len(kept) < len(lines):
+        log.info("%s: dropping %d entries after step %d, the step this run starts from", path,
+                 len(lines) - len(kept), step)
+        atomic_write_text(path, "".join(kept))
+
+
+def _logged_step(line: str) -> float:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):  # no step: not ours to drop
+        return -math.inf
 
 
 def read_loss_log(path: Path, key: str = "loss") -> dict[int, float]:
@@ -388,6 +421,8 @@ def _checkpoint_tokenizer(init_from, purpose: str | None):
     """The vocabulary a model.init_from checkpoint was trained with, or None if it carries none.
     ``purpose``: why a BERT vocabulary is required (BPE refused), or None when either kind serves."""
     init_from = Path(init_from)
+    if not init_from.is_dir():  # else the message would be about its missing vocabulary
+        raise UserError(f"model.init_from {init_from}: no such model directory")
     if not any((init_from / name).is_file() for name in ("vocab.txt", "vocab.json")):
         return None
     tokenizer = load_tokenizer(init_from)
@@ -477,14 +512,36 @@ def run_directory(output_dir):
     Rank 0 (the only process of a single-device run) holds the directory's lock throughout, so a
     second run into it refuses (RunDirInUseError), and puts back a ``model/`` swap a crashed run cut
     off half-way (:func:`start` clears its unfinished checkpoints). The other ranks of a
-    data-parallel job only read from it."""
+    data-parallel job only read from it. A write that fails for a reason the user can fix (a full
+    disk...) ends the job as a one-line :class:`~ms_gpt2.rundir.WriteError` saying which checkpoints
+    are left to resume from."""
     output_dir = Path(output_dir)
-    if distributed.world()[0] != 0:
-        yield output_dir
-        return
-    with RunLock(output_dir):
-        recover_dir(output_dir / FINAL_MODEL)
-        yield output_dir
+    try:
+        if distributed.world()[0] != 0:
+            yield output_dir
+            return
+        with RunLock(output_dir):
+            recover_dir(output_dir / FINAL_MODEL)
+            yield output_dir
+    except UserError:  # already one line (a checkpoint that could not be saved among them)
+        raise
+    except Exception as err:  # a full disk (or a read-only one...) is one line, not a traceback
+        failure = write_failure(err)
+        if failure is None:
+            raise
+        raise WriteError(f"{failure.filename or output_dir}: {describe_write_failure(failure)}; "
+                         f"{what_survives(output_dir, failure)}") from err
+
+
+def what_survives(output_dir: Path, failure: OSError) -> str:
+    """What a run that could not write is left with, and what to do next (for a one-line error)."""
+    fix = "free space" if failure.errno in NO_ROOM else "make it writable"
+    intact = [p.name for p in _checkpoints_newest_first(output_dir) if incomplete_reason(p) is None] \
+        if output_dir.is_dir() else []
+    if not intact:
+        return f"no checkpoint was saved yet: {fix}, then run the command again"
+    return (f"the earlier checkpoints are intact (newest {intact[0]}): {fix}, then run the same command "
+            f"with --resume")
 
 
 def clear_partial_checkpoints(output_dir: Path) -> list[str]:

@@ -152,7 +152,7 @@ def test_bad_input_is_one_line_naming_it(case, pretrained, data, tmp_path, capsy
     fixtures = Path(__file__).parent / "fixtures"
     init_from, path, expected = pretrained / "model", data, None
     if case == "missing":
-        init_from, expected = tmp_path / "nowhere", f"model.init_from {tmp_path / 'nowhere'}: no such directory"
+        init_from, expected = tmp_path / "nowhere", f"model.init_from {tmp_path / 'nowhere'}: no such model directory"
     elif case == "gpt2":  # a GPT-2 with a BERT vocab.txt: loading it as BERT would silently start from random weights
         init_from, expected = fixtures / "gpt2-bert-tiny", "not a BERT checkpoint (model_type 'gpt2')"
     elif case == "no-config":

@@ -49,7 +49,7 @@ def test_too_long_summary_is_reported_before_training(tmp_path, char_vocab_dir):
 
 
 @pytest.mark.parametrize("args,fragments", [
-    (["summarize", "--model", "nowhere", "--text", "正文"], ["nowhere: no such tokenizer directory"]),
+    (["summarize", "--model", "nowhere", "--text", "正文"], ["nowhere: no such model directory"]),
     (["evaluate", "--model", "configs", "--data", "x.jsonl"], ["configs: no vocab.txt"]),
     (["train", "--config", "configs/none.yaml", "--data", "x", "--output-dir", "y"], ["configs/none.yaml: no such config file"]),
     (["train", "--config", "configs/smoke.yaml", "--data", "missing.jsonl", "--output-dir", "y"], ["missing.jsonl: no such file"]),
