@@ -229,7 +229,7 @@ def test_finetune_bert_logs_its_heldout_pair_loss_and_accuracy(tmp_path, char_vo
 
 REFUSED = [
     (["training.eval_strategy=steps", "data.train_ratio=1.0"], "training.eval_strategy=steps: data.train_ratio=1.0"),
-    (["training.eval_strategy=sometimes"], "training.eval_strategy=sometimes: choose one of no, steps, epoch"),
+    (["training.eval_strategy=sometimes"], "training.eval_strategy=sometimes: must be one of no, steps, epoch"),
     (["training.load_best_model_at_end=true"], "training.load_best_model_at_end=true applies to evaluations during "
                                                "training, and there are none: set training.eval_strategy"),
     (["training.eval_steps=2"], "training.eval_steps=2 applies to evaluations during training"),
