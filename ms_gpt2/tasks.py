@@ -98,8 +98,8 @@ def demo(output_dir="runs/demo", data=DEMO_DATA, config_path=SMOKE_CONFIG, overr
         tokenization.build_tokenizer(texts, vocab, config["tokenizer"]["vocab_size"],
                                      config["tokenizer"].get("min_frequency", 1))
         if source.n_test:
-            tokenization.log_unk_rate(vocab / "vocab.txt", (text for pair in records(source.lines("test")) for text in pair),
-                                      "the held-out split")
+            heldout = (text for pair in records(source.lines("test")) for text in pair)
+            tokenization.log_unk_rate(vocab / "vocab.txt", heldout, "the held-out split")
 
     pconfig = load_config(pretrain_config_path, ["pretrain.text_field=article", f"tokenizer.path={vocab}",
                                                  *pretrain_overrides])

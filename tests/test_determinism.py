@@ -79,6 +79,13 @@ def test_a_vocab_size_below_the_characters_keeps_them_all_and_says_so(tmp_path, 
     assert "more than tokenizer.vocab_size 10" in caplog.text
 
 
+def test_min_frequency_limits_the_pieces_not_the_characters(tmp_path):
+    texts = ["alpha beta"] * 3 + ["gummy zoo"]  # "alpha", "beta": three times; "gummy", "zoo": once
+    vocab = set(build_tokenizer(texts, tmp_path / "tok", vocab_size=500, min_frequency=3).get_vocab())
+    assert {"alpha", "beta"} <= vocab and not {"gummy", "zoo", "##um", "##oo", "##my"} & vocab
+    assert set("alphbetguzo") <= vocab and {"##u", "##m", "##y", "##o"} <= vocab  # every character, however rare
+
+
 def _loss_log(run):
     return [json.loads(line) for line in (run / "loss_log.jsonl").read_text(encoding="utf-8").splitlines()]
 
