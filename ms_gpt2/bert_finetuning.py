@@ -317,7 +317,8 @@ def _finetune_bert(config: dict, data_path, output_dir: Path, resume, overwrite:
                                                   f"are other records' summaries of the same split)")
     tokenizer = resolve_tokenizer(config, output_dir, resume_from,
                                   lambda: (t for pair in records(source.lines("train")) for t in pair),
-                                  bert_only="BERT fine-tuning")
+                                  bert_only="BERT fine-tuning",
+                                  heldout=lambda: (t for pair in records(source.lines("test")) for t in pair))
     train_examples = PairBuilder(read_records(source.lines("train"), tokenizer), tokenizer, max_seq_len, seed,
                                  static=negatives == "static")
     held_out = PairBuilder(read_records(source.lines("test"), tokenizer), tokenizer, max_seq_len, seed,

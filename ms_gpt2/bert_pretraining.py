@@ -425,7 +425,8 @@ def _pretrain_mlm_nsp(config: dict, data_path, output_dir: Path, resume, overwri
     source = CorpusSource.open(data_path, output_dir / "work", pcfg["text_field"], pcfg["eval_fraction"],
                                dcfg["skip_bad_lines"])
     report, n_train = source.report, source.n_train
-    tokenizer = resolve_tokenizer(config, output_dir, resume_from, source.train_texts, bert_only="BERT pretraining")
+    tokenizer = resolve_tokenizer(config, output_dir, resume_from, source.train_texts, bert_only="BERT pretraining",
+                                  heldout=source.eval_texts)
     documents = read_sentences(source.lines("all"), tokenizer, report.text_field)
     train_docs, eval_docs = documents[:n_train], documents[n_train:]
     options = dict(max_seq_len=max_seq_len, seed=seed, mlm_probability=pcfg["mlm_probability"],

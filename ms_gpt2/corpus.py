@@ -183,3 +183,8 @@ class CorpusSource:
     def train_texts(self):
         docs = iter_documents(self.path, self.report.text_field, skip_bad_lines=True)
         return (d.text for d in itertools.islice(docs, self.n_train))
+
+    def eval_texts(self):
+        """The held-out documents' texts (none when ``eval_fraction`` is 0)."""
+        docs = iter_documents(self.path, self.report.text_field, skip_bad_lines=True)
+        return (d.text for d in itertools.islice(docs, self.n_train, None))

@@ -210,7 +210,7 @@ def _pretrain(config: dict, data_path, output_dir: Path, resume, overwrite: bool
     workdir = workdir_for(output_dir)
     source = CorpusSource.open(data_path, workdir, pcfg["text_field"], pcfg["eval_fraction"], dcfg["skip_bad_lines"])
     tokenizer = rank0_first(lambda: resolve_tokenizer(config, output_dir, resume_from, source.train_texts,
-                                                      bert_only=None))
+                                                      bert_only=None, heldout=source.eval_texts))
 
     if resume_from or mcfg["init_from"]:
         model = load_model(resume_from or mcfg["init_from"], GPT2LMHeadModel, tokenizer=tokenizer)

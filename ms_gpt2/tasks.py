@@ -97,6 +97,9 @@ def demo(output_dir="runs/demo", data=DEMO_DATA, config_path=SMOKE_CONFIG, overr
         texts = (text for pair in records(source.lines("train")) for text in pair)
         tokenization.build_tokenizer(texts, vocab, config["tokenizer"]["vocab_size"],
                                      config["tokenizer"].get("min_frequency", 1))
+        if source.n_test:
+            heldout = (text for pair in records(source.lines("test")) for text in pair)
+            tokenization.log_unk_rate(vocab / "vocab.txt", heldout, "the held-out split")
 
     pconfig = load_config(pretrain_config_path, ["pretrain.text_field=article", f"tokenizer.path={vocab}",
                                                  *pretrain_overrides])

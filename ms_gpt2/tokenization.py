@@ -148,23 +148,105 @@ def check_same_vocabulary(given, given_path, expected, expected_path) -> None:
                              f"vocabulary (or none: it is used by default)")
 
 
-def build_tokenizer(texts: Iterable[str], out_dir, vocab_size: int = 8000,
-                    min_frequency: int = 1) -> BertTokenizer:
-    """Train a WordPiece vocabulary on ``texts`` and save it (vocab.txt + config) in ``out_dir``."""
+def _wordpiece_trainer():
+    """The ``tokenizers`` WordPiece model with BertTokenizer's normalisation (clean text, split CJK
+    characters, lowercase, strip accents) and pre-tokenisation (whitespace and punctuation)."""
     from tokenizers import BertWordPieceTokenizer
 
-    trainer = BertWordPieceTokenizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
-                                     lowercase=True)
-    trainer.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=min_frequency,
-                                special_tokens=list(SPECIAL_TOKENS), show_progress=False)
+    return BertWordPieceTokenizer(clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True)
+
+
+_EVERY_CHARACTER = 2**31 - 1  # limit_alphabet: no limit (the library's default keeps only 1,000 characters)
+
+
+def build_tokenizer(texts: Iterable[str], out_dir, vocab_size: int = 8000,
+                    min_frequency: int = 1) -> BertTokenizer:
+    """Train a WordPiece vocabulary on ``texts`` and save it (vocab.txt + config) in ``out_dir``.
+
+    Every character of the (normalised) text gets a token, and so does its ``##`` form wherever
+    the character follows another inside a word: WordPiece turns a whole word into ``[UNK]`` when
+    one of its characters has no token, so none of the training text is ``[UNK]``. When those
+    alone exceed ``vocab_size`` they are all kept (with a warning); otherwise the rest of the
+    vocabulary is multi-character pieces seen at least ``min_frequency`` times, most frequent first.
+
+    The same texts give the same ``vocab.txt`` bytes in every process. The ``tokenizers`` trainer
+    numbers the ``##`` characters in the order of a hash map seeded per process (``PYTHONHASHSEED``
+    does not reach it), and breaks ties between equally frequent merges by those numbers, so it
+    picks and orders pieces differently in each process. A first pass therefore only collects the
+    characters and ``##`` characters; the second is given the ``##`` characters, sorted, as
+    leading tokens, which fixes their numbers and so every tie. The file holds, in order: the
+    special tokens (``[PAD]`` id 0), the characters by code point, the ``##`` characters by code
+    point, then the pieces in the order the trainer merged them.
+    """
+    texts = texts if isinstance(texts, (list, tuple)) else list(texts)  # read twice
+    options = dict(min_frequency=min_frequency, limit_alphabet=_EVERY_CHARACTER, show_progress=False)
+    survey = _wordpiece_trainer()
+    survey.train_from_iterator(texts, vocab_size=0, special_tokens=list(SPECIAL_TOKENS), **options)
+    found = set(survey.get_vocab()) - set(SPECIAL_TOKENS)
+    continuations = sorted(t for t in found if t.startswith("##"))
+    characters = sorted(found - set(continuations))
+    fixed = list(SPECIAL_TOKENS) + characters + continuations
+    if len(fixed) > vocab_size:
+        log.warning("the text has %d distinct characters (and %d of them follow another inside a word, which needs "
+                    "a ##-token too): the vocabulary keeps all of them, %d tokens with the %d special ones, more "
+                    "than tokenizer.vocab_size %d, and no multi-character pieces", len(characters),
+                    len(continuations), len(fixed), len(SPECIAL_TOKENS), vocab_size)
+    trainer = _wordpiece_trainer()
+    trainer.train_from_iterator(texts, vocab_size=vocab_size, special_tokens=[*SPECIAL_TOKENS, *continuations],
+                                **options)
+    by_id = sorted(trainer.get_vocab().items(), key=lambda item: item[1])
+    pieces = [token for token, _ in by_id if token not in fixed]
+    assert set(fixed) <= {token for token, _ in by_id}, "the trainer dropped a character"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    trainer.save_model(str(out_dir))  # writes vocab.txt, [PAD] first
-    tokenizer = _as_gpt2_vocabulary(BertTokenizer(vocab_file=str(out_dir / "vocab.txt")))
+    vocab_file = out_dir / "vocab.txt"
+    vocab_file.write_text("".join(token + "\n" for token in fixed + pieces), encoding="utf-8")
+    tokenizer = _as_gpt2_vocabulary(BertTokenizer(vocab_file=str(vocab_file)))
     tokenizer.save_pretrained(str(out_dir))
-    check_special_tokens(tokenizer, out_dir / "vocab.txt")
-    log.info("built a %d-token WordPiece vocabulary in %s", len(tokenizer), out_dir)
+    check_special_tokens(tokenizer, vocab_file)
+    log.info("built a %d-token WordPiece vocabulary in %s: %d characters, %d ##-characters, %d pieces",
+             len(tokenizer), out_dir, len(characters), len(continuations), len(pieces))
+    log_unk_rate(vocab_file, texts, "the text it was built from")
     return tokenizer
+
+
+def unk_rate(vocab_file, texts: Iterable[str]) -> tuple[int, int]:
+    """(``[UNK]`` tokens, all tokens) when ``texts`` are tokenized with ``vocab_file``.
+
+    Counted with the ``tokenizers`` WordPiece tokenizer set up as BertTokenizer is (same
+    normalisation, same greedy longest-match, a word of more than 100 characters is one ``[UNK]``),
+    which is much faster on a whole corpus."""
+    from tokenizers import BertWordPieceTokenizer
+
+    counter = BertWordPieceTokenizer(str(vocab_file), clean_text=True, handle_chinese_chars=True,
+                                     strip_accents=None, lowercase=True)
+    unk_id = counter.token_to_id("[UNK]")
+    unknown = total = 0
+    batch: list[str] = []
+
+    def count(batch):
+        nonlocal unknown, total
+        for encoding in counter.encode_batch(batch, add_special_tokens=False):
+            total += len(encoding.ids)
+            unknown += encoding.ids.count(unk_id)
+
+    for text in texts:
+        batch.append(text)
+        if len(batch) == 1024:
+            count(batch)
+            batch = []
+    count(batch)
+    return unknown, total
+
+
+def log_unk_rate(vocab_file, texts: Iterable[str], what: str) -> None:
+    """One INFO line: the share of ``[UNK]`` tokens when ``texts`` are tokenized with ``vocab_file``
+    (none when there is no text)."""
+    unknown, total = unk_rate(vocab_file, texts)
+    if total == 0:
+        return
+    log.info("[UNK] rate of %s on %s: %.4f%% (%d of %d tokens)", vocab_file, what,
+             100.0 * unknown / max(total, 1), unknown, total)
 
 
 _SPACE_NEXT_TO_NON_ASCII = re.compile(r"\s+(?=[^\x00-\x7f])|(?<=[^\x00-\x7f])\s+")

@@ -434,13 +434,14 @@ def _checkpoint_tokenizer(init_from, purpose: str | None):
 
 
 def resolve_tokenizer(config: dict, output_dir: Path, resume_from: str | None, texts,
-                      bert_only: str | None = "summarization training"):
+                      bert_only: str | None = "summarization training", heldout=None):
     """The vocabulary whose ids the model will learn, for every training job.
 
     The resumed checkpoint's; else with ``model.init_from`` that checkpoint's own (a given
     ``tokenizer.path`` must match it token for token); else ``tokenizer.path``; else a WordPiece
     vocabulary built from ``texts()`` into ``OUTPUT_DIR/tokenizer`` -- on every fresh start, from
-    this data, never one an earlier run (maybe on another corpus) left there. ``bert_only``: why a
+    this data, never one an earlier run (maybe on another corpus) left there, its [UNK] rate on
+    ``texts()`` and on ``heldout()`` (the held-out texts, if any) logged. ``bert_only``: why a
     BERT vocabulary is required, or None when GPT-2 BPE serves too. Under data parallel, call it
     through :func:`rank0_first`: the other ranks load what rank 0 built."""
     bert = bool(bert_only)
@@ -465,8 +466,11 @@ def resolve_tokenizer(config: dict, output_dir: Path, resume_from: str | None, t
     if distributed.world()[0] != 0:  # data parallel: the vocabulary rank 0 just built (see rank0_first)
         return load_tokenizer(built)
     shutil.rmtree(built, ignore_errors=True)
-    return tokenization.build_tokenizer(texts(), built, config["tokenizer"]["vocab_size"],
-                                        config["tokenizer"].get("min_frequency", 1))
+    tokenizer = tokenization.build_tokenizer(texts(), built, config["tokenizer"]["vocab_size"],
+                                             config["tokenizer"].get("min_frequency", 1))
+    if heldout is not None:
+        tokenization.log_unk_rate(built / "vocab.txt", heldout(), "the held-out split")
+    return tokenizer
 
 
 def _resume_checkpoint(output_dir: Path, resume, overwrite: bool, cut_off=()) -> str | None:
@@ -744,7 +748,8 @@ def _train(config: dict, data_path, output_dir: Path, resume, overwrite: bool) -
     source = NLPCCSource.open(data_path, workdir, dcfg["fraction"], dcfg["train_ratio"],
                               dcfg["skip_bad_lines"])
     tokenizer = rank0_first(lambda: resolve_tokenizer(
-        config, output_dir, resume_from, lambda: (text for pair in records(source.lines("train")) for text in pair)))
+        config, output_dir, resume_from, lambda: (text for pair in records(source.lines("train")) for text in pair),
+        heldout=(lambda: (text for pair in records(source.lines("test")) for text in pair)) if source.n_test else None))
     source = NLPCCSource.open(data_path, workdir, dcfg["fraction"], dcfg["train_ratio"],
                               dcfg["skip_bad_lines"], check=summary_fits(tokenizer, dcfg["max_seq_len"]))
     distributed.maybe_fail_for_test()
