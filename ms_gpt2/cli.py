@@ -11,8 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
-from ms_gpt2 import runtime
-from ms_gpt2.errors import UserError
+from ms_gpt2.infra import runtime
+from ms_gpt2.infra.errors import UserError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -80,8 +80,8 @@ def _print_result(fields: dict) -> None:
 
 
 def _train(args) -> int:
-    from ms_gpt2.config import load_config
-    from ms_gpt2.training import train
+    from ms_gpt2.infra.config import load_config
+    from ms_gpt2.jobs.train import train
 
     config = load_config(args.config, _overrides(args))
     result = train(config, args.data, args.output_dir, resume=args.resume, overwrite=args.overwrite)
@@ -101,7 +101,7 @@ def add_objective_argument(p) -> None:
 
 
 def pretrain_objective(config: dict) -> str:
-    from ms_gpt2.config import ConfigError
+    from ms_gpt2.infra.config import ConfigError
 
     objective = config["pretrain"]["objective"]
     if objective not in PRETRAIN_OBJECTIVES:
@@ -110,12 +110,12 @@ def pretrain_objective(config: dict) -> str:
 
 
 def _pretrain_mlm_nsp(args, config: dict | None = None) -> int:
-    """``pretrain --objective mlm-nsp``: BERT's MLM + NSP (ms_gpt2.bert_pretraining).
+    """``pretrain --objective mlm-nsp``: BERT's MLM + NSP (ms_gpt2.jobs.bert_pretrain).
 
     Called by ``_pretrain`` with the loaded config; called on its own, it builds the config from
     ``args`` with the objective forced to mlm-nsp."""
-    from ms_gpt2.bert_pretraining import pretrain_mlm_nsp
-    from ms_gpt2.config import load_config
+    from ms_gpt2.jobs.bert_pretrain import pretrain_mlm_nsp
+    from ms_gpt2.infra.config import load_config
 
     if config is None:
         config = load_config(args.config, _overrides(args) + ["pretrain.objective=mlm-nsp"])
@@ -128,8 +128,8 @@ def _pretrain_mlm_nsp(args, config: dict | None = None) -> int:
 
 
 def _pretrain(args) -> int:
-    from ms_gpt2.config import load_config
-    from ms_gpt2.pretraining import pretrain
+    from ms_gpt2.infra.config import load_config
+    from ms_gpt2.jobs.pretrain import pretrain
 
     config = load_config(args.config, _overrides(args))
     if pretrain_objective(config) == "mlm-nsp":
@@ -143,9 +143,9 @@ def _pretrain(args) -> int:
 
 
 def _finetune_bert(args) -> int:
-    """``finetune-bert``: BertForSequenceClassification on summary-article matching (ms_gpt2.bert_finetuning)."""
-    from ms_gpt2.bert_finetuning import finetune_bert
-    from ms_gpt2.config import load_config
+    """``finetune-bert``: BertForSequenceClassification on summary-article matching (ms_gpt2.jobs.bert_finetune)."""
+    from ms_gpt2.jobs.bert_finetune import finetune_bert
+    from ms_gpt2.infra.config import load_config
 
     config = load_config(args.config, _overrides(args))
     result = finetune_bert(config, args.data, args.output_dir, resume=args.resume, overwrite=args.overwrite)
@@ -156,8 +156,8 @@ def _finetune_bert(args) -> int:
 
 
 def _summarize(args) -> int:
-    from ms_gpt2 import tasks
-    from ms_gpt2.summarization import Summarizer
+    from ms_gpt2.jobs import tasks
+    from ms_gpt2.jobs.summarize import Summarizer
 
     summarizer = Summarizer.from_pretrained(args.model, args.config, _overrides(args))
     if args.text is not None:
@@ -172,8 +172,8 @@ def _summarize(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from ms_gpt2 import tasks
-    from ms_gpt2.summarization import Summarizer
+    from ms_gpt2.jobs import tasks
+    from ms_gpt2.jobs.summarize import Summarizer
 
     summarizer = Summarizer.from_pretrained(args.model, args.config, _overrides(args))
     scores = tasks.evaluate(summarizer, args.data, split=args.split, limit=args.limit,
@@ -183,14 +183,14 @@ def _evaluate(args) -> int:
 
 
 def _demo(args) -> int:
-    from ms_gpt2 import tasks
+    from ms_gpt2.jobs import tasks
 
     tasks.demo(args.output_dir, args.data or tasks.DEMO_DATA, args.config or tasks.SMOKE_CONFIG, args.set or [])
     return 0
 
 
 def _download_data(args) -> int:
-    from ms_gpt2 import download
+    from ms_gpt2.data import download
 
     path = download.download(args.url or download.NLPCC2017_URL, args.cache_dir, sha256=args.sha256)
     print(path)
@@ -198,8 +198,8 @@ def _download_data(args) -> int:
 
 
 def _next_word(args) -> int:
-    from ms_gpt2.checkpoints import load_pretrained
-    from ms_gpt2.generation import next_word
+    from ms_gpt2.models.checkpoints import load_pretrained
+    from ms_gpt2.jobs.generate import next_word
 
     model, tokenizer = load_pretrained(args.model)
     result = next_word(model, tokenizer, args.text, args.top_k)
@@ -210,8 +210,8 @@ def _next_word(args) -> int:
 
 
 def _generate(args) -> int:
-    from ms_gpt2.checkpoints import load_pretrained
-    from ms_gpt2.generation import generate
+    from ms_gpt2.models.checkpoints import load_pretrained
+    from ms_gpt2.jobs.generate import generate
 
     model, tokenizer = load_pretrained(args.model)
     result = generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
@@ -225,7 +225,7 @@ def _generate(args) -> int:
 
 
 def _bench(args) -> int:
-    from ms_gpt2 import bench
+    from ms_gpt2.bench import gpt2 as bench
 
     if args.summarize:
         if args.quick or args.reference_python or args.png or args.recompute_memory or args.memory:
@@ -246,7 +246,7 @@ def _bench(args) -> int:
         bench.recompute_memory_report(args.quick, args.json)
         return 0
     if args.bert:
-        from ms_gpt2 import bench_bert
+        from ms_gpt2.bench import bert as bench_bert
 
         bench.write_json(bench_bert.report(args.quick, args.reference_python, runtime.ensure().device), args.json)
         return 0
@@ -255,7 +255,7 @@ def _bench(args) -> int:
 
 
 def _attention_demo(args) -> int:
-    from ms_gpt2 import walkthrough
+    from ms_gpt2.jobs import attention_demo as walkthrough
 
     if args.n_embd % args.n_head:
         raise UserError(f"--n-embd {args.n_embd} is not a multiple of --n-head {args.n_head}")
@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         _close_progress_bars()
         parser.exit(2, f"ms-gpt2: error: {err}\n")
     except OSError as err:  # a full disk, a read-only one...: as one line too (training jobs say more)
-        from ms_gpt2.rundir import describe_write_failure, write_failure
+        from ms_gpt2.infra.rundir import describe_write_failure, write_failure
 
         failure = write_failure(err)
         if failure is None:

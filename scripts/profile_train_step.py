@@ -13,7 +13,7 @@ import io
 import pstats
 import time
 
-from ms_gpt2 import runtime
+from ms_gpt2.infra import runtime
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     import torch
     from mindtorch import autograd
 
-    from ms_gpt2 import bench, bench_workloads
+    from ms_gpt2.bench import gpt2 as bench, workloads as bench_workloads
 
     spec = dict(bench.FULL, train_batch=args.batch, train_len=args.length)
     model = bench_workloads.build_model(spec, runtime.ensure().torch_device)

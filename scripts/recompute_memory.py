@@ -7,7 +7,8 @@ each in a fresh process, at a chosen shape (``ms-gpt2 bench --recompute-memory``
 import argparse
 import json
 
-from ms_gpt2 import bench, runtime
+from ms_gpt2.bench import gpt2 as bench
+from ms_gpt2.infra import runtime
 
 
 def main() -> None:

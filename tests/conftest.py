@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from ms_gpt2 import runtime  # noqa: E402
+from ms_gpt2.infra import runtime  # noqa: E402
 
 runtime.setup("cpu", seed=0)
 
@@ -80,6 +80,6 @@ def char_vocab_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tokenizer(char_vocab_dir):
-    from ms_gpt2.tokenization import load_tokenizer
+    from ms_gpt2.data.tokenization import load_tokenizer
 
     return load_tokenizer(char_vocab_dir)

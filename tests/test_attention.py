@@ -3,16 +3,16 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ms_gpt2 import runtime
+from ms_gpt2.infra import runtime
 
 runtime.ensure()
 
 import mindspore  # noqa: E402
 from mindnlp.transformers import GPT2Config, GPT2LMHeadModel, GPT2Model  # noqa: E402
 
-from ms_gpt2 import attention  # noqa: E402
-from ms_gpt2.attention import MaskedSelfAttention, masked_self_attention  # noqa: E402
-from ms_gpt2.attention_check import capture_library_attention, hand_derived_from, relative_difference  # noqa: E402
+from ms_gpt2.models import attention  # noqa: E402
+from ms_gpt2.models.attention import MaskedSelfAttention, masked_self_attention  # noqa: E402
+from ms_gpt2.models.attention_check import capture_library_attention, hand_derived_from, relative_difference  # noqa: E402
 
 # Max |library - ours| / max |library output|. At the default init the output is ~1.5e-2, so an
 # absolute 1e-5 would let through mistakes worth 1e-4; relatively, float32 agreement is below 1e-6

@@ -5,8 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-from ms_gpt2 import bench
-from ms_gpt2.errors import UserError
+from ms_gpt2.bench import gpt2 as bench
+from ms_gpt2.infra.errors import UserError
 
 OURS = {"train": {"tokens_per_s": 100.0, "params": 1000, "peak_rss_mb": 500.0},
         "decode": {"tokens_per_s": 10.0}, "summarize": {"seconds": 4.0}, "framework": "mindtorch"}

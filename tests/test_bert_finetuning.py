@@ -57,7 +57,7 @@ def test_finetune_starts_from_the_pretrained_encoder_learns_and_writes_eval_json
                                                                                  monkeypatch):
     from mindnlp.transformers import BertForPreTraining, BertForSequenceClassification
 
-    from ms_gpt2 import bert_finetuning
+    from ms_gpt2.jobs import bert_finetune as bert_finetuning
 
     started, builders = [], []
     real_fit, real_builder = bert_finetuning.fit, bert_finetuning.PairBuilder
@@ -105,7 +105,7 @@ def test_finetune_starts_from_the_pretrained_encoder_learns_and_writes_eval_json
 
 
 def test_from_scratch_starts_from_other_encoder_weights(pretrained, data, tmp_path, monkeypatch):
-    from ms_gpt2 import bert_finetuning
+    from ms_gpt2.jobs import bert_finetune as bert_finetuning
 
     started = []
 
@@ -125,7 +125,7 @@ def test_from_scratch_starts_from_other_encoder_weights(pretrained, data, tmp_pa
 
 
 def test_negatives_are_other_records_summaries_balanced_and_seeded(tokenizer):
-    from ms_gpt2.bert_finetuning import MATCH, OTHER, PairBuilder
+    from ms_gpt2.jobs.bert_finetune import MATCH, OTHER, PairBuilder
 
     records = [(np.asarray([10 + i, 20 + i], np.int32), np.asarray([30 + i] * 5, np.int32)) for i in range(5)]
     builder = PairBuilder(records, tokenizer, 12, seed=3)

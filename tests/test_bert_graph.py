@@ -1,4 +1,4 @@
-"""The compiled BERT pretraining graph (ms_gpt2.engine.graphs.bert) against Hugging Face's eager
+"""The compiled BERT pretraining graph (ms_gpt2.models.graphs.bert) against Hugging Face's eager
 BertForPreTraining on the same weights: the loss, the gradient of every weight (tied MLM decoder
 included), dropout with given keep-masks at Hugging Face's sites, and the configs it refuses.
 
@@ -10,7 +10,7 @@ not change its softmax), so both sides hold float noise (~1e-10) and are checked
 import numpy as np
 import pytest
 
-from ms_gpt2 import runtime
+from ms_gpt2.infra import runtime
 
 runtime.ensure()
 
@@ -19,7 +19,7 @@ import torch  # noqa: E402  (mindtorch)
 from mindspore import Tensor, nn, ops  # noqa: E402
 from mindnlp.transformers import BertConfig, BertForPreTraining  # noqa: E402
 
-from ms_gpt2.engine.graphs.bert import (TIED, BertGraphConfig, BertPreTrainingLoss, dropout_sites,  # noqa: E402
+from ms_gpt2.models.graphs.bert import (TIED, BertGraphConfig, BertPreTrainingLoss, dropout_sites,  # noqa: E402
                                         hf_parameter_names, weights_from_model)
 
 LOSS_RTOL = 1e-5

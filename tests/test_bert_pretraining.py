@@ -8,7 +8,7 @@ import pytest
 from conftest import DEMO_DATA
 from ms_gpt2 import cli
 from ms_gpt2.cli import pretrain_objective
-from ms_gpt2.config import ConfigError, load_config
+from ms_gpt2.infra.config import ConfigError, load_config
 
 # A tiny BERT (1 layer, width 64) on the first 10 articles of the bundled corpus (9 trained on, 1 held
 # out; 23 sentence pairs, one batch): 60 full-batch steps. Static masking repeats epoch 0's pairs and
@@ -35,10 +35,11 @@ def test_tiny_bert_learns_mlm_and_nsp_and_its_checkpoint_reproduces_the_scores(c
                                                                                 monkeypatch):
     from mindnlp.transformers import BertForPreTraining
 
-    from ms_gpt2 import bert_pretraining, runtime
-    from ms_gpt2.bert_pretraining import NOT_NEXT, SAME_DOCUMENT, ExampleBuilder, evaluate, read_sentences
-    from ms_gpt2.data import _text_lines
-    from ms_gpt2.tokenization import load_tokenizer
+    from ms_gpt2.jobs import bert_pretrain as bert_pretraining
+    from ms_gpt2.infra import runtime
+    from ms_gpt2.jobs.bert_pretrain import NOT_NEXT, SAME_DOCUMENT, ExampleBuilder, evaluate, read_sentences
+    from ms_gpt2.data.nlpcc import _text_lines
+    from ms_gpt2.data.tokenization import load_tokenizer
 
     data = tmp_path / "articles.jsonl"
     data.write_text("".join(open(DEMO_DATA, encoding="utf-8").readlines()[:N_ARTICLES]), encoding="utf-8")

@@ -1,6 +1,6 @@
 """Files saved with a UTF-8 byte-order mark (Windows editors' "UTF-8") read exactly as without it.
 
-Every reader of user files goes through ``ms_gpt2.data._lines`` (the checking pass) and then a
+Every reader of user files goes through ``ms_gpt2.data.nlpcc._lines`` (the checking pass) and then a
 MindSpore ``TextFileDataset`` over the file or a clean copy of it: each test reads the same lines
 with and without the mark through that reader and compares records and token ids (exact)."""
 import json
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import DEMO_DATA
-from ms_gpt2.data import UTF8_BOM
+from ms_gpt2.data.nlpcc import UTF8_BOM
 
 ROWS = [json.loads(line) for line in open(DEMO_DATA, encoding="utf-8")][:6]
 
@@ -37,9 +37,9 @@ def _rows(pipeline):
 
 def test_nlpcc_records_and_first_training_batch_are_the_same(tmp_path, tokenizer):
     """train / evaluate / summarize / finetune-bert: NLPCCSource and the pipelines behind it."""
-    from ms_gpt2.bert_finetuning import read_records
-    from ms_gpt2.data import NLPCCSource, records
-    from ms_gpt2.examples import prompt_pipeline, train_pipeline
+    from ms_gpt2.jobs.bert_finetune import read_records
+    from ms_gpt2.data.nlpcc import NLPCCSource, records
+    from ms_gpt2.data.examples import prompt_pipeline, train_pipeline
 
     plain, bom = _nlpcc(tmp_path)
     sources = [NLPCCSource.open(p, tmp_path / "work" / p.parent.name, train_ratio=0.5) for p in (plain, bom)]
@@ -71,9 +71,9 @@ def test_nlpcc_records_and_first_training_batch_are_the_same(tmp_path, tokenizer
 @pytest.mark.parametrize("text_field", [None, "article"])
 def test_pretraining_corpora_read_the_same_documents_and_tokens(tmp_path, tokenizer, text_field):
     """pretrain (plain .txt, or JSON lines with --text-field) and pretrain --objective mlm-nsp."""
-    from ms_gpt2.bert_pretraining import read_sentences
-    from ms_gpt2.corpus import CorpusSource
-    from ms_gpt2.pretraining import document_ids, document_pipeline
+    from ms_gpt2.jobs.bert_pretrain import read_sentences
+    from ms_gpt2.data.corpus import CorpusSource
+    from ms_gpt2.jobs.pretrain import document_ids, document_pipeline
 
     if text_field is None:
         plain, bom = _pair(tmp_path, [r["article"].strip() for r in ROWS], "corpus.txt")
@@ -99,7 +99,7 @@ def test_pretraining_corpora_read_the_same_documents_and_tokens(tmp_path, tokeni
 
 
 def test_a_vocab_txt_with_a_byte_order_mark_is_named_in_one_line(tmp_path, char_vocab_dir):
-    from ms_gpt2.tokenization import TokenizerError, load_tokenizer
+    from ms_gpt2.data.tokenization import TokenizerError, load_tokenizer
 
     lines = (char_vocab_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
     plain, bom = _pair(tmp_path, lines, "vocab.txt")

@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ms_gpt2 import runtime
+from ms_gpt2.infra import runtime
 
 runtime.ensure()
 
 import torch  # noqa: E402  (mindtorch)
 
-from ms_gpt2.checkpoints import load_pretrained, save_pretrained  # noqa: E402
-from ms_gpt2.errors import UserError  # noqa: E402
-from ms_gpt2.generation import encode_prompt, generate, next_word  # noqa: E402
-from ms_gpt2.modeling import CheckpointError  # noqa: E402
+from ms_gpt2.models.checkpoints import load_pretrained, save_pretrained  # noqa: E402
+from ms_gpt2.infra.errors import UserError  # noqa: E402
+from ms_gpt2.jobs.generate import encode_prompt, generate, next_word  # noqa: E402
+from ms_gpt2.models.gpt2 import CheckpointError  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REFERENCE = np.load(FIXTURES / "reference_outputs.npz")
@@ -122,7 +122,7 @@ def test_library_generation_uses_the_kv_cache():
 
 
 def test_compiled_greedy_prefills_once_then_steps_one_position(monkeypatch):
-    from ms_gpt2 import fast_decode
+    from ms_gpt2.models.graphs import gpt2_decode as fast_decode
 
     model, tokenizer = loaded("gpt2-bpe-tiny")
     calls = []
@@ -201,8 +201,8 @@ def test_a_save_cut_off_mid_swap_leaves_a_loadable_model(tmp_path, monkeypatch, 
     to load, by load_pretrained and by the summarize/evaluate loader, and the next save cleans up."""
     import os
 
-    from ms_gpt2 import rundir
-    from ms_gpt2.summarization import Summarizer
+    from ms_gpt2.infra import rundir
+    from ms_gpt2.jobs.summarize import Summarizer
 
     model, tokenizer = loaded("gpt2-bert-tiny")
     target = save_pretrained(model, tokenizer, tmp_path / "model")

@@ -140,10 +140,10 @@ def test_help_says_what_the_program_does_for_its_user():
 
 
 @pytest.mark.parametrize("argv, job", [
-    (["train"], "ms_gpt2.training.train"),
-    (["pretrain"], "ms_gpt2.pretraining.pretrain"),
-    (["pretrain", "--objective", "mlm-nsp"], "ms_gpt2.bert_pretraining.pretrain_mlm_nsp"),
-    (["finetune-bert"], "ms_gpt2.bert_finetuning.finetune_bert"),
+    (["train"], "ms_gpt2.jobs.train.train"),
+    (["pretrain"], "ms_gpt2.jobs.pretrain.pretrain"),
+    (["pretrain", "--objective", "mlm-nsp"], "ms_gpt2.jobs.bert_pretrain.pretrain_mlm_nsp"),
+    (["finetune-bert"], "ms_gpt2.jobs.bert_finetune.finetune_bert"),
 ], ids=["train", "pretrain", "pretrain-mlm-nsp", "finetune-bert"])
 def test_a_job_without_a_loss_curve_prints_json_null(argv, job, tmp_path, monkeypatch, capsys):
     """No logged loss, no curve: the result line said "loss_curve": "None" (a string); it is null."""

@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from ms_gpt2 import compat, runtime
+from ms_gpt2.infra import compat, runtime
 
 runtime.ensure()
 

@@ -1,7 +1,7 @@
 """YAML configs and command-line overrides."""
 import pytest
 
-from ms_gpt2.config import ConfigError, load_config
+from ms_gpt2.infra.config import ConfigError, load_config
 
 
 def test_tutorial_config_carries_the_tutorials_values():
@@ -89,7 +89,7 @@ def test_the_tutorial_config_fits_its_own_run(tmp_path):
 
     from mindnlp.transformers import TrainingArguments
 
-    from ms_gpt2.config import MANAGED_TRAINING_KEYS
+    from ms_gpt2.infra.config import MANAGED_TRAINING_KEYS
 
     config = load_config("configs/tutorial.yaml")
     steps = math.ceil(round(50_000 * config["data"]["fraction"]) * config["data"]["train_ratio"]
@@ -105,7 +105,7 @@ def test_the_tutorial_config_fits_its_own_run(tmp_path):
     assert "warmup_steps=100" in text and "logging_steps=100" in text  # the published values, beside
 
 
-# -- every value checked against what its key takes (ms_gpt2.config_checks), before any work --
+# -- every value checked against what its key takes (ms_gpt2.infra.config_checks), before any work --
 
 @pytest.mark.parametrize("override,line", [
     # the issue's two: ZeroDivisionError and TypeError deep in the run before
@@ -177,8 +177,8 @@ def test_a_bad_value_in_a_config_file_is_refused_too(tmp_path):
 def test_training_types_come_from_the_training_arguments_annotations():
     """No hand list of types: every field whose annotation takes no string (bool, int, float, an
     enum...) refuses a word, in a line naming it."""
-    from ms_gpt2.config import MANAGED_TRAINING_KEYS
-    from ms_gpt2.config_checks import spec_of, training_specs
+    from ms_gpt2.infra.config import MANAGED_TRAINING_KEYS
+    from ms_gpt2.infra.config_checks import spec_of, training_specs
 
     specs = training_specs()
     assert specs["fp16"].kinds == {"bool"} and specs["per_device_train_batch_size"].kinds == {"int"}
@@ -193,8 +193,8 @@ def test_training_types_come_from_the_training_arguments_annotations():
 
 
 def test_every_key_of_ms_gpt2s_own_sections_has_a_spec():
-    from ms_gpt2.config import DEFAULTS, TOP_LEVEL
-    from ms_gpt2.config_checks import OWN
+    from ms_gpt2.infra.config import DEFAULTS, TOP_LEVEL
+    from ms_gpt2.infra.config_checks import OWN
 
     own = {f"{section}.{key}" for section, keys in DEFAULTS.items() if section != "training" for key in keys}
     assert set(OWN) == own | set(TOP_LEVEL)  # training's keys are TrainingArguments fields

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 
 from conftest import DEMO_DATA, write_jsonl
-from ms_gpt2 import runtime
-from ms_gpt2.config import load_config
-from ms_gpt2.rundir import LOCK_FILE
-from ms_gpt2.summarization import run_settings
-from ms_gpt2.training import PAUSE_IN_SAVE_ENV, OutputDirError, PipelineTrainer, train
+from ms_gpt2.infra import runtime
+from ms_gpt2.infra.config import load_config
+from ms_gpt2.infra.rundir import LOCK_FILE
+from ms_gpt2.jobs.summarize import run_settings
+from ms_gpt2.jobs.train import PAUSE_IN_SAVE_ENV, OutputDirError, PipelineTrainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # 4 records, batch 2: 2 batches an epoch, 3 epochs = 6 steps, a checkpoint every 2, every loss logged
@@ -214,7 +214,7 @@ def test_rotation_never_deletes_the_only_complete_checkpoint(straight, tmp_path)
 def test_a_loss_log_line_torn_by_a_kill_is_dropped_before_the_run_goes_on(tmp_path):
     """SIGKILL during LossLog's append leaves half a line; the resumed run's first entry must not
     be glued onto it, and the curve must still plot."""
-    from ms_gpt2.training import LossLog, plot_loss_curve, read_loss_log
+    from ms_gpt2.jobs.train import LossLog, plot_loss_curve, read_loss_log
 
     path = tmp_path / "loss_log.jsonl"
     path.write_text('{"step": 1, "loss": 2.5}\n{"step": 2, "lo', encoding="utf-8")
@@ -260,7 +260,8 @@ def test_resume_when_the_only_checkpoint_was_cut_off_says_so(setup, tmp_path, ca
 #: as a full disk makes it: part of the file written, then OSError(errno), no file name (as zipfile's).
 FAILING_SAVE = r"""
 import errno, os, sys
-from ms_gpt2 import cli, runtime
+from ms_gpt2 import cli
+from ms_gpt2.infra import runtime
 runtime.setup("cpu", 0)
 import torch
 real_save, at, code = torch.save, os.environ["FAIL_SAVE_AT"], getattr(errno, os.environ["FAIL_ERRNO"])
@@ -295,7 +296,7 @@ def _resume_and_check(setup, straight, run):
 
 
 def test_disk_full_while_saving_a_checkpoint_is_one_line_and_resume_continues_exactly(setup, straight, tmp_path):
-    from ms_gpt2.checkpoints import incomplete_reason
+    from ms_gpt2.models.checkpoints import incomplete_reason
 
     run = tmp_path / "run"
     args = [sys.executable, "-c", FAILING_SAVE, "train", "--config", "configs/smoke.yaml", "--data",
@@ -342,8 +343,8 @@ def test_other_write_failures_while_saving_are_one_line_too(setup, tmp_path, cod
 def test_disk_full_while_saving_the_final_model_is_one_line_and_resume_finishes(setup, straight, tmp_path,
                                                                                monkeypatch):
     """safetensors (Rust) reports the errno in its message only: recognised too; model/'s staging copy goes."""
-    import ms_gpt2.checkpoints as checkpoints
-    from ms_gpt2.errors import UserError
+    import ms_gpt2.models.checkpoints as checkpoints
+    from ms_gpt2.infra.errors import UserError
 
     class SafetensorError(Exception):
         pass
@@ -372,8 +373,8 @@ def test_disk_full_while_appending_to_the_loss_log_is_one_line_and_resume_contin
                                                                                      monkeypatch):
     import builtins
 
-    import ms_gpt2.training as training
-    from ms_gpt2.errors import UserError
+    import ms_gpt2.jobs.train as training
+    from ms_gpt2.infra.errors import UserError
 
     appends = []
 
@@ -428,7 +429,7 @@ def test_a_real_full_filesystem(setup, straight, tmp_path):
 def test_the_log_is_cut_back_to_the_step_a_run_starts_from(tmp_path):
     """Entries after the checkpoint's step go (crash-safely: a new file replaces the old); lines
     without a step are kept; a fresh start (step 0) starts an empty log."""
-    from ms_gpt2.training import LossLog
+    from ms_gpt2.jobs.train import LossLog
 
     path = tmp_path / "loss_log.jsonl"
     lines = ['{"step": 1, "loss": 3.0}', '{"note": "no step"}', '{"step": 2, "loss": 2.5}', '{"step": 3, "loss": 2.0}']
@@ -445,7 +446,8 @@ def test_the_log_is_cut_back_to_the_step_a_run_starts_from(tmp_path):
 def test_any_command_says_a_write_failure_in_one_line_and_keeps_bugs_tracebacks(code, monkeypatch, capsys):
     """Outside a training run's directory (summarize --out, download-data, ...) the CLI still names
     the file and the reason; an OSError that is no write failure stays a traceback (a bug)."""
-    from ms_gpt2 import cli, walkthrough
+    from ms_gpt2 import cli
+    from ms_gpt2.jobs import attention_demo as walkthrough
 
     def run(*args):
         raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), "/data/out.jsonl")

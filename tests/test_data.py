@@ -4,7 +4,7 @@ import json
 import pytest
 
 from conftest import DEMO_DATA, write_jsonl
-from ms_gpt2.data import DataError, NLPCCSource, parse_record, records, scan, split_sizes
+from ms_gpt2.data.nlpcc import DataError, NLPCCSource, parse_record, records, scan, split_sizes
 
 GOOD = [{"article": f"第{i}篇文章的正文。", "summarization": f"摘要{i}"} for i in range(10)]
 

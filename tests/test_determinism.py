@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DEMO_DATA, write_jsonl
-from ms_gpt2.tokenization import build_tokenizer
+from ms_gpt2.data.tokenization import build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 HASH_SEEDS = ("0", "12345")
@@ -37,7 +37,7 @@ def _run_pair(make_args):
 
 BUILD = """
 import json, sys
-from ms_gpt2.tokenization import build_tokenizer
+from ms_gpt2.data.tokenization import build_tokenizer
 texts = [t for line in open(sys.argv[1], encoding="utf-8") for t in json.loads(line).values()]
 build_tokenizer(texts, sys.argv[2], vocab_size=int(sys.argv[3]))
 """
@@ -60,7 +60,7 @@ def test_every_character_of_the_text_gets_a_token(tmp_path, caplog):
     rows = [{"article": "".join(characters[(7 * r + i) % 3000] for i in range(3000)), "summarization": "摘要"}
             for r in range(20)]
     texts = [t for row in rows for t in row.values()]
-    with caplog.at_level("INFO", logger="ms_gpt2.tokenization"):
+    with caplog.at_level("INFO", logger="ms_gpt2.data.tokenization"):
         tokenizer = build_tokenizer(texts, tmp_path / "tok", vocab_size=8000)
     vocab = tokenizer.get_vocab()
     assert [c for c in characters if c not in vocab] == []
@@ -71,7 +71,7 @@ def test_every_character_of_the_text_gets_a_token(tmp_path, caplog):
 def test_a_vocab_size_below_the_characters_keeps_them_all_and_says_so(tmp_path, caplog):
     texts = ["青禾市地铁5号线开通运营", "南屿省发布寒潮预警", "model runs 2048 steps"]
     distinct = {c for t in texts for c in t.lower() if not c.isspace()}
-    with caplog.at_level("WARNING", logger="ms_gpt2.tokenization"):
+    with caplog.at_level("WARNING", logger="ms_gpt2.data.tokenization"):
         tokenizer = build_tokenizer(texts, tmp_path / "tok", vocab_size=10)
     assert distinct <= set(tokenizer.get_vocab())
     for text in texts:

@@ -13,7 +13,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from conftest import DEMO_DATA, write_jsonl
-from ms_gpt2 import runtime
+from ms_gpt2.infra import runtime
 from ms_gpt2.engine import distributed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,9 +66,9 @@ def test_token_weighted_shard_gradients_sum_to_the_global_batch_gradient(tokeniz
     import torch  # mindtorch
     from mindtorch import autograd
 
-    from ms_gpt2.data import NLPCCSource
-    from ms_gpt2.examples import train_pipeline
-    from ms_gpt2.modeling import GPT2ForSummarization, build_config
+    from ms_gpt2.data.nlpcc import NLPCCSource
+    from ms_gpt2.data.examples import train_pipeline
+    from ms_gpt2.models.gpt2 import GPT2ForSummarization, build_config
 
     source = NLPCCSource.open(five, None, 1.0, 1.0)
     rows = next(train_pipeline(source.lines("train"), tokenizer, 128, 4, summary_only_loss=True)
@@ -120,8 +120,8 @@ def test_two_msrun_workers_train_exactly_like_one_process_with_the_doubled_batch
                                                                                  char_vocab_dir, tmp_path):
     """At the default adam_epsilon (1e-8) and, at λ = 0.5, with the loss_weights column through the
     shard weighting (a float count: it was int()ed, which this caught). Tolerances below."""
-    from ms_gpt2.config import load_config
-    from ms_gpt2.training import train
+    from ms_gpt2.infra.config import load_config
+    from ms_gpt2.jobs.train import train
 
     weighting = ["data.summary_only_loss=null", f"data.article_loss_weight={lam}"]
     opts = [f"training.gradient_accumulation_steps={accumulation}", *weighting]
@@ -226,7 +226,7 @@ WORKER = textwrap.dedent("""
     import sys
     import numpy as np
     import mindspore
-    from ms_gpt2 import runtime
+    from ms_gpt2.infra import runtime
     rt = runtime.setup("cpu", seed=0)
     from ms_gpt2.engine import distributed
     import torch
@@ -265,7 +265,7 @@ def test_each_rank_draws_its_own_dropout_masks(monkeypatch):
     stream every rank would drop the same positions of its rows. Rank 0 keeps the one-process one."""
     from types import SimpleNamespace
 
-    from ms_gpt2.engine.graphs.gpt2 import GPT2GraphConfig, dropout_masks
+    from ms_gpt2.models.graphs.gpt2 import GPT2GraphConfig, dropout_masks
 
     class Base:
         def _build_engine(self):

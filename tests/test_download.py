@@ -1,4 +1,4 @@
-"""Tests for ms_gpt2.download against a local HTTP server on 127.0.0.1 (never the real network)."""
+"""Tests for ms_gpt2.data.download against a local HTTP server on 127.0.0.1 (never the real network)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from ms_gpt2 import download as dl
-from ms_gpt2.download import DownloadError, download
+from ms_gpt2.data import download as dl
+from ms_gpt2.data.download import DownloadError, download
 
 PAYLOAD = os.urandom(300_000)
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()

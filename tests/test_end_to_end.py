@@ -9,10 +9,11 @@ import pytest
 from safetensors.numpy import load_file
 
 from conftest import DEMO_DATA, write_jsonl
-from ms_gpt2 import runtime, tasks
-from ms_gpt2.config import load_config
-from ms_gpt2.summarization import Summarizer
-from ms_gpt2.training import OutputDirError, train
+from ms_gpt2.infra import runtime
+from ms_gpt2.jobs import tasks
+from ms_gpt2.infra.config import load_config
+from ms_gpt2.jobs.summarize import Summarizer
+from ms_gpt2.jobs.train import OutputDirError, train
 
 # Lengths chosen so each article fits whole both in training (128) and as a prompt (128 - 30).
 TINY = ["model.n_positions=160", "model.n_embd=128", "model.n_layer=2", "model.n_head=4", "model.dropout=0.0",
@@ -92,7 +93,7 @@ def test_init_from_a_local_gpt2_checkpoint(handful, tmp_path):
     """model.init_from starts from a checkpoint's weights (lr 0: the saved model must equal them)."""
     import torch  # mindtorch
 
-    from ms_gpt2.checkpoints import load_pretrained
+    from ms_gpt2.models.checkpoints import load_pretrained
 
     path, _ = handful
     fixture = "tests/fixtures/gpt2-bert-tiny"  # a BERT-vocab GPT-2 saved by PyTorch as pytorch_model.bin

@@ -8,10 +8,10 @@ import pytest
 from safetensors.numpy import load_file
 
 from conftest import DEMO_DATA, write_jsonl
-from ms_gpt2 import runtime
-from ms_gpt2.config import load_config
-from ms_gpt2.errors import UserError
-from ms_gpt2.training import train
+from ms_gpt2.infra import runtime
+from ms_gpt2.infra.config import load_config
+from ms_gpt2.infra.errors import UserError
+from ms_gpt2.jobs.train import train
 
 # 8 short records, 4 per batch: 2 steps per epoch. Warm-up, clipping (max norm 0.5, below the
 # measured norms) and weight decay (biases/LayerNorm exempt) all active.
@@ -64,7 +64,7 @@ def _engine_losses(seed, dropout, steps=3):
     from mindnlp.transformers import GPT2Config
 
     from ms_gpt2.engine.compiled import CompiledEngine
-    from ms_gpt2.modeling import GPT2ForSummarization
+    from ms_gpt2.models.gpt2 import GPT2ForSummarization
 
     runtime.seed_everything(0)
     model = GPT2ForSummarization(GPT2Config(vocab_size=40, n_positions=16, n_embd=32, n_layer=2, n_head=2,
@@ -124,7 +124,7 @@ def test_checkpoints_hold_the_graphs_adamw_state(eight, char_vocab_dir, tmp_path
 
 def test_engine_switch_and_what_the_compiled_engine_refuses(eight, char_vocab_dir, tmp_path):
     from ms_gpt2.cli import build_parser
-    from ms_gpt2.config import load_config as load
+    from ms_gpt2.infra.config import load_config as load
 
     assert load()["engine"] == "compiled"
     assert build_parser().parse_args(["train", "--data", "x", "--output-dir", "y", "--engine", "eager"]).engine == "eager"
@@ -138,7 +138,7 @@ def _tiny_engine(accumulation=1, dropout=0.0, seed=0, reduce=None):
     from mindnlp.transformers import GPT2Config
 
     from ms_gpt2.engine.compiled import CompiledEngine
-    from ms_gpt2.modeling import GPT2ForSummarization
+    from ms_gpt2.models.gpt2 import GPT2ForSummarization
 
     runtime.seed_everything(0)
     model = GPT2ForSummarization(GPT2Config(vocab_size=40, n_positions=16, n_embd=32, n_layer=2, n_head=2,
@@ -219,7 +219,7 @@ def _step_losses(monkeypatch):
     """{global step: sum of the losses training_step returned for it}, either engine: the sum the
     Trainer logs (before rounding it to 4 decimals)."""
     from ms_gpt2.engine.trainer import CompiledTrainerMixin
-    from ms_gpt2.training import PipelineTrainer
+    from ms_gpt2.jobs.train import PipelineTrainer
 
     sums = {}
     for cls in (CompiledTrainerMixin, PipelineTrainer):
@@ -276,7 +276,7 @@ def test_the_model_gives_up_its_weights_while_the_graph_holds_them():
     from mindnlp.transformers import GPT2Config
 
     from ms_gpt2.engine.compiled import CompiledEngine
-    from ms_gpt2.modeling import GPT2ForSummarization
+    from ms_gpt2.models.gpt2 import GPT2ForSummarization
 
     runtime.seed_everything(0)
     model = GPT2ForSummarization(GPT2Config(vocab_size=40, n_positions=16, n_embd=32, n_layer=2, n_head=2,
@@ -297,7 +297,7 @@ def test_the_model_gives_up_its_weights_while_the_graph_holds_them():
 def _tiny_model():
     from mindnlp.transformers import GPT2Config
 
-    from ms_gpt2.modeling import GPT2ForSummarization
+    from ms_gpt2.models.gpt2 import GPT2ForSummarization
 
     runtime.seed_everything(0)
     model = GPT2ForSummarization(GPT2Config(vocab_size=40, n_positions=16, n_embd=32, n_layer=2, n_head=2,
@@ -307,7 +307,7 @@ def _tiny_model():
 
 
 def test_both_engines_floor_a_weighted_count_below_one_alike():
-    """One floor (ms_gpt2.modeling.LOSS_COUNT_FLOOR) for both engines: weights summing to 0.5 give the
+    """One floor (ms_gpt2.models.gpt2.LOSS_COUNT_FLOOR) for both engines: weights summing to 0.5 give the
     exact weighted mean Σ w·ce / Σ w (the compiled step used to divide by max(Σ w, 1)), all-zero
     weights give 0. Reference: NumPy cross-entropy on the Hugging Face model's logits (rtol 1e-5)."""
     import torch  # mindtorch

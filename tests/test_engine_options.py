@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import DEMO_DATA
-from ms_gpt2 import runtime
-from ms_gpt2.config import MANAGED_TRAINING_KEYS
+from ms_gpt2.infra import runtime
+from ms_gpt2.infra.config import MANAGED_TRAINING_KEYS
 from ms_gpt2.engine import options
-from ms_gpt2.errors import UserError
+from ms_gpt2.infra.errors import UserError
 
 TINY = ["model.n_positions=32", "model.n_embd=16", "model.n_layer=1", "model.n_head=2", "data.max_seq_len=32",
         "data.max_summary_len=10", "tokenizer.vocab_size=300", "training.num_train_epochs=1"]
@@ -87,7 +87,7 @@ def test_half_precision_is_refused_on_cpu_on_both_engines(key, engine, tmp_path,
 
 
 def test_half_precision_runs_off_cpu_and_bf16_is_refused_on_910a(monkeypatch):
-    from ms_gpt2.engine.precision import EMULATE_ENV
+    from ms_gpt2.models.graphs.precision import EMULATE_ENV
 
     for engine in ("compiled", "eager"):
         for soc in (None, "ascend910b", "ascend910_93"):
@@ -130,8 +130,8 @@ def test_data_parallel_refuses_average_tokens_across_devices_false():
 
 def test_bert_pretraining_is_checked_before_any_work(tmp_path):
     """BERT pretraining checks its engine's refusals (CPU's here) before reading data or making its directory."""
-    from ms_gpt2.bert_pretraining import pretrain_mlm_nsp
-    from ms_gpt2.config import load_config
+    from ms_gpt2.jobs.bert_pretrain import pretrain_mlm_nsp
+    from ms_gpt2.infra.config import load_config
 
     config = load_config("configs/bert_tiny.yaml", ["training.bf16=true"])
     with pytest.raises(UserError, match="training.bf16=true: on CPU neither engine"):
@@ -168,8 +168,8 @@ def _run(tmp_path, char_vocab_dir, name, *settings, engine="compiled", monkeypat
 
     from safetensors.numpy import load_file
 
-    from ms_gpt2.config import load_config
-    from ms_gpt2.training import PipelineBatches, train
+    from ms_gpt2.infra.config import load_config
+    from ms_gpt2.jobs.train import PipelineBatches, train
 
     rows = []
     if monkeypatch is not None:
@@ -212,8 +212,8 @@ def test_data_seed_orders_pretraining_blocks_too(char_vocab_dir, tmp_path):
 
     from safetensors.numpy import load_file
 
-    from ms_gpt2.config import load_config
-    from ms_gpt2.pretraining import pretrain
+    from ms_gpt2.infra.config import load_config
+    from ms_gpt2.jobs.pretrain import pretrain
 
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(open(DEMO_DATA, encoding="utf-8").readlines()[:12]), encoding="utf-8")
@@ -274,8 +274,8 @@ def test_drop_last_refuses_a_batch_larger_than_the_data(char_vocab_dir, tmp_path
 
 
 def _tiny_model(char_vocab_dir):
-    from ms_gpt2.modeling import GPT2ForSummarization, build_config
-    from ms_gpt2.tokenization import load_tokenizer
+    from ms_gpt2.models.gpt2 import GPT2ForSummarization, build_config
+    from ms_gpt2.data.tokenization import load_tokenizer
 
     runtime.seed_everything(0)
     return GPT2ForSummarization(build_config(load_tokenizer(char_vocab_dir), 32, 16, 1, 2, 0.0))
@@ -285,7 +285,7 @@ def _trainer(engine, model, tmp_path, **args):
     from mindnlp.transformers import TrainingArguments
 
     from ms_gpt2.engine.trainer import trainer_class
-    from ms_gpt2.training import PipelineTrainer
+    from ms_gpt2.jobs.train import PipelineTrainer
 
     arguments = TrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to=[], **args)
     return trainer_class(PipelineTrainer, engine)(model=model, args=arguments)

@@ -1,7 +1,7 @@
 """Character-level ROUGE checked against values computed by hand."""
 import pytest
 
-from ms_gpt2.evaluation import rouge
+from ms_gpt2.jobs.evaluate import rouge
 
 
 def test_rouge_matches_hand_computed_values():

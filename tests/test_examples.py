@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ms_gpt2 import runtime
+from ms_gpt2.infra import runtime
 
 runtime.ensure()
 
@@ -10,10 +10,10 @@ import mindspore.dataset as msds  # noqa: E402
 import torch  # noqa: E402
 
 from conftest import write_jsonl  # noqa: E402
-from ms_gpt2.data import DataError, NLPCCSource  # noqa: E402
-from ms_gpt2.examples import encode_example, encode_prompt, summary_fits, prompt_pipeline, train_pipeline  # noqa: E402
-from ms_gpt2.modeling import GPT2ForSummarization, build_config  # noqa: E402
-from ms_gpt2.tokenization import decode  # noqa: E402
+from ms_gpt2.data.nlpcc import DataError, NLPCCSource  # noqa: E402
+from ms_gpt2.data.examples import encode_example, encode_prompt, summary_fits, prompt_pipeline, train_pipeline  # noqa: E402
+from ms_gpt2.models.gpt2 import GPT2ForSummarization, build_config  # noqa: E402
+from ms_gpt2.data.tokenization import decode  # noqa: E402
 
 ARTICLE = "青禾市轨道交通5号线一期工程于本月18日正式开通运营。该线路全长约24公里。"
 SUMMARY = "青禾市地铁5号线一期开通。"

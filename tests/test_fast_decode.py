@@ -4,16 +4,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ms_gpt2 import runtime
+from ms_gpt2.infra import runtime
 
 runtime.ensure()
 
 import torch  # noqa: E402
 from mindnlp.transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
-from ms_gpt2.checkpoints import load_pretrained  # noqa: E402
-from ms_gpt2.fast_decode import CompiledDecoder, banned_ngram_tokens, beam_search  # noqa: E402
-from ms_gpt2.generation import NoRepeatNGramInContinuation  # noqa: E402
+from ms_gpt2.models.checkpoints import load_pretrained  # noqa: E402
+from ms_gpt2.models.graphs.gpt2_decode import CompiledDecoder, banned_ngram_tokens, beam_search  # noqa: E402
+from ms_gpt2.jobs.generate import NoRepeatNGramInContinuation  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REFERENCE = np.load(FIXTURES / "reference_outputs.npz")
@@ -133,8 +133,8 @@ def test_greedy_refuses_a_beam_decoder():
 
 def summarizers(model, tokenizer, *settings):
     """(compiled, library) Summarizers of ``model`` with ``generation.KEY=VALUE`` settings."""
-    from ms_gpt2.config import load_config
-    from ms_gpt2.summarization import Summarizer
+    from ms_gpt2.infra.config import load_config
+    from ms_gpt2.jobs.summarize import Summarizer
 
     config = load_config(None, [f"generation.{s}" for s in settings])
     return Summarizer(model, tokenizer, config), Summarizer(model, tokenizer, config, compiled=False)
@@ -153,7 +153,7 @@ def test_summarize_ids_compiled_equals_the_library_path(scope):
 
 
 def test_a_models_decoders_share_one_copy_of_the_weights():
-    from ms_gpt2.fast_decode import decoder_for
+    from ms_gpt2.models.graphs.gpt2_decode import decoder_for
 
     runtime.seed_everything(4)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=160, n_embd=32, n_layer=2, n_head=4,
@@ -187,7 +187,7 @@ def _library_greedy(model, prompt, new):
 def test_decoder_follows_weights_changed_in_place():
     """load_state_dict and an optimizer-style in-place update both change the weights under an
     already built decoder: the next decoder_for must decode with the new values."""
-    from ms_gpt2.fast_decode import decoder_for
+    from ms_gpt2.models.graphs.gpt2_decode import decoder_for
 
     model, other = _tiny_model(6), _tiny_model(7)
     prompt = np.random.default_rng(3).integers(0, 300, size=9)
@@ -211,7 +211,7 @@ def test_decoder_follows_weights_changed_in_place():
 
 
 def test_decoder_cache_keeps_only_the_most_recently_used_buckets():
-    from ms_gpt2 import fast_decode
+    from ms_gpt2.models.graphs import gpt2_decode as fast_decode
 
     model = _tiny_model(6, n_positions=64 * (fast_decode.MAX_CACHED_DECODERS + 1))
     lengths = [64 * i + 1 for i in range(fast_decode.MAX_CACHED_DECODERS)]  # one bucket each
@@ -242,11 +242,11 @@ def _model_with(flag, vocab_size):
 
 @pytest.mark.parametrize("flag", UNIMPLEMENTED)
 def test_configs_the_graph_does_not_implement_fall_back_to_the_library(flag, caplog):
-    from ms_gpt2.generation import generate
+    from ms_gpt2.jobs.generate import generate
 
     _, tokenizer = load_pretrained(FIXTURES / "gpt2-bpe-tiny")
     model = _model_with(flag, len(tokenizer))
-    with caplog.at_level("WARNING", logger="ms_gpt2.fast_decode"):
+    with caplog.at_level("WARNING", logger="ms_gpt2.models.graphs.gpt2_decode"):
         fast = generate(model, tokenizer, "The world of cars", max_new_tokens=8)
     assert fast.token_ids == generate(model, tokenizer, "The world of cars", max_new_tokens=8,
                                       compiled=False).token_ids
@@ -254,7 +254,7 @@ def test_configs_the_graph_does_not_implement_fall_back_to_the_library(flag, cap
     assert f"does not implement {name}={value}" in caplog.text.replace("'", "")
     assert "_ms_gpt2_compiled_decoders" not in model.__dict__  # nothing was compiled
 
-    from ms_gpt2.fast_decode import UnsupportedModel, decoder_for
+    from ms_gpt2.models.graphs.gpt2_decode import UnsupportedModel, decoder_for
 
     with pytest.raises(UnsupportedModel, match=name):
         decoder_for(model, 20)

@@ -6,14 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ms_gpt2 import runtime
+from ms_gpt2.infra import runtime
 
 runtime.ensure()
 
 import torch  # noqa: E402
 from mindnlp.transformers import NoRepeatNGramLogitsProcessor  # noqa: E402
 
-from ms_gpt2.generation import NoRepeatNGramInContinuation  # noqa: E402
+from ms_gpt2.jobs.generate import NoRepeatNGramInContinuation  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -38,8 +38,8 @@ def test_bigrams_repeated_within_the_summary_are_still_banned():
 def test_beam_search_with_a_stream_prints_the_final_text():
     import io
 
-    from ms_gpt2.checkpoints import load_pretrained
-    from ms_gpt2.generation import generate
+    from ms_gpt2.models.checkpoints import load_pretrained
+    from ms_gpt2.jobs.generate import generate
 
     model, tokenizer = load_pretrained(FIXTURES / "gpt2-bert-tiny")
     out = io.StringIO()
@@ -52,8 +52,8 @@ def test_beam_search_with_a_stream_prints_the_final_text():
 @pytest.mark.parametrize("fixture,prompt", [("gpt2-bert-tiny", "青禾市"), ("gpt2-bpe-tiny", "The world of cars")])
 def test_generate_command_with_beam_search_streams(fixture, prompt):
     """The README's `generate --num-beams 5 --no-repeat-ngram-size 2`, streaming as by default."""
-    from ms_gpt2.checkpoints import load_pretrained
-    from ms_gpt2.generation import generate
+    from ms_gpt2.models.checkpoints import load_pretrained
+    from ms_gpt2.jobs.generate import generate
 
     args = [sys.executable, "-m", "ms_gpt2", "generate", "--model", str(FIXTURES / fixture), "--prompt", prompt,
             "--num-beams", "5", "--no-repeat-ngram-size", "2", "--max-new-tokens", "8", "--device", "cpu"]
@@ -65,12 +65,12 @@ def test_generate_command_with_beam_search_streams(fixture, prompt):
 
 
 def test_one_length_check_for_summaries_and_continuations():
-    from ms_gpt2.checkpoints import load_pretrained
-    from ms_gpt2.config import load_config
-    from ms_gpt2.errors import UserError
-    from ms_gpt2.generation import encode_prompt
-    from ms_gpt2.examples import encode_prompt as encode_summary_prompt
-    from ms_gpt2.summarization import Summarizer
+    from ms_gpt2.models.checkpoints import load_pretrained
+    from ms_gpt2.infra.config import load_config
+    from ms_gpt2.infra.errors import UserError
+    from ms_gpt2.jobs.generate import encode_prompt
+    from ms_gpt2.data.examples import encode_prompt as encode_summary_prompt
+    from ms_gpt2.jobs.summarize import Summarizer
 
     model, tokenizer = load_pretrained(FIXTURES / "gpt2-bert-tiny")
     text = "青禾市轨道交通5号线"

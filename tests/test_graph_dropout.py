@@ -1,11 +1,11 @@
-"""The compiled step's dropout (ms_gpt2.engine.dropout): the masks sit at Hugging Face's three sites
+"""The compiled step's dropout (ms_gpt2.models.graphs.dropout): the masks sit at Hugging Face's three sites
 with the 1/(1-p) scale, the in-graph (device) masks are the NumPy reference's bit for bit, and they
 are a function of (seed, step, micro-batch, rank) only: seeded runs repeat, resume repeats,
 recomputation replays, ranks differ."""
 import numpy as np
 import pytest
 
-from ms_gpt2 import runtime
+from ms_gpt2.infra import runtime
 
 runtime.ensure()
 
@@ -13,9 +13,9 @@ import mindspore  # noqa: E402
 import torch  # noqa: E402  (mindtorch)
 from mindspore import Tensor, nn  # noqa: E402
 
-from ms_gpt2.compat import write_parameter  # noqa: E402
-from ms_gpt2.engine import dropout as keyed  # noqa: E402
-from ms_gpt2.engine.graphs.gpt2 import (GPT2GraphConfig, GPT2Loss, dropout_mask_shapes, dropout_masks,  # noqa: E402
+from ms_gpt2.infra.compat import write_parameter  # noqa: E402
+from ms_gpt2.models.graphs import dropout as keyed  # noqa: E402
+from ms_gpt2.models.graphs.gpt2 import (GPT2GraphConfig, GPT2Loss, dropout_mask_shapes, dropout_masks,  # noqa: E402
                                         hf_parameter_names)
 
 P = 0.1
@@ -25,7 +25,7 @@ B, T, V, C, H, L = 2, 12, 40, 32, 2, 2
 def _model(p=P):
     from mindnlp.transformers import GPT2Config
 
-    from ms_gpt2.modeling import GPT2ForSummarization
+    from ms_gpt2.models.gpt2 import GPT2ForSummarization
 
     runtime.seed_everything(0)
     config = GPT2Config(vocab_size=V, n_positions=16, n_embd=C, n_layer=L, n_head=H, resid_pdrop=p, embd_pdrop=p,
@@ -246,8 +246,8 @@ def test_bert_graph_draws_the_numpy_hash_masks_at_each_sites_rate():
     the hidden (0.1) and attention (0.2) rates: the loss equals the host path given those masks."""
     from mindnlp.transformers import BertConfig, BertForPreTraining
 
-    from ms_gpt2.engine.graphs.bert import BertGraph, BertPreTrainingLoss, dropout_sites, weights_from_model
-    from ms_gpt2.engine.precision import Precision
+    from ms_gpt2.models.graphs.bert import BertGraph, BertPreTrainingLoss, dropout_sites, weights_from_model
+    from ms_gpt2.models.graphs.precision import Precision
 
     runtime.seed_everything(0)
     model = BertForPreTraining(BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

@@ -9,10 +9,10 @@ import pytest
 from safetensors.numpy import load_file
 
 from conftest import DEMO_DATA, write_jsonl
-from ms_gpt2 import runtime
-from ms_gpt2.config import ConfigError, article_loss_weight, load_config
+from ms_gpt2.infra import runtime
+from ms_gpt2.infra.config import ConfigError, article_loss_weight, load_config
 from ms_gpt2.engine import distributed
-from ms_gpt2.examples import encode_example
+from ms_gpt2.data.examples import encode_example
 
 runtime.ensure()
 
@@ -62,7 +62,7 @@ def test_config_lambda_and_its_alias():
 
 
 def _tiny_model(tokenizer):
-    from ms_gpt2.modeling import GPT2ForSummarization, build_config
+    from ms_gpt2.models.gpt2 import GPT2ForSummarization, build_config
 
     runtime.seed_everything(0)
     return GPT2ForSummarization(build_config(tokenizer, 64, 32, 1, 2, dropout=0.0))
@@ -78,7 +78,7 @@ def _loss_and_grads(model, batch):
 
 
 def test_eager_loss_lambda_0_and_1_reproduce_the_two_losses_and_between_is_the_weighted_mean(tokenizer):
-    from ms_gpt2.evaluation import language_model_loss
+    from ms_gpt2.jobs.evaluate import language_model_loss
 
     model = _tiny_model(tokenizer)
     weighted = _examples(tokenizer, article_loss_weight=LAMBDA)
@@ -146,7 +146,7 @@ def eight(tmp_path_factory):
 
 
 def test_compiled_and_eager_agree_with_lambda_half(eight, char_vocab_dir, tmp_path):
-    from ms_gpt2.training import train
+    from ms_gpt2.jobs.train import train
 
     overrides = ["model.n_positions=64", "model.n_embd=32", "model.n_layer=1", "model.n_head=2", "model.dropout=0.0",
                  "data.max_seq_len=64", "data.max_summary_len=30", "data.train_ratio=1.0",

@@ -1,4 +1,4 @@
-"""fp16/bf16 in the compiled step (ms_gpt2.engine.precision), on CPU through the emulation: MatMul
+"""fp16/bf16 in the compiled step (ms_gpt2.models.graphs.precision), on CPU through the emulation: MatMul
 inputs and outputs rounded to the low precision, products in float32. The loss scaling (skip and
 halve on overflow, grow after the window, every rank skips together, resume restores the scale)
 and a tiny model's loss tracking the float32 run."""
@@ -7,22 +7,22 @@ import json
 import numpy as np
 import pytest
 
-from ms_gpt2 import runtime
+from ms_gpt2.infra import runtime
 
 runtime.ensure()
 
 import mindspore  # noqa: E402
 from mindspore import Tensor, nn, ops  # noqa: E402
 
-from ms_gpt2.compat import write_parameter  # noqa: E402
-from ms_gpt2.engine.precision import EMULATE_ENV, Precision, matmul  # noqa: E402
+from ms_gpt2.infra.compat import write_parameter  # noqa: E402
+from ms_gpt2.models.graphs.precision import EMULATE_ENV, Precision, matmul  # noqa: E402
 
 
 def _engine(precision=None, reduce=None, accumulation=1):
     from mindnlp.transformers import GPT2Config
 
     from ms_gpt2.engine.compiled import CompiledEngine
-    from ms_gpt2.modeling import GPT2ForSummarization
+    from ms_gpt2.models.gpt2 import GPT2ForSummarization
 
     runtime.seed_everything(0)
     model = GPT2ForSummarization(GPT2Config(vocab_size=40, n_positions=16, n_embd=32, n_layer=2, n_head=2,
@@ -151,8 +151,8 @@ def _trainer_run(out, vocab_dir, overrides=(), resume=None):
     """ms_gpt2's train() on the compiled engine, fp16 emulated (the caller sets EMULATE_ENV); -> the
     loss log's entries, parsed strictly (Infinity/NaN are not JSON)."""
     from conftest import DEMO_DATA
-    from ms_gpt2.config import load_config
-    from ms_gpt2.training import train
+    from ms_gpt2.infra.config import load_config
+    from ms_gpt2.jobs.train import train
 
     config = load_config("configs/smoke.yaml", FP16_TRAINER + [f"tokenizer.path={vocab_dir}", *overrides])
     config["engine"] = "compiled"
@@ -275,7 +275,7 @@ def test_the_loss_log_writes_strict_json_whatever_the_trainer_logs(tmp_path):
     """A value that is not finite (the eager engine's overflowed norm, a diverged loss) is null."""
     from types import SimpleNamespace
 
-    from ms_gpt2.training import LossLog
+    from ms_gpt2.jobs.train import LossLog
 
     LossLog(tmp_path / "log.jsonl").on_log(None, SimpleNamespace(global_step=3), None,
                                            logs={"loss": float("nan"), "grad_norm": float("inf"), "epoch": 0.5})

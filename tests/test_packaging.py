@@ -33,7 +33,7 @@ def test_the_wheel_ships_the_demo_files_and_an_installed_copy_finds_them(tmp_pat
 
     elsewhere = tmp_path / "elsewhere"  # no checkout around: cwd and the package both away from it
     elsewhere.mkdir()
-    probe = ("import json, ms_gpt2; from ms_gpt2 import tasks; from ms_gpt2.config import load_config; "
+    probe = ("import json, ms_gpt2; from ms_gpt2.jobs import tasks; from ms_gpt2.infra.config import load_config; "
              "print(json.dumps({'package': ms_gpt2.__file__, 'demo': str(tasks.DEMO_DATA), "
              "'smoke': str(tasks.SMOKE_CONFIG), 'n_embd': load_config(tasks.SMOKE_CONFIG)['model']['n_embd']}))")
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "MS_GPT2_DEVICE": "cpu"}

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from conftest import DEMO_DATA, write_jsonl
-from ms_gpt2 import cli, runtime
-from ms_gpt2.pretraining import document_ids, document_pipeline, pack, separator_id
+from ms_gpt2 import cli
+from ms_gpt2.infra import runtime
+from ms_gpt2.jobs.pretrain import document_ids, document_pipeline, pack, separator_id
 
 TINY_PT = ["model.n_positions=64", "model.n_embd=32", "model.n_layer=1", "model.n_head=2", "model.dropout=0.0",
            "data.max_seq_len=32", "pretrain.eval_fraction=0.1", "training.per_device_train_batch_size=16",
@@ -30,8 +31,8 @@ def test_pack_cuts_full_blocks_and_loses_or_repeats_no_token():
 
 @pytest.mark.parametrize("vocab", ["bert", "bpe"])
 def test_documents_are_tokenized_and_each_followed_by_the_separator(vocab, tmp_path, tokenizer):
-    from ms_gpt2.checkpoints import load_tokenizer
-    from ms_gpt2.data import _text_lines
+    from ms_gpt2.models.checkpoints import load_tokenizer
+    from ms_gpt2.data.nlpcc import _text_lines
 
     if vocab == "bert":
         tok, texts = tokenizer, ["青禾市开通地铁。", "第二篇文章", "第三篇"]
@@ -55,7 +56,7 @@ def _independent_heldout_loss(model_dir, articles, block_size):
     """Mean next-token NLL over the held-out stream, from the saved model's logits, in NumPy."""
     import torch
 
-    from ms_gpt2.checkpoints import load_pretrained
+    from ms_gpt2.models.checkpoints import load_pretrained
 
     model, tok = load_pretrained(model_dir)
     stream = [i for a in articles for i in tok.convert_tokens_to_ids(tok.tokenize(a)) + [tok.sep_token_id]]
@@ -140,8 +141,8 @@ def test_resumed_pretraining_ends_with_the_weights_of_an_uninterrupted_run(tmp_p
 
     from safetensors.numpy import load_file
 
-    from ms_gpt2.config import load_config
-    from ms_gpt2.pretraining import pretrain
+    from ms_gpt2.infra.config import load_config
+    from ms_gpt2.jobs.pretrain import pretrain
 
     rows = [json.loads(line) for line in open(DEMO_DATA, encoding="utf-8")][:10]
     corpus = tmp_path / "c.txt"
@@ -166,7 +167,7 @@ def test_pretraining_shuffles_all_blocks_each_epoch_not_a_window_of_the_file():
     """30k blocks in file order (block i holds i): a shuffle buffer of 10k would draw the first batch
     from the first ~10k blocks; a global shuffle draws it from all of them. Each epoch has its own
     order, every block once, and the same (seed, epoch) gives the same order."""
-    from ms_gpt2.pretraining import block_pipeline
+    from ms_gpt2.jobs.pretrain import block_pipeline
 
     n = 30_000
     blocks = np.repeat(np.arange(n, dtype=np.int32)[:, None], 2, axis=1)

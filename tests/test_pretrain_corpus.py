@@ -4,9 +4,9 @@ import json
 import pytest
 
 from conftest import write_jsonl
-from ms_gpt2.corpus import clean_copy, iter_documents, scan_corpus, split_documents
-from ms_gpt2.data import DataError
-from ms_gpt2.errors import UserError
+from ms_gpt2.data.corpus import clean_copy, iter_documents, scan_corpus, split_documents
+from ms_gpt2.data.nlpcc import DataError
+from ms_gpt2.infra.errors import UserError
 
 
 def test_plain_text_is_one_document_per_line_blank_lines_ignored(tmp_path):

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from conftest import DEMO_DATA
-from ms_gpt2.evaluation import lead, lead_baseline, rouge
+from ms_gpt2.jobs.evaluate import lead, lead_baseline, rouge
 
 
 @pytest.mark.parametrize("article,reference,want", [
@@ -25,9 +25,9 @@ def test_lead_baseline_scores_the_leads_against_the_references():
 
 
 def test_evaluate_reports_the_lead_baseline_on_the_same_split(tmp_path):
-    from ms_gpt2 import tasks
-    from ms_gpt2.config import load_config
-    from ms_gpt2.summarization import Summarizer
+    from ms_gpt2.jobs import tasks
+    from ms_gpt2.infra.config import load_config
+    from ms_gpt2.jobs.summarize import Summarizer
 
     fixture = "tests/fixtures/gpt2-bert-tiny"
     config = load_config(None, ["data.max_seq_len=64", "data.max_summary_len=8", "generation.num_beams=1",

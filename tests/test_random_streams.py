@@ -110,7 +110,7 @@ def test_the_eager_data_parallel_trainer_takes_its_rank_stream_after_seeding_and
 def test_set_generator_offset(offset):
     import torch
 
-    from ms_gpt2.compat import set_generator_offset
+    from ms_gpt2.infra.compat import set_generator_offset
 
     torch.manual_seed(3)
     set_generator_offset(torch.default_generator, offset)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import DEMO_DATA, write_jsonl
-from ms_gpt2 import cli, runtime
+from ms_gpt2 import cli
+from ms_gpt2.infra import runtime
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BPE_STOCK = FIXTURES / "gpt2-bpe-stock"
@@ -47,7 +48,7 @@ def english(tmp_path_factory):
 
 
 def test_the_fixtures_are_as_they_ship():
-    from ms_gpt2.checkpoints import load_tokenizer
+    from ms_gpt2.models.checkpoints import load_tokenizer
 
     tok = load_tokenizer(BPE_STOCK)
     assert tok.pad_token is None and tok.eos_token == "<|endoftext|>"
@@ -95,10 +96,10 @@ def test_every_target_of_a_packed_block_is_scored_end_of_text_included():
     step's loss must be HF's mean over all targets, and the Trainer's count all of them."""
     from mindnlp.transformers import GPT2LMHeadModel
 
-    from ms_gpt2.checkpoints import load_tokenizer
+    from ms_gpt2.models.checkpoints import load_tokenizer
     from ms_gpt2.engine.compiled import CompiledEngine
-    from ms_gpt2.modeling import IGNORE_INDEX, ignored_label_id, loss_token_count
-    from ms_gpt2.pretraining import _fresh_model_config
+    from ms_gpt2.models.gpt2 import IGNORE_INDEX, ignored_label_id, loss_token_count
+    from ms_gpt2.jobs.pretrain import _fresh_model_config
 
     import torch
 
@@ -130,10 +131,10 @@ def _expected_first_loss(model_dir, data, max_seq_len, batch_size):
     label is [PAD] (padding, and the article's blanked labels under summary_only_loss) left out."""
     import torch
 
-    from ms_gpt2.checkpoints import load_tokenizer
-    from ms_gpt2.data import _text_lines
-    from ms_gpt2.examples import train_pipeline
-    from ms_gpt2.modeling import GPT2ForSummarization, load_model
+    from ms_gpt2.models.checkpoints import load_tokenizer
+    from ms_gpt2.data.nlpcc import _text_lines
+    from ms_gpt2.data.examples import train_pipeline
+    from ms_gpt2.models.gpt2 import GPT2ForSummarization, load_model
 
     tok = load_tokenizer(model_dir)
     batch = next(train_pipeline(_text_lines(data, 0, batch_size), tok, max_seq_len, batch_size, shuffle=False,
@@ -195,7 +196,7 @@ def test_json_lines_given_to_pretrain_without_text_field_are_refused(tmp_path, c
     assert f"{data}:1:" in err and "--text-field" in err and "'article'" in err
     assert not (tmp_path / "o" / "checkpoint-1").exists()
     # plain text that merely contains braces is still plain text
-    from ms_gpt2.corpus import scan_corpus
+    from ms_gpt2.data.corpus import scan_corpus
 
     text = tmp_path / "t.txt"
     text.write_text('{"a": 1}\nplain prose after a JSON-looking line\n', encoding="utf-8")
@@ -205,7 +206,7 @@ def test_json_lines_given_to_pretrain_without_text_field_are_refused(tmp_path, c
 def test_pretrain_takes_engine_like_train():
     args = cli.build_parser().parse_args(["pretrain", "--data", "d", "--output-dir", "o", "--engine", "eager"])
     assert "engine=eager" in cli._overrides(args)
-    from ms_gpt2.config import load_config
+    from ms_gpt2.infra.config import load_config
 
     assert load_config(None, cli._overrides(args))["engine"] == "eager"
     assert load_config(None, ["engine=eager"])["engine"] == "eager"  # --set engine=eager

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from ms_gpt2 import runtime
-from ms_gpt2.config import load_config
-from ms_gpt2.training import train
+from ms_gpt2.infra import runtime
+from ms_gpt2.infra.config import load_config
+from ms_gpt2.jobs.train import train
 from test_engine import TINY as ENGINE_TINY, eight  # noqa: F401  (eight: the shared data fixture)
 
 # Tiny Trainer runs: tests/test_engine.py's (8 short records, 4 per batch, 2 steps per epoch,
@@ -22,7 +22,7 @@ def _tiny_engine(recompute, accumulation=1, dropout=0.1):
     from mindnlp.transformers import GPT2Config
 
     from ms_gpt2.engine.compiled import CompiledEngine
-    from ms_gpt2.modeling import GPT2ForSummarization
+    from ms_gpt2.models.gpt2 import GPT2ForSummarization
 
     runtime.seed_everything(0)
     model = GPT2ForSummarization(GPT2Config(vocab_size=40, n_positions=16, n_embd=32, n_layer=2, n_head=2,
@@ -111,7 +111,7 @@ def _step_losses(monkeypatch, checkpointing):
     """{global step: the loss training_step returned} (the Trainer logs it rounded to 4 decimals);
     ``checkpointing`` gets the model's ``is_gradient_checkpointing`` at each step."""
     from ms_gpt2.engine.trainer import CompiledTrainerMixin
-    from ms_gpt2.training import PipelineTrainer
+    from ms_gpt2.jobs.train import PipelineTrainer
 
     losses = {}
     for cls in (CompiledTrainerMixin, PipelineTrainer):
@@ -177,7 +177,7 @@ def test_eager_gradient_checkpointing_runs_and_changes_nothing(eight, char_vocab
     assert transformers.modeling_utils.checkpoint.__module__.startswith("mindtorch")
     base = TINY + [f"tokenizer.path={char_vocab_dir}", "training.num_train_epochs=1"]
     plain = _trainer_run(base, eight, tmp_path / "plain", "eager", monkeypatch)
-    with caplog.at_level("WARNING", logger="ms_gpt2.training"):
+    with caplog.at_level("WARNING", logger="ms_gpt2.jobs.train"):
         checkpointed = _trainer_run(base + ["training.gradient_checkpointing=true"], eight, tmp_path / "gc",
                                     "eager", monkeypatch)
     assert plain[0] == checkpointed[0] == []        # no compiled engine

@@ -12,11 +12,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from ms_gpt2 import rundir
-from ms_gpt2.rundir import LOCK_FILE, RunDirInUseError, RunLock
+from ms_gpt2.infra import rundir
+from ms_gpt2.infra.rundir import LOCK_FILE, RunDirInUseError, RunLock
 
 ROOT = Path(__file__).resolve().parents[1]
-HOLDER = ("import sys, time; sys.path.insert(0, {root!r}); from ms_gpt2.rundir import RunLock; "
+HOLDER = ("import sys, time; sys.path.insert(0, {root!r}); from ms_gpt2.infra.rundir import RunLock; "
           "lock = RunLock(sys.argv[1]).acquire(); open(sys.argv[2], 'w').close(); time.sleep(300)")
 
 
@@ -39,7 +39,7 @@ def test_a_second_run_refuses_naming_the_live_holder(tmp_path):
         message = str(caught.value)
         assert "\n" not in message
         assert f"pid {proc.pid} on host " in message and str(tmp_path / "run") in message
-        assert "from ms_gpt2.rundir import RunLock" in message  # the holder's command line
+        assert "from ms_gpt2.infra.rundir import RunLock" in message  # the holder's command line
     finally:
         proc.kill()
         proc.wait()
@@ -50,7 +50,7 @@ def test_a_lock_left_by_a_killed_run_is_taken_over_with_a_warning(tmp_path, capl
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert (tmp_path / "run" / LOCK_FILE).is_file()  # SIGKILL left the file; the kernel dropped the lock
-    with caplog.at_level(logging.WARNING, logger="ms_gpt2.rundir"):
+    with caplog.at_level(logging.WARNING, logger="ms_gpt2.infra.rundir"):
         with RunLock(tmp_path / "run"):
             held = json.loads((tmp_path / "run" / LOCK_FILE).read_text())
             assert held["pid"] == os.getpid()
@@ -59,7 +59,7 @@ def test_a_lock_left_by_a_killed_run_is_taken_over_with_a_warning(tmp_path, capl
 
 
 def test_released_lock_can_be_taken_again_without_warning(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="ms_gpt2.rundir"):
+    with caplog.at_level(logging.WARNING, logger="ms_gpt2.infra.rundir"):
         with RunLock(tmp_path / "run"):
             pass
         with RunLock(tmp_path / "run"):

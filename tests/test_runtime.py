@@ -5,8 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-from ms_gpt2 import runtime
-from ms_gpt2.errors import UserError
+from ms_gpt2.infra import runtime
+from ms_gpt2.infra.errors import UserError
 
 ALL = {"ascend": True, "gpu": True, "cpu": True}
 CPU_ONLY = {"ascend": False, "gpu": False, "cpu": True}
@@ -167,9 +167,9 @@ def test_dropout_masks_are_drawn_in_the_graph_off_cpu(monkeypatch):
 
     from mindnlp.transformers import GPT2Config
 
-    from ms_gpt2.engine import dropout
+    from ms_gpt2.models.graphs import dropout
     from ms_gpt2.engine.compiled import CompiledEngine
-    from ms_gpt2.modeling import GPT2ForSummarization
+    from ms_gpt2.models.gpt2 import GPT2ForSummarization
 
     assert [dropout.resolve_source("auto", d) for d in ("ascend", "gpu", "cpu")] == ["device", "device", "host"]
     model = GPT2ForSummarization(GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=1, n_head=2,
@@ -185,8 +185,8 @@ def test_training_arguments_leave_the_cpu_on_a_device(monkeypatch, tmp_path, cha
     import dataclasses
 
     from conftest import DEMO_DATA
-    from ms_gpt2 import training
-    from ms_gpt2.config import load_config
+    from ms_gpt2.jobs import train as training
+    from ms_gpt2.infra.config import load_config
 
     seen = {}
 
@@ -215,7 +215,7 @@ def test_the_benchs_pytorch_reference_loads_torch_npu_for_an_npu(tmp_path):
     import json
     import os
 
-    from ms_gpt2 import bench
+    from ms_gpt2.bench import gpt2 as bench
 
     (tmp_path / "torch.py").write_text("")
     (tmp_path / "transformers.py").write_text("GPT2Config = GPT2LMHeadModel = object\n")

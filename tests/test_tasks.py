@@ -7,8 +7,9 @@ import shutil
 import pytest
 
 from conftest import write_jsonl
-from ms_gpt2 import cli, tasks
-from ms_gpt2.summarization import Summarizer
+from ms_gpt2 import cli
+from ms_gpt2.jobs import tasks
+from ms_gpt2.jobs.summarize import Summarizer
 
 FIXTURE = "tests/fixtures/gpt2-bert-tiny"  # BERT vocab, n_positions 64
 TINY = ["--config", "configs/smoke.yaml", "--set", "data.max_seq_len=48", "--set", "data.max_summary_len=16",
@@ -51,7 +52,7 @@ def run_dir(tmp_path):
 
 
 def test_summarize_and_evaluate_accept_a_training_output_directory(run_dir, tmp_path, capsys, caplog):
-    caplog.set_level(logging.INFO, logger="ms_gpt2.checkpoints")
+    caplog.set_level(logging.INFO, logger="ms_gpt2.models.checkpoints")
     code, out, err = run(capsys, "summarize", "--model", str(run_dir), "--text", GOOD["article"], *TINY)
     assert code == 0, err[-2000:]
     assert len(out.splitlines()) == 1  # the summary (of a random tiny model: any text)
@@ -67,7 +68,7 @@ def test_demo_pretrains_then_compares_scratch_and_pretrained_fine_tunes_on_one_v
     """The demo's recipe on 12 records and a 1-layer model: pretrain on the articles, fine-tune with
     λ from it and from scratch, score both and the Lead baseline on the held-out split."""
     from conftest import DEMO_DATA
-    from ms_gpt2.config import load_config
+    from ms_gpt2.infra.config import load_config
 
     rows = [json.loads(line) for line in open(DEMO_DATA, encoding="utf-8")]
     data = write_jsonl(tmp_path / "twelve.jsonl", sorted(rows, key=lambda r: len(r["summarization"]))[:12])

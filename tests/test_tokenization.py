@@ -1,7 +1,7 @@
 """Loading a bert-base-chinese style vocabulary, refusing wrong ones, building one, decoding."""
 import pytest
 
-from ms_gpt2.tokenization import SPECIAL_TOKENS, TokenizerError, build_tokenizer, decode, load_tokenizer
+from ms_gpt2.data.tokenization import SPECIAL_TOKENS, TokenizerError, build_tokenizer, decode, load_tokenizer
 
 
 def test_loads_from_directory_and_from_vocab_file(char_vocab_dir):

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from conftest import DEMO_DATA, write_jsonl
-from ms_gpt2.config import load_config
-from ms_gpt2.training import train
+from ms_gpt2.infra.config import load_config
+from ms_gpt2.jobs.train import train
 
 FIXTURE = "tests/fixtures/gpt2-bert-tiny"
 FIXTURE_VOCAB = Path(FIXTURE) / "vocab.txt"  # a BERT-vocab (541 tokens) GPT-2, n_positions 64
@@ -55,7 +55,7 @@ def test_init_from_uses_the_checkpoints_own_vocabulary(tmp_path):
 
 
 def test_init_from_refuses_a_tokenizer_whose_ids_mean_other_tokens(tmp_path):
-    from ms_gpt2.tokenization import TokenizerError
+    from ms_gpt2.data.tokenization import TokenizerError
 
     data = write_jsonl(tmp_path / "news.jsonl", demo_rows()[:4])
     lines = vocab_lines(FIXTURE_VOCAB)
@@ -72,7 +72,7 @@ def test_init_from_refuses_a_tokenizer_whose_ids_mean_other_tokens(tmp_path):
 
 
 def test_init_from_a_bpe_checkpoint_is_refused(tmp_path):
-    from ms_gpt2.tokenization import TokenizerError
+    from ms_gpt2.data.tokenization import TokenizerError
 
     data = write_jsonl(tmp_path / "news.jsonl", demo_rows()[:4])
     config = load_config("configs/smoke.yaml", TINY + ["model.init_from=tests/fixtures/gpt2-bpe-tiny",
@@ -91,7 +91,7 @@ def test_a_vocab_with_repeated_lines_trains_and_names_the_repeats(tmp_path, char
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(lines) + "\n", encoding="utf-8")
     config = load_config("configs/smoke.yaml", TINY + [f"tokenizer.path={vocab}"])
-    with caplog.at_level(logging.WARNING, logger="ms_gpt2.tokenization"):
+    with caplog.at_level(logging.WARNING, logger="ms_gpt2.data.tokenization"):
         result = train(config, write_jsonl(tmp_path / "news.jsonl", rows), tmp_path / "run")
     assert result.global_step == 1
     saved = json.loads((result.model_dir / "config.json").read_text())
@@ -105,7 +105,7 @@ def test_a_vocab_with_repeated_lines_trains_and_names_the_repeats(tmp_path, char
 
 
 def test_vocab_id_range_counts_ids_not_distinct_tokens(tmp_path):
-    from ms_gpt2.tokenization import load_tokenizer, vocab_id_range
+    from ms_gpt2.data.tokenization import load_tokenizer, vocab_id_range
 
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "中", "##a", "文", "##a", "国"]) + "\n",

@@ -1,6 +1,6 @@
 """The compiled engine around one model: weights in, steps, weights and AdamW state out.
 
-:class:`CompiledEngine` takes a Hugging Face model, asks :func:`ms_gpt2.engine.graphs.graph_for` for
+:class:`CompiledEngine` takes a Hugging Face model, asks :func:`ms_gpt2.models.graphs.graph_for` for
 its loss graph (GPT-2's or BERT's; the engine itself knows no model), copies the weights it names
 into MindSpore Parameters that the compiled :class:`~ms_gpt2.engine.step.TrainStep` owns and
 updates, and copies them back (:meth:`CompiledEngine.to_model`) when the model is needed (save,
@@ -14,10 +14,10 @@ import numpy as np
 import mindspore
 from mindspore import Parameter, Tensor
 
-from ms_gpt2.compat import read_parameter, write_parameter
-from ms_gpt2.engine import dropout as keyed
-from ms_gpt2.engine.graphs import graph_for
-from ms_gpt2.engine.precision import Precision
+from ms_gpt2.infra.compat import read_parameter, write_parameter
+from ms_gpt2.models.graphs import dropout as keyed
+from ms_gpt2.models.graphs import graph_for
+from ms_gpt2.models.graphs.precision import Precision
 from ms_gpt2.engine.step import StepConfig, TrainStep, compile_step
 
 
@@ -37,16 +37,16 @@ class CompiledEngine:
     :meth:`train_step`'s fused one. ``recompute``: recompute each transformer layer in the backward
     pass rather than keep its activations (the Trainer's ``gradient_checkpointing``): the same
     losses, gradients and weights either way. ``precision``: the MatMuls' dtype and fp16's loss
-    scaling (:mod:`ms_gpt2.engine.precision`; float32 by default). ``dropout_source``: where the
-    keep-masks are drawn (:mod:`ms_gpt2.engine.dropout`; ``"auto"``: on the host on CPU, in the
+    scaling (:mod:`ms_gpt2.models.graphs.precision`; float32 by default). ``dropout_source``: where the
+    keep-masks are drawn (:mod:`ms_gpt2.models.graphs.dropout`; ``"auto"``: on the host on CPU, in the
     graph elsewhere). Batches are dicts of NumPy arrays keyed as the Trainer's (the graph's
-    :meth:`~ms_gpt2.engine.graphs.base.ModelGraph.inputs` says which keys).
+    :meth:`~ms_gpt2.models.graphs.base.ModelGraph.inputs` says which keys).
     """
 
     def __init__(self, model, weight_decay: dict, max_grad_norm: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8,
                  seed: int = 0, precision: Precision | None = None, reduce=None, accumulation: int = 1,
                  recompute: bool = False, dropout_source: str = "auto"):
-        from ms_gpt2 import runtime
+        from ms_gpt2.infra import runtime
 
         # MindSpore's graph analysis nests one call per statement of an unrolled loop: BERT-base's 12
         # post-LN layers with their MatMul cells pass its default depth limit of 1000 (GPT-2's do not)

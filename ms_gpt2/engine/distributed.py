@@ -3,7 +3,7 @@
 mindnlp 0.5.1 cannot do this for us (its ``DistributedDataParallel`` is empty, its process group's
 ``allreduce`` has no NPU kernel, and the Trainer's ``value_and_grad`` step reduces nothing), so it
 is built from MindSpore's own pieces: ``msrun`` starts the workers, ``mindspore.communication.init()``
-joins them (HCCL on Ascend, MCCL on CPU; see :func:`ms_gpt2.runtime.setup`), ``ops.AllReduce`` (sum,
+joins them (HCCL on Ascend, MCCL on CPU; see :func:`ms_gpt2.infra.runtime.setup`), ``ops.AllReduce`` (sum,
 which every backend has) reduces.
 
 How a step stays equal to one process's step on the whole global batch:
@@ -32,8 +32,10 @@ import re
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+
+from ms_gpt2.models.graphs import base
+from ms_gpt2.models.graphs.base import Shard  # noqa: F401 (re-exported: the shard of a batch)
 
 #: What msrun sets in a worker's environment (``MS_SCHED`` for its scheduler process).
 MSRUN_ROLES = ("MS_WORKER", "MS_SCHED")
@@ -47,7 +49,7 @@ def launched_by_msrun() -> bool:
 
 def world() -> tuple[int, int]:
     """(rank, world size) of this process: (0, 1) unless it joined an msrun group."""
-    from ms_gpt2 import runtime
+    from ms_gpt2.infra import runtime
 
     current = runtime.ensure()
     return current.rank, current.world_size
@@ -139,37 +141,13 @@ def reduce_gradients(grads, loss, weight: float):
     return _unflat(flat[:-1], grads), flat[-1].to(loss.dtype)
 
 
-@dataclass
-class Shard:
-    """This rank's rows of a global batch and what they weigh."""
-
-    inputs: dict
-    local_tokens: float   # scored tokens (their summed loss weights when the batch has loss_weights)
-    global_tokens: float
-
-    @property
-    def weight(self) -> float:
-        return self.local_tokens / self.global_tokens if self.global_tokens else 0.0
-
-
 def shard_batch(inputs: dict, per_device: int, pad_token_id: int, rank: int | None = None,
                 size: int | None = None) -> Shard:
-    """Rows ``[rank*per_device, (rank+1)*per_device)`` of the global batch ``inputs``.
-
-    A rank whose rows are all past the end of a short last batch gets row 0 as a placeholder with
-    ``local_tokens = 0``: it runs the step (every rank must join the all-reduce) and adds nothing.
-    """
-    from ms_gpt2.modeling import scored_count
-
+    """This process's rows of the global batch ``inputs`` (:func:`ms_gpt2.models.graphs.base.shard_batch`;
+    ``rank``/``size`` default to this process's place in the msrun group)."""
     if rank is None or size is None:
         rank, size = world()
-    total = scored_count(inputs["labels"], pad_token_id, inputs.get("loss_weights"))
-    rows = len(inputs["labels"])
-    start, stop = rank * per_device, min((rank + 1) * per_device, rows)
-    if start >= rows:
-        return Shard({k: v[:1] for k, v in inputs.items()}, 0, total)
-    local = {k: v[start:stop] for k, v in inputs.items()}
-    return Shard(local, scored_count(local["labels"], pad_token_id, local.get("loss_weights")), total)
+    return base.shard_batch(inputs, per_device, pad_token_id, rank, size)
 
 
 RANK_STREAM_STRIDE = 2**40  # rank r's random streams are seeded seed + r * this (rank 0: the one-process stream)
@@ -183,7 +161,7 @@ def rank_random_stream() -> None:
     restores that one."""
     import torch
 
-    from ms_gpt2.compat import set_generator_offset
+    from ms_gpt2.infra.compat import set_generator_offset
 
     rank = world()[0]
     if rank == 0:
@@ -214,7 +192,7 @@ class DataParallelMixin:
     def training_step(self, model, inputs, num_items_in_batch=None):
         import torch
 
-        from ms_gpt2.modeling import ignored_label_id
+        from ms_gpt2.models.gpt2 import ignored_label_id
 
         shard = shard_batch(inputs, self.args.per_device_train_batch_size, ignored_label_id(model))
         params = [p for p in model.parameters() if p.requires_grad]

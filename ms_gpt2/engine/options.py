@@ -12,12 +12,12 @@ field, against transformers 4.56:
 * :data:`HONOURED` - the compiled engine reads it (the graph, or the Trainer code it keeps);
 * :data:`OUTSIDE_THE_STEP` - its effect lives in code both engines share (the loop, logging,
   checkpoints, evaluation, data loading, the Hub, launchers), so the engine changes nothing;
-* the keys ms_gpt2 sets itself are :data:`ms_gpt2.config.MANAGED_TRAINING_KEYS`.
+* the keys ms_gpt2 sets itself are :data:`ms_gpt2.infra.config.MANAGED_TRAINING_KEYS`.
 
 tests/test_engine_options.py walks ``dataclasses.fields(TrainingArguments)`` and fails on a field
 in none of these, so a new transformers field cannot slip through undecided.
 
-``fp16``/``bf16`` are honoured by the compiled engine (:mod:`ms_gpt2.engine.precision`) where they
+``fp16``/``bf16`` are honoured by the compiled engine (:mod:`ms_gpt2.models.graphs.precision`) where they
 run. Some refusals hold for the eager engine too, where it has no working path: fp16/bf16 on CPU (the
 Trainer's CPU mixed precision does not work under mindtorch: bf16 fails in ``torch.cpu.amp``, fp16
 runs float32 kernels whose results drift from a plain float32 run; the compiled graph's CPU run is
@@ -35,20 +35,16 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ms_gpt2.engine import ENGINES
-from ms_gpt2.errors import UserError
+from ms_gpt2.infra.errors import EngineError, UserError  # noqa: F401 (EngineError: re-exported)
 
 SUPPORTED_OPTIM = ("adamw_torch", "adamw_torch_fused")
 EAGER = "use --engine eager (or drop the setting)"
 
 
-class EngineError(UserError, ValueError):
-    """A setting an engine cannot honour; the message names the key and what to do instead."""
-
-
 @dataclass(frozen=True)
 class Context:
     engine: str        # the engine that will train: "compiled" | "eager"
-    device: str        # ms_gpt2.runtime's: "cpu" | "ascend" | "gpu"
+    device: str        # ms_gpt2.infra.runtime's: "cpu" | "ascend" | "gpu"
     world_size: int = 1
     soc: str | None = None  # Ascend's SoC ("ascend910" is the 910A, "ascend910b"/"ascend910_93" A2/A3)
 
@@ -73,7 +69,7 @@ def _off_cpu(value, ctx: Context) -> bool:
 
 def _half_on_cpu(value, ctx: Context) -> bool:
     """fp16/bf16 on CPU: refused, except the compiled graph's emulation that tests switch on."""
-    from ms_gpt2.engine.precision import emulating
+    from ms_gpt2.models.graphs.precision import emulating
 
     return ctx.device == "cpu" and not (ctx.engine == "compiled" and emulating())
 
@@ -163,7 +159,7 @@ REFUSED: dict[str, tuple[Refused, ...]] = {
     "full_determinism": (Refused("it makes torch's eager kernels deterministic, which the graph does not run (on "
                                    "CPU, where it is accepted, the graph's seeded runs repeat bit for bit)",
                                    when=_off_cpu),),
-    # -- both engines: data loading is ms_gpt2's MindSpore pipeline (ms_gpt2.training.PipelineBatches), not the
+    # -- both engines: data loading is ms_gpt2's MindSpore pipeline (ms_gpt2.jobs.train.PipelineBatches), not the
     # Trainer's DataLoader; what only that DataLoader (or accelerate's preparation of it) reads would do nothing --
     "per_gpu_train_batch_size": (Refused("the deprecated alias of per_device_train_batch_size, which ms_gpt2's "
                                            "pipeline batches by", "use training.per_device_train_batch_size",
@@ -188,7 +184,7 @@ REFUSED: dict[str, tuple[Refused, ...]] = {
                                      engines=ENGINES),),
     # -- both engines: evaluation during training is the job's own held-out scoring --
     **{key: (Refused(f"{what}; ms_gpt2's evaluation during training is the job's own held-out scoring "
-                     f"(ms_gpt2.training.HeldOutEvaluation), which runs no prediction loop and no compute_metrics",
+                     f"(ms_gpt2.jobs.train.HeldOutEvaluation), which runs no prediction loop and no compute_metrics",
                      "drop it", engines=ENGINES),)
        for key, what in {
            "eval_accumulation_steps": "it moves gathered predictions off the device every N evaluation steps",
@@ -242,7 +238,7 @@ _LOOP = "the Trainer's loop around the step, the same on both engines"
 _LOGGING = "logging of what the step returns (loss, grad norm), the same on both engines"
 _SAVING = ("checkpoints and resume: the engine brings the model up to date before each save; optimizer.pt holds "
            "its AdamW state")
-_EVAL = ("evaluation during training: the job's own held-out scoring (ms_gpt2.training.HeldOutEvaluation) runs "
+_EVAL = ("evaluation during training: the job's own held-out scoring (ms_gpt2.jobs.train.HeldOutEvaluation) runs "
          "on the Hugging Face model, which the compiled engine brings up to date first")
 _HUB = "Hugging Face Hub uploads of saved checkpoints, the same on both engines"
 _LAUNCH = ("device selection and torch.distributed launch settings, read before training (ms_gpt2: --device, and "
@@ -267,7 +263,7 @@ OUTSIDE_THE_STEP: dict[str, str] = {
     **_each(_EVAL, "eval_strategy eval_steps eval_delay eval_on_start per_device_eval_batch_size "
                    "metric_for_best_model greater_is_better load_best_model_at_end"),
     # data loading, before the step: ms_gpt2's MindSpore pipeline builds the batches on both engines
-    "data_seed": "seeds each epoch's batch order (ms_gpt2.training.PipelineBatches), apart from --seed, which the "
+    "data_seed": "seeds each epoch's batch order (ms_gpt2.jobs.train.PipelineBatches), apart from --seed, which the "
                  "initial weights and dropout keep following",
     "dataloader_drop_last": "ms_gpt2's pipeline leaves out each epoch's short last (global) batch: floor(examples / "
                             "batch) batches an epoch, all full (on the compiled engine: no second graph for its shape)",
@@ -286,7 +282,7 @@ _EMPTY = (None, "", [], {}, ())
 
 def field_defaults() -> dict[str, Any]:
     """The settable fields of (mindnlp's) ``TrainingArguments`` and their defaults."""
-    from ms_gpt2.config import training_fields
+    from ms_gpt2.infra.config_checks import training_fields
 
     training_fields()  # imports TrainingArguments on the right runtime
     from mindnlp.transformers import TrainingArguments
@@ -339,7 +335,7 @@ def check(training: dict, ctx: Context, defaults: dict | None = None) -> None:
 def check_config(config: dict, engine: str | None = None) -> None:
     """:func:`check` for a loaded ms_gpt2 config, on this process's device and msrun world, for
     ``engine`` (default: the config's). Call it before any data work."""
-    from ms_gpt2 import runtime
+    from ms_gpt2.infra import runtime
 
     current = runtime.ensure()
     check(config.get("training") or {}, Context(engine or config.get("engine") or "compiled", current.device,
@@ -351,7 +347,7 @@ def check_arguments(args, engine: str = "compiled") -> None:
     Its ``__post_init__`` rewrites some defaults (``debug`` and ``fsdp`` to lists, ``fsdp_config``
     to a filled dict, read only with ``fsdp``; ``accelerator_config`` to an ``AcceleratorConfig``),
     which count as defaults here."""
-    from ms_gpt2 import runtime
+    from ms_gpt2.infra import runtime
 
     values = {key: getattr(args, key) for key in REFUSED if hasattr(args, key)}
     if not values.get("fsdp"):

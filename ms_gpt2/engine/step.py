@@ -1,7 +1,7 @@
 """One training step as one compiled MindSpore graph, for any model's loss graph.
 
 :class:`TrainStep` wraps a loss graph (``(*inputs) -> (loss_sum, count)``: a model's forward and loss,
-:mod:`ms_gpt2.engine.graphs`) as MindFormers' ``TrainOneStepCell`` wraps a network: forward ->
+:mod:`ms_gpt2.models.graphs`) as MindFormers' ``TrainOneStepCell`` wraps a network: forward ->
 backward (``mindspore.value_and_grad`` of the sum) -> :class:`Reduce` (the data-parallel seam) ->
 divide by the count -> global-norm clipping -> AdamW, all inside one ``mindspore.jit`` graph. It
 knows no model: the weights come by name, the inputs pass through. The learning rate is an input,
@@ -33,10 +33,10 @@ Checked against the eager Trainer's ``torch.optim.AdamW`` (``tests/test_engine.p
 AdamW written in NumPy with non-default betas, eps and decay (``tests/test_engine_options.py``).
 
 The loss is a mean: the summed (weighted) token losses divided by their summed weights, floored at
-:data:`ms_gpt2.modeling.LOSS_COUNT_FLOOR` (the eager loss's floor too), so a batch that scores
+:data:`ms_gpt2.models.gpt2.LOSS_COUNT_FLOOR` (the eager loss's floor too), so a batch that scores
 nothing has loss 0 and a batch whose weights sum below 1 keeps its exact weighted mean.
 
-Mixed precision (``StepConfig.precision``, :mod:`ms_gpt2.engine.precision`): the loss graph runs its
+Mixed precision (``StepConfig.precision``, :mod:`ms_gpt2.models.graphs.precision`): the loss graph runs its
 MatMuls in float16/bfloat16; here everything stays float32 (master weights, AdamW, the gradient
 norm); fp16 scales the loss dynamically (:class:`ScaledLoss`) and skips a step whose reduced
 gradients overflow (weights, moments and step count untouched, :meth:`TrainStep.update`).
@@ -48,8 +48,8 @@ from dataclasses import dataclass
 import mindspore
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
-from ms_gpt2.engine.precision import Precision
-from ms_gpt2.modeling import LOSS_COUNT_FLOOR
+from ms_gpt2.models.graphs.precision import Precision
+from ms_gpt2.models.gpt2 import LOSS_COUNT_FLOOR
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class ScaledLoss(nn.Cell):
 
 
 def _floored(count):
-    """What a loss sum is divided by: its (weighted) count, at least :data:`~ms_gpt2.modeling.LOSS_COUNT_FLOOR`
+    """What a loss sum is divided by: its (weighted) count, at least :data:`~ms_gpt2.models.gpt2.LOSS_COUNT_FLOOR`
     (the eager loss's floor)."""
     return ops.maximum(count, LOSS_COUNT_FLOOR)
 
@@ -123,7 +123,7 @@ def _finite_or_zero_one(ok, grad):
 class TrainStep(nn.Cell):
     """forward + backward + reduce + mean + clip + AdamW: ``(lr, *inputs) -> (mean loss, global grad norm
     before clipping)``, ``inputs`` being the loss graph's (``net``: ``(*inputs) -> (loss_sum, count)``,
-    see :class:`~ms_gpt2.engine.graphs.base.ModelGraph`). Owns AdamW's state and, with fp16, the
+    see :class:`~ms_gpt2.models.graphs.base.ModelGraph`). Owns AdamW's state and, with fp16, the
     loss scale (``loss_scale``, ``good_steps``: clean steps since the scale last changed); the
     weights are the net's, by name (``weights``: name -> the Parameter the net reads).
 

@@ -34,12 +34,12 @@ fp16/bf16 on CPU, optimizers other than AdamW, ...: the decision table, field by
 :mod:`ms_gpt2.engine.options`), and frozen parameters (the graph updates every weight it holds).
 ``predict`` is not synchronised (ms_gpt2 does not call it during training).
 
-Mixed precision is the graph's (:mod:`ms_gpt2.engine.precision`), loss scaling included. On a device
+Mixed precision is the graph's (:mod:`ms_gpt2.models.graphs.precision`), loss scaling included. On a device
 accelerate builds, for ``fp16``, a ``GradScaler`` and native autocast; the mixin removes both from
 the Trainer's accelerator (and the Trainer's CPU autocast), so the loop's ``optimizer.step()`` is the
 facade's and the model is not wrapped in autocast. A step the graph skipped (its fp16 gradients
 overflowed) is reported through ``accelerator.optimizer_step_was_skipped``
-(:func:`ms_gpt2.compat.report_skipped_step`), so the LR schedule counts only the updates taken, and
+(:func:`ms_gpt2.infra.compat.report_skipped_step`), so the LR schedule counts only the updates taken, and
 its log line carries ``"grad_norm": None, "skipped": True``.
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 
-from ms_gpt2 import compat, runtime
+from ms_gpt2.infra import compat, runtime
 
 runtime.ensure()
 
@@ -57,7 +57,7 @@ import torch  # noqa: E402  (mindtorch)
 from ms_gpt2.engine import DEFAULT_ENGINE, options  # noqa: E402
 from ms_gpt2.engine.compiled import CompiledEngine  # noqa: E402
 from ms_gpt2.engine.options import EngineError  # noqa: E402,F401  (raised here; its home is options)
-from ms_gpt2.engine.precision import Precision  # noqa: E402
+from ms_gpt2.models.graphs.precision import Precision  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,175 @@
+"""One place that decides where ms_gpt2 runs: Ascend NPU first, then GPU, then CPU.
+
+Why this has to happen early: mindtorch (the ``torch`` that mindnlp 0.5 provides) reads MindSpore's
+``device_target`` once, when ``mindnlp`` is first imported, and routes every op through that
+backend's table. So the device is fixed *before* that import, here, and every ms_gpt2 module that
+needs mindnlp calls :func:`ensure` first. The compat shims are applied at the same moment, so no
+code path can see the stack half-patched.
+
+Precedence: explicit argument (``--device``) > ``MS_GPT2_DEVICE`` > ``auto``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+from dataclasses import dataclass, replace
+
+from ms_gpt2.infra.errors import UserError
+
+# MindSpore logs every missing accelerator plugin at WARNING on a CPU machine; keep errors only
+# unless the user asked for more. Must be set before mindspore is imported to take effect.
+os.environ.setdefault("GLOG_v", "3")
+
+log = logging.getLogger("ms_gpt2")
+
+ENV_VAR = "MS_GPT2_DEVICE"
+CHOICES = ("auto", "ascend", "gpu", "cpu")
+PREFERENCE = ("ascend", "gpu", "cpu")
+MINDSPORE_TARGET = {"ascend": "Ascend", "gpu": "GPU", "cpu": "CPU"}
+# The device string Hugging Face code (on mindtorch) expects for each backend.
+TORCH_DEVICE = {"ascend": "npu", "gpu": "cuda", "cpu": "cpu"}
+
+
+class DeviceUnavailableError(UserError, RuntimeError):
+    """The user asked for a backend this machine does not have."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: str  # "ascend" | "gpu" | "cpu"
+    requested: str  # what the user asked for, e.g. "auto"
+    seed: int | None
+    shims: tuple[str, ...]
+    rank: int = 0  # this process's rank in an msrun group (0 when alone)
+    world_size: int = 1
+
+    @property
+    def mindspore_target(self) -> str:
+        return MINDSPORE_TARGET[self.device]
+
+    @property
+    def torch_device(self) -> str:
+        return TORCH_DEVICE[self.device]
+
+
+_current: Runtime | None = None
+
+
+def available_devices() -> dict[str, bool]:
+    """Which backends MindSpore can load plugins for on this machine."""
+    from mindspore.device_context import ascend, gpu
+
+    return {"ascend": bool(ascend.is_available()), "gpu": bool(gpu.is_available()), "cpu": True}
+
+
+def resolve_device(requested: str | None, available: dict[str, bool]) -> tuple[str, str]:
+    """Return ``(requested, chosen)``; pure so the policy is testable without hardware."""
+    requested = (requested or os.environ.get(ENV_VAR) or "auto").strip().lower()
+    if requested not in CHOICES:
+        raise UserError(f"unknown device {requested!r}; choose one of {', '.join(CHOICES)}")
+    if requested == "auto":
+        return requested, next(d for d in PREFERENCE if available.get(d))
+    if not available.get(requested):
+        have = ", ".join(d for d in PREFERENCE if available.get(d))
+        raise DeviceUnavailableError(
+            f"device {requested!r} was requested (--device or ${ENV_VAR}) but MindSpore cannot use "
+            f"it on this machine (available: {have}). Install the {MINDSPORE_TARGET[requested]} "
+            f"MindSpore plugin/driver, or pass --device auto / --device cpu."
+        )
+    return requested, requested
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy, MindSpore and mindtorch, so sampling and init are reproducible."""
+    import numpy as np
+    import mindspore
+
+    random.seed(seed)
+    np.random.seed(seed)
+    mindspore.set_seed(seed)
+    if "mindnlp" in sys.modules:
+        import torch  # mindtorch, once mindnlp is imported
+
+        torch.manual_seed(seed)
+
+
+def setup(device: str | None = None, seed: int | None = None) -> Runtime:
+    """Fix the backend, import mindnlp on it, apply compat shims, seed. Idempotent per device."""
+    global _current
+    import mindspore
+
+    requested, chosen = resolve_device(device, available_devices())
+    if _current is not None:
+        if chosen != _current.device:
+            raise RuntimeError(
+                f"ms_gpt2 already runs on {_current.device!r} in this process; mindtorch cannot "
+                f"switch to {chosen!r} after mindnlp is imported. Start a new process."
+            )
+    else:
+        if "mindnlp" in sys.modules and mindspore.get_context("device_target") != MINDSPORE_TARGET[chosen]:
+            raise RuntimeError(
+                "mindnlp was imported before ms_gpt2.infra.runtime.setup() on another device; "
+                "call setup() (or pass --device) before importing mindnlp."
+            )
+        mindspore.set_device(MINDSPORE_TARGET[chosen])
+        if chosen == "ascend":
+            _keep_origin_dtype()
+        rank, world_size = _join_msrun_group()
+        import mindnlp  # noqa: F401  (binds mindtorch to the device just set)
+
+        from ms_gpt2.infra import compat
+
+        shims = tuple(compat.apply())
+        _current = Runtime(device=chosen, requested=requested, seed=seed, shims=shims, rank=rank,
+                           world_size=world_size)
+        log.info("ms_gpt2 device: %s (requested %s; MindSpore target %s%s)",
+                 chosen, requested, MINDSPORE_TARGET[chosen],
+                 f"; rank {rank} of {world_size}" if world_size > 1 else "")
+    if seed is not None:
+        seed_everything(seed)
+        _current = replace(_current, seed=seed)
+    return _current
+
+
+def _keep_origin_dtype() -> None:
+    """An fp32 run means fp32 on every Ascend: the Atlas training series (910A) defaults to
+    ``force_fp16``, which runs a float32 graph's MatMuls in float16, unscaled. ``must_keep_origin_dtype``
+    keeps each op's dtype, so float32 stays float32 and fp16/bf16 come only from the graph's own casts
+    (:mod:`ms_gpt2.models.graphs.precision`; A2/A3 already default to it)."""
+    from mindspore.device_context.ascend.op_precision import precision_mode
+
+    precision_mode("must_keep_origin_dtype")
+
+
+def ascend_soc() -> str | None:
+    """The Ascend SoC MindSpore runs on ("ascend910" = 910A, "ascend910b"/"ascend910_93" = A2/A3),
+    or None off Ascend."""
+    if _current is None or _current.device != "ascend":
+        return None
+    from mindspore._c_expression import MSContext  # pylint: disable=no-name-in-module
+
+    return MSContext.get_instance().get_ascend_soc_version() or None
+
+
+def _join_msrun_group() -> tuple[int, int]:
+    """Under ``msrun`` (it sets ``MS_ROLE``), join the job's communication group: HCCL on Ascend,
+    MCCL on CPU, chosen by MindSpore from the device just set. msrun also runs the script as its
+    scheduler (``MS_ROLE=MS_SCHED``): that process serves the group inside ``init()`` and exits
+    there, before it could write anything. Returns ``(rank, world size)``; ``(0, 1)`` alone."""
+    if os.environ.get("MS_ROLE") not in ("MS_WORKER", "MS_SCHED"):
+        return 0, 1
+    from mindspore import communication
+
+    communication.init()
+    return communication.get_rank(), communication.get_group_size()
+
+
+def ensure() -> Runtime:
+    """The runtime in force, setting it up with defaults (env var or auto) on first use."""
+    return _current if _current is not None else setup()
+
+
+def current() -> Runtime | None:
+    return _current

@@ -1,0 +1,165 @@
+"""Training-graph building blocks that keep MindSpore's CPU kernels from holding memory forever.
+
+MindSpore 2.7's CPU arithmetic kernels (``Add``, ``Sub``, ``Mul``, ``RealDiv``, ``MaskedFill``,
+``Select``, ...: ``arithmetic_cpu_kernel.cc``) have a fast path only when both inputs have the
+same shape or one of them is a single element (and ``RealDiv`` has none at all). Any other
+broadcast goes through ``InitBroadCast``, which builds two ``std::vector<size_t>`` index tables
+of the *output's* element count (16 bytes per element, four times an fp32 output) and keeps them
+in the kernel object for the life of the compiled graph. The tables live outside the device
+memory pool, so ``memory_optimize_level`` and the pool settings cannot reuse them, and every
+such node in the graph holds its own: in the GPT-2 training step that was a bias add per
+projection, the ``/ sqrt(hd)`` scaling and its gradient, the attention mask's ``masked_fill`` and
+its gradient, and softmax's gradient (``dout - sum(out * dout)``): ~0.7 GB per layer at batch 4 x
+256, ~2.5x what the layer's activations take (measured: ``ms-gpt2 bench --memory``).
+
+Each helper here computes what the plain op computes, with the broadcast made explicit
+(``BroadcastTo`` is a kernel of its own that keeps nothing) so that the arithmetic kernel sees
+equal shapes, or with a single-element operand; the results are the same numbers:
+
+* :func:`linear` adds the bias broadcast to the product's shape (its gradient is the same
+  ``ReduceSum`` over the rows that ``Add``'s broadcast gradient is);
+* :func:`attention_bias` turns the keep-mask into an additive one, 0 where kept and the dtype's
+  minimum where masked, already at the scores' full (B, nh, T, T) shape: ``s + 0 == s`` and
+  ``s + min == min`` for any score below 1e31 in magnitude, which is ``masked_fill``'s result;
+* :class:`Softmax` is ``ops.softmax`` on the last axis whose gradient is MindSpore's own
+  formula, ``out * (dout - sum(out * dout, -1))``, with the row sums broadcast explicitly;
+* :func:`scale` multiplies by ``1 / divisor`` instead of dividing (``RealDiv`` always builds
+  the tables): exactly the quotient when the divisor is a power of two, as ``sqrt(64) = 8`` is for
+  every GPT-2 size, and within one rounding of it otherwise.
+
+Mixed precision (:mod:`ms_gpt2.models.graphs.precision`): the matmul cells take the compute dtype (None:
+float32) and the emulation flag, and cast exactly where autodiff of ``cast -> matmul -> cast``
+would: inputs down, product up, and in the gradient ``dy`` down, the products up.
+"""
+from __future__ import annotations
+
+import mindspore
+from mindspore import nn, ops
+
+
+class _Casts(nn.Cell):
+    """``low(t)``: a MatMul input in the compute dtype (rounded and back to float32 when emulating);
+    ``high(t)``: a MatMul output back in float32 (rounded to the compute dtype first when emulating)."""
+
+    def __init__(self, dtype=None, emulate: bool = False):
+        super().__init__()
+        self.dtype, self.emulate = dtype, bool(emulate)
+
+    def low(self, t):
+        if self.dtype is None:
+            return t
+        t = ops.cast(t, self.dtype)
+        return ops.cast(t, mindspore.float32) if self.emulate else t
+
+    def high(self, t):
+        if self.dtype is None:
+            return t
+        if self.emulate:
+            t = ops.cast(t, self.dtype)
+        return ops.cast(t, mindspore.float32)
+
+
+class Linear(_Casts):
+    """GPT-2's Conv1D, ``(..., nx) @ (nx, nf) + (nf,)``, with the bias broadcast explicitly and
+    gradients from ``MatMul``'s transpose flags (``dx = dy @ W^T``, ``dW = x^T @ dy``,
+    ``db = sum of dy's rows``) rather than the explicit ``Transpose`` nodes MindSpore's own
+    ``MatMul`` gradient adds."""
+
+    def __init__(self, dtype=None, emulate: bool = False):
+        super().__init__(dtype, emulate)
+        self.matmul = ops.MatMul()
+        self.matmul_nt, self.matmul_tn = ops.MatMul(transpose_b=True), ops.MatMul(transpose_a=True)
+        self.column_sum = ops.ReduceSum()
+
+    def construct(self, x, weight, bias):
+        y = self.high(self.matmul(self.low(ops.reshape(x, (-1, x.shape[-1]))), self.low(weight)))  # (N, nf)
+        y = ops.add(y, ops.broadcast_to(bias, y.shape))
+        return ops.reshape(y, tuple(x.shape[:-1]) + (weight.shape[-1],))
+
+    def bprop(self, x, weight, bias, out, dout):
+        x2, dy = ops.reshape(x, (-1, x.shape[-1])), ops.reshape(dout, (-1, weight.shape[-1]))
+        low_dy = self.low(dy)
+        dx = ops.reshape(self.high(self.matmul_nt(low_dy, self.low(weight))), x.shape)
+        return dx, self.high(self.matmul_tn(self.low(x2), low_dy)), self.column_sum(dy, 0)
+
+
+class _BatchMatMuls(_Casts):
+    """``BatchMatMul`` plain (``bmm``), ``a @ b^T`` (``bmm_nt``) and ``a^T @ b`` (``bmm_tn``)."""
+
+    def __init__(self, dtype=None, emulate: bool = False):
+        super().__init__(dtype, emulate)
+        self.bmm, self.bmm_nt, self.bmm_tn = (ops.BatchMatMul(), ops.BatchMatMul(transpose_b=True),
+                                              ops.BatchMatMul(transpose_a=True))
+
+
+class ScoresMatMul(_BatchMatMuls):
+    """``q @ k^T`` over (B, nh, T, hd) with the transposes as ``BatchMatMul`` flags, also in the
+    gradient (``dq = ds @ k``, ``dk = ds^T @ q``)."""
+
+    def construct(self, q, k):
+        return self.high(self.bmm_nt(self.low(q), self.low(k)))
+
+    def bprop(self, q, k, out, dout):
+        ds = self.low(dout)
+        return self.high(self.bmm(ds, self.low(k))), self.high(self.bmm_tn(ds, self.low(q)))
+
+
+class WeightedSum(_BatchMatMuls):
+    """``weights @ v`` over (B, nh, T, T) x (B, nh, T, hd); gradients by ``BatchMatMul`` flags
+    (``dw = do @ v^T``, ``dv = w^T @ do``)."""
+
+    def construct(self, weights, v):
+        return self.high(self.bmm(self.low(weights), self.low(v)))
+
+    def bprop(self, weights, v, out, dout):
+        do = self.low(dout)
+        return self.high(self.bmm_nt(do, self.low(v))), self.high(self.bmm_tn(self.low(weights), do))
+
+
+def scale(x, divisor: float):
+    """``x / divisor`` as a multiplication by a single element (see the module docstring)."""
+    return ops.mul(x, 1.0 / divisor)
+
+
+def attention_bias(keep, shape, dtype, minimum: float):
+    """Additive mask of ``shape`` (B, nh, T, T) from a bool keep-mask broadcastable to it:
+    0 where ``keep``, ``minimum`` elsewhere."""
+    dropped = ops.cast(ops.logical_not(ops.broadcast_to(keep, shape)), dtype)     # 1 where masked
+    return ops.mul(dropped, minimum)
+
+
+class Softmax(nn.Cell):
+    """Softmax over the last axis; its gradient is MindSpore's, with no broadcasting kernel."""
+
+    def __init__(self):
+        super().__init__()
+        self.row_sum = ops.ReduceSum(keep_dims=True)
+
+    def construct(self, x):
+        return ops.softmax(x, axis=-1)
+
+    def bprop(self, x, out, dout):
+        total = self.row_sum(ops.mul(out, dout), -1)                              # (..., 1)
+        return (ops.mul(out, ops.sub(dout, ops.broadcast_to(total, dout.shape))),)
+
+
+class DenseLinear(_Casts):
+    """``nn.Linear``, ``(..., in) @ (out, in)^T + (out,)``, the bias broadcast explicitly and the
+    gradients by ``MatMul`` flags (``dx = dy @ W``, ``dW = dy^T @ x``, ``db`` = the column sums)."""
+
+    def __init__(self, dtype=None, emulate: bool = False):
+        super().__init__(dtype, emulate)
+        self.matmul = ops.MatMul()
+        self.matmul_nt, self.matmul_tn = ops.MatMul(transpose_b=True), ops.MatMul(transpose_a=True)
+        self.column_sum = ops.ReduceSum()
+
+    def construct(self, x, weight, bias):
+        y = self.high(self.matmul_nt(self.low(ops.reshape(x, (-1, x.shape[-1]))), self.low(weight)))  # (N, out)
+        y = ops.add(y, ops.broadcast_to(bias, y.shape))
+        return ops.reshape(y, tuple(x.shape[:-1]) + (weight.shape[0],))
+
+    def bprop(self, x, weight, bias, out, dout):
+        x2, dy = ops.reshape(x, (-1, x.shape[-1])), ops.reshape(dout, (-1, weight.shape[0]))
+        low_dy = self.low(dy)
+        dx = ops.reshape(self.high(self.matmul(low_dy, self.low(weight))), x.shape)
+        return dx, self.high(self.matmul_tn(low_dy, self.low(x2))), self.column_sum(dy, 0)
