@@ -38,9 +38,9 @@ def run(args) -> int:
         if args.quick or args.reference_python or args.png or args.recompute_memory or args.memory:
             raise UserError("--summarize combines saved reports and runs nothing: drop --quick, --reference-python, "
                             "--png, --recompute-memory and --memory")
-        from ms_gpt2.bench import gpt2 as bench
+        from ms_gpt2.bench import summary
 
-        bench.summarize(args.summarize, args.mixed_cpus, args.json)
+        summary.summarize(args.summarize, args.mixed_cpus, args.json)
         return 0
     if args.mixed_cpus:
         raise UserError("--mixed-cpus only applies to --summarize")
@@ -58,8 +58,9 @@ def run(args) -> int:
         return 0
     if args.bert:
         from ms_gpt2.bench import bert as bench_bert
+        from ms_gpt2.bench.report import write_json
 
-        bench.write_json(bench_bert.report(args.quick, args.reference_python, runtime.ensure().device), args.json)
+        write_json(bench_bert.report(args.quick, args.reference_python, runtime.ensure().device), args.json)
         return 0
     bench.bench(args.quick, args.reference_python, args.json, args.png)
     return 0
