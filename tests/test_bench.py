@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 
 from ms_gpt2.bench import gpt2 as bench
+from ms_gpt2.bench import machine as bench_machine
+from ms_gpt2.bench import report as bench_report
+from ms_gpt2.bench import summary as bench_summary
 from ms_gpt2.infra.errors import UserError
 
 OURS = {"train": {"tokens_per_s": 100.0, "params": 1000, "peak_rss_mb": 500.0},
@@ -17,14 +20,14 @@ SPEC = dict(bench.QUICK, n_layer=2, train_len=32, n_embd=64)
 
 
 def test_ratios_say_greater_than_one_means_ms_gpt2_is_faster():
-    r = bench.report("cpu", SPEC, OURS, REF, CEIL)
+    r = bench_report.report("cpu", SPEC, OURS, REF, CEIL)
     assert r["train"]["ratio"] == pytest.approx(2.0)       # 100 vs 50 tokens/s: we are faster
     assert r["decode"]["ratio"] == pytest.approx(0.25)     # 10 vs 40 tokens/s: we are slower
     assert r["summarize"]["ratio"] == pytest.approx(0.5)   # 4 s vs 2 s: we are slower
 
 
 def test_fractions_of_the_machine_ceilings():
-    r = bench.report("cpu", SPEC, OURS, None, CEIL)
+    r = bench_report.report("cpu", SPEC, OURS, None, CEIL)
     flops_per_token = 6 * 1000 + 12 * 2 * 32 * 64
     assert r["train"]["fraction_of_ceiling"] == pytest.approx(100 * flops_per_token / 10e9)
     assert r["decode"]["fraction_of_ceiling"] == pytest.approx(10 * 1000 * 4 / 2e9)
@@ -40,7 +43,7 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     assert saved == json.loads(json.dumps(result))
     assert saved["device"] == "cpu"
     machine = saved["machine"]  # the ratios depend on the machine: the report says which
-    assert machine["cpu_model"] and machine["cpu_model"] == bench.cpu_model()
+    assert machine["cpu_model"] and machine["cpu_model"] == bench_machine.cpu_model()
     assert machine["cores"] >= 1 and machine["started_at"]
     assert len(machine["load_average_start"]) == 3 and len(machine["load_average_end"]) == 3
     for key in ("train", "decode", "summarize"):
@@ -57,7 +60,7 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     bert = saved["bert_pretraining"]   # BERT on the compiled engine, in a fresh process of its own
     assert bert["ms_gpt2"]["tokens_per_s"] > 0 and bert["ms_gpt2"]["peak_rss_mb"] > 0
     assert bert["ms_gpt2"]["engine"].startswith("BERT pretraining graph") and bert["reference"] is None
-    text = bench.table(result)
+    text = bench_report.table(result)
     assert "train (tokens/s)" in text and "ratio > 1: ms_gpt2 faster" in text
     assert text.startswith(f"machine: {machine['cpu_model']}, {machine['cores']} cores, load average ")
 
@@ -78,17 +81,18 @@ CPUINFO = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeo
 
 
 def test_the_cpu_model_is_read_from_lscpu_or_cpuinfo_layouts():
-    assert bench._field(LSCPU, "Model name") == "AMD EPYC 9654 96-Core Processor"
-    assert bench._field(CPUINFO, "model name") == "Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz"
-    assert bench._field("Model name:   \n", "Model name") is None  # empty: fall through to the next source
-    assert bench.cpu_model()  # this machine names its CPU one way or another
+    assert bench_machine._field(LSCPU, "Model name") == "AMD EPYC 9654 96-Core Processor"
+    assert bench_machine._field(CPUINFO, "model name") == "Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz"
+    assert bench_machine._field("Model name:   \n", "Model name") is None  # empty: fall through to the next source
+    assert bench_machine.cpu_model()  # this machine names its CPU one way or another
 
 
 def test_a_busy_start_is_flagged():
     idle = {"cpu_model": "X", "cores": 2, "usable_cores": 2, "load_average_start": [0.1, 0.1, 0.1]}
-    assert bench.busy_note(idle) is None and bench.busy_note(None) is None
-    assert "busy" in bench.busy_note(dict(idle, load_average_start=[1.9, 1.0, 0.5]))
-    assert "busy" in bench.table(bench.report("cpu", SPEC, OURS, REF, CEIL, dict(idle, load_average_start=[3.0] * 3)))
+    assert bench_report.busy_note(idle) is None and bench_report.busy_note(None) is None
+    assert "busy" in bench_report.busy_note(dict(idle, load_average_start=[1.9, 1.0, 0.5]))
+    busy = dict(idle, load_average_start=[3.0] * 3)
+    assert "busy" in bench_report.table(bench_report.report("cpu", SPEC, OURS, REF, CEIL, busy))
 
 
 def saved_run(tmp_path, name, train, decode, summarize, matmul, cpu="AMD EPYC 9654", spec=SPEC, device="cpu"):
@@ -99,7 +103,7 @@ def saved_run(tmp_path, name, train, decode, summarize, matmul, cpu="AMD EPYC 96
     where = None if cpu is None else {"cpu_model": cpu, "cores": 2, "usable_cores": 2,
                                       "started_at": f"2026-12-0{name[-1]}",
                                       "load_average_start": [0.2, 0.2, 0.2], "load_average_end": [1.8, 1.0, 0.5]}
-    result = bench.report(device, spec, ours, REF, dict(CEIL, mindspore_matmul_gflops=matmul), where)
+    result = bench_report.report(device, spec, ours, REF, dict(CEIL, mindspore_matmul_gflops=matmul), where)
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(result))
     return path
@@ -112,7 +116,7 @@ def three_runs(tmp_path):
 
 def test_summarize_gives_median_and_min_max_of_every_figure(tmp_path):
     printed = []
-    summary = bench.summarize(three_runs(tmp_path), print_fn=printed.append)
+    summary = bench_summary.summarize(three_runs(tmp_path), print_fn=printed.append)
     f = summary["figures"]
     assert f["train"]["ratio"] == {"median": pytest.approx(1.18), "min": pytest.approx(1.08),
                                    "max": pytest.approx(1.2), "n": 3}
@@ -135,9 +139,9 @@ def test_summarize_gives_median_and_min_max_of_every_figure(tmp_path):
 def test_summarize_refuses_to_mix_cpu_models_unless_asked(tmp_path):
     runs = three_runs(tmp_path) + [saved_run(tmp_path, "run4", 30.0, 20.0, 3.0, 90.0, cpu="Intel Xeon Gold 6248")]
     with pytest.raises(UserError, match="different CPU models: AMD EPYC 9654 .*; Intel Xeon Gold 6248 .*--mixed-cpus"):
-        bench.summarize(runs, print_fn=lambda *a: None)
+        bench_summary.summarize(runs, print_fn=lambda *a: None)
     printed = []
-    summary = bench.summarize(runs, mixed_cpus=True, print_fn=printed.append)
+    summary = bench_summary.summarize(runs, mixed_cpus=True, print_fn=printed.append)
     assert summary["cpu_models"] == ["AMD EPYC 9654", "Intel Xeon Gold 6248"]
     assert summary["figures"]["train"]["ratio"]["n"] == 4
     assert "different CPU models (--mixed-cpus)" in printed[0]
@@ -146,9 +150,9 @@ def test_summarize_refuses_to_mix_cpu_models_unless_asked(tmp_path):
 def test_a_run_that_did_not_record_its_cpu_is_a_model_of_its_own(tmp_path):
     old = saved_run(tmp_path, "old1", 161.0, 60.0, 9.45, 212.0, cpu=None)  # saved before the machine was recorded
     with pytest.raises(UserError, match="not recorded"):
-        bench.summarize(three_runs(tmp_path) + [old], print_fn=lambda *a: None)
+        bench_summary.summarize(three_runs(tmp_path) + [old], print_fn=lambda *a: None)
     printed = []
-    bench.summarize([old], print_fn=printed.append)
+    bench_summary.summarize([old], print_fn=printed.append)
     assert "CPU model: not recorded" in printed[0] and "quote a spread over at least three" in printed[0]
 
 
@@ -158,22 +162,24 @@ def test_summarize_names_the_runs_that_started_on_a_busy_machine(tmp_path):
     result["machine"]["load_average_start"] = [4.0, 2.0, 1.0]
     path.write_text(json.dumps(result))
     printed = []
-    bench.summarize(three_runs(tmp_path) + [path], print_fn=printed.append)
+    bench_summary.summarize(three_runs(tmp_path) + [path], print_fn=printed.append)
     assert f"note: 1 of the runs started on a busy machine (load average at least half the cores): {path}" in printed[0]
 
 
 def test_summarize_never_combines_other_workloads_devices_or_non_reports(tmp_path):
     runs = three_runs(tmp_path)
     with pytest.raises(UserError, match="another workload"):
-        bench.summarize(runs + [saved_run(tmp_path, "full4", 60.0, 44.0, 1.5, 212.0, spec=bench.FULL)], mixed_cpus=True)
+        bench_summary.summarize(runs + [saved_run(tmp_path, "full4", 60.0, 44.0, 1.5, 212.0, spec=bench.FULL)],
+                                mixed_cpus=True)
     with pytest.raises(UserError, match="ran on ascend"):
-        bench.summarize(runs + [saved_run(tmp_path, "npu5", 60.0, 44.0, 1.5, 212.0, device="ascend")], mixed_cpus=True)
+        bench_summary.summarize(runs + [saved_run(tmp_path, "npu5", 60.0, 44.0, 1.5, 212.0, device="ascend")],
+                                mixed_cpus=True)
     summary_json = tmp_path / "summary.json"
-    bench.summarize(runs, json_path=summary_json, print_fn=lambda *a: None)
+    bench_summary.summarize(runs, json_path=summary_json, print_fn=lambda *a: None)
     with pytest.raises(UserError, match="not an `ms-gpt2 bench --json` report"):
-        bench.summarize(runs + [summary_json])
+        bench_summary.summarize(runs + [summary_json])
     with pytest.raises(UserError, match="missing.json: not a readable bench report"):
-        bench.summarize([tmp_path / "missing.json"])
+        bench_summary.summarize([tmp_path / "missing.json"])
 
 
 def test_the_command_line_refuses_mixed_cpus_in_one_line_exit_2(tmp_path, capsys):
@@ -240,10 +246,10 @@ def test_the_memory_report_runs_each_workload_once_and_says_whether_the_target_i
     assert first["ratio"] == pytest.approx(1 / 0.9) and first["target_met"] is True
     assert result["layers"]["fit"]["per_layer_mb"] == pytest.approx(100.0)
     assert [r["n_layer"] for r in result["layers"]["rows"]] == [2, 4, 12]
-    text = bench.memory_table(result)
+    text = bench_report.memory_table(result)
     assert "B4 x 256" in text and "B1 x 1024" in text and "met" in text and "per layer" in text
     missing = bench.memory_report(shapes=((4, 256),), layers=(2, 12), run=fake, print_fn=lambda *a: None)
-    assert missing["shapes"][0]["ratio"] is None and "no reference" in bench.memory_table(missing)
+    assert missing["shapes"][0]["ratio"] is None and "no reference" in bench_report.memory_table(missing)
 
 
 def test_a_memory_child_measures_a_tiny_model_in_its_own_process():

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import DEMO_DATA
 from ms_gpt2 import cli
-from ms_gpt2.cli import pretrain_objective
+from ms_gpt2.cli.pretrain import pretrain_objective
 from ms_gpt2.infra.config import ConfigError, load_config
 
 # A tiny BERT (1 layer, width 64) on the first 10 articles of the bundled corpus (9 trained on, 1 held

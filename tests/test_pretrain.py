@@ -6,6 +6,7 @@ import pytest
 
 from conftest import DEMO_DATA, write_jsonl
 from ms_gpt2 import cli
+from ms_gpt2.cli.common import config_overrides
 from ms_gpt2.infra import runtime
 from ms_gpt2.jobs.pretrain import document_ids, document_pipeline, pack, separator_id
 
@@ -111,9 +112,9 @@ def test_pretrain_then_fine_tune_starts_from_exactly_the_pretrained_weights(tmp_
 
 def test_init_from_is_an_alias_of_model_init_from():
     args = cli.build_parser().parse_args(["train", "--data", "d", "--output-dir", "o", "--init-from", "runs/pt/model"])
-    assert cli._overrides(args) == ["model.init_from=runs/pt/model"]
+    assert config_overrides(args) == ["model.init_from=runs/pt/model"]
     args = cli.build_parser().parse_args(["pretrain", "--data", "d", "--output-dir", "o", "--text-field", "article"])
-    assert cli._overrides(args) == ["pretrain.text_field=article"]
+    assert config_overrides(args) == ["pretrain.text_field=article"]
 
 
 def test_a_bad_corpus_line_stops_pretraining_with_file_and_line(tmp_path, capsys):

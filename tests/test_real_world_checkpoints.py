@@ -15,6 +15,7 @@ import pytest
 
 from conftest import DEMO_DATA, write_jsonl
 from ms_gpt2 import cli
+from ms_gpt2.cli.common import config_overrides
 from ms_gpt2.infra import runtime
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -205,11 +206,11 @@ def test_json_lines_given_to_pretrain_without_text_field_are_refused(tmp_path, c
 
 def test_pretrain_takes_engine_like_train():
     args = cli.build_parser().parse_args(["pretrain", "--data", "d", "--output-dir", "o", "--engine", "eager"])
-    assert "engine=eager" in cli._overrides(args)
+    assert "engine=eager" in config_overrides(args)
     from ms_gpt2.infra.config import load_config
 
-    assert load_config(None, cli._overrides(args))["engine"] == "eager"
+    assert load_config(None, config_overrides(args))["engine"] == "eager"
     assert load_config(None, ["engine=eager"])["engine"] == "eager"  # --set engine=eager
     args = cli.build_parser().parse_args(["pretrain", "--objective", "mlm-nsp", "--data", "d", "--output-dir", "o",
                                           "--engine", "compiled"])
-    assert load_config(None, cli._overrides(args))["engine"] == "compiled"
+    assert load_config(None, config_overrides(args))["engine"] == "compiled"

@@ -70,7 +70,7 @@ def reference(spec: dict) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad()
-        return float(loss)
+        return loss.item()
 
     start = time.perf_counter()
     for _ in range(spec["warmup_steps"]):

@@ -1,0 +1,98 @@
+"""What a bench figure was measured on: the machine (CPU model, cores, load average) and its
+ceilings (NumPy's fp32 matmul GFLOP/s and memory read GB/s, and MindSpore's own ``MatMul`` rate),
+which every ``ms-gpt2 bench`` report records beside its figures (the ratios depend on the machine).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+
+def _field(text: str, key: str) -> str | None:
+    """The value of the first ``key: value`` line of ``text`` (lscpu's and /proc/cpuinfo's layout)."""
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip().lower() == key.lower() and value.strip():
+            return value.strip()
+    return None
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name: lscpu's "Model name", else /proc/cpuinfo's "model name", else
+    ``platform.processor()``; None when none of them names it."""
+    try:
+        done = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, env=dict(os.environ, LC_ALL="C"))
+        found = _field(done.stdout, "Model name") if done.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        found = None
+    if not found:
+        try:
+            found = _field(Path("/proc/cpuinfo").read_text(errors="replace"), "model name")
+        except OSError:
+            found = None
+    return found or platform.processor() or None
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def machine() -> dict:
+    """What the figures were measured on. ``load_average_start`` is [1, 5, 15]-minute load as the
+    run starts: other work on the machine. ``load_average_end`` (set by :func:`ms_gpt2.bench.gpt2.bench`) includes the
+    bench's own load, so on an idle machine it ends near the core count."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {"cpu_model": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable,
+            "platform": platform.platform(), "started_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "load_average_start": load_average(), "load_average_end": None}
+
+
+def ceilings(seconds: float = 3.0) -> dict:
+    """fp32 matmul GFLOP/s and memory read GB/s of this machine, best of repeated runs."""
+    rng = np.random.default_rng(0)
+    n = 2048
+    a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
+    best_mm, deadline = 0.0, time.perf_counter() + seconds / 2
+    while time.perf_counter() < deadline or best_mm == 0:
+        start = time.perf_counter()
+        a @ b
+        best_mm = max(best_mm, 2 * n ** 3 / (time.perf_counter() - start) / 1e9)
+    big = np.ones(64 * 2 ** 20, dtype=np.float32)  # 256 MiB, far beyond the caches
+    best_read, deadline = 0.0, time.perf_counter() + seconds / 2
+    while time.perf_counter() < deadline or best_read == 0:
+        start = time.perf_counter()
+        big.sum()
+        best_read = max(best_read, big.nbytes / (time.perf_counter() - start) / 1e9)
+    return {"matmul_gflops": best_mm, "read_gbps": best_read,
+            "mindspore_matmul_gflops": mindspore_matmul_gflops(seconds / 2)}
+
+
+def mindspore_matmul_gflops(seconds: float = 1.0, shape=(1024, 768, 3072)) -> float:
+    """MindSpore's own fp32 ``MatMul`` throughput on the current device, best of repeated runs, at
+    a GPT-2 small MLP shape (M x K @ K x N): the framework's kernels, as opposed to the machine's
+    (NumPy's BLAS) ceiling."""
+    import mindspore
+    from mindspore import ops
+
+    m, k, n = shape
+    rng = np.random.default_rng(0)
+    a = mindspore.Tensor(rng.random((m, k), dtype=np.float32))
+    b = mindspore.Tensor(rng.random((k, n), dtype=np.float32))
+    matmul = ops.MatMul()
+    matmul(a, b).asnumpy()  # warm-up (kernel selection)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == 0:
+        start = time.perf_counter()
+        matmul(a, b).asnumpy()
+        best = max(best, 2 * m * k * n / (time.perf_counter() - start) / 1e9)
+    return best
+

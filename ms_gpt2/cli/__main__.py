@@ -1,0 +1,5 @@
+import sys
+
+from ms_gpt2.cli import main
+
+sys.exit(main())
