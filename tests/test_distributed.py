@@ -25,11 +25,15 @@ TINY = ["model.n_positions=160", "model.n_embd=32", "model.n_layer=1", "model.n_
         "training.num_train_epochs=2", "training.save_total_limit=5"]
 
 
-@pytest.fixture(scope="module")
-def five(tmp_path_factory):
+def _write_five(directory):
     rows = [json.loads(line) for line in open(DEMO_DATA, encoding="utf-8")]
     rows = sorted(rows, key=lambda r: len(r["article"]))[:5]
-    return write_jsonl(tmp_path_factory.mktemp("data") / "five.jsonl", rows)
+    return write_jsonl(directory / "five.jsonl", rows)
+
+
+@pytest.fixture(scope="module")
+def five(tmp_path_factory):
+    return _write_five(tmp_path_factory.mktemp("data"))
 
 
 def _env():
@@ -145,11 +149,15 @@ def _bert_argv(data, vocab, out, per_device, *extra):
             *extra]
 
 
-@pytest.fixture(scope="module")
-def bert_data(tmp_path_factory):
-    data = tmp_path_factory.mktemp("bert") / "articles.jsonl"
+def _write_bert_data(directory):
+    data = directory / "articles.jsonl"
     data.write_text("".join(open(DEMO_DATA, encoding="utf-8").readlines()[:10]), encoding="utf-8")
     return data
+
+
+@pytest.fixture(scope="module")
+def bert_data(tmp_path_factory):
+    return _write_bert_data(tmp_path_factory.mktemp("bert"))
 
 
 # Each msrun launch costs ~20-30 s before any work (scheduler, two interpreters importing MindSpore,
@@ -192,13 +200,23 @@ class _SharedJob:
         return json.loads(lines[0])
 
 
-@pytest.fixture(scope="module")
-def msrun_job(five, char_vocab_dir, bert_data, tmp_path_factory):
+def run_shared_msrun_job(tmp_path_factory, vocab):
+    """The session's one shared msrun job (conftest.py's msrun_job fixture): this module's eager GPT-2
+    and BERT runs, and test_eval_during_training's run with evaluation. Data: the same files as the
+    tests' one-process references read (five, bert_data, eight records)."""
+    from test_eval_during_training import EVAL, TINY as EVAL_TINY, eight_records
+
     out = tmp_path_factory.mktemp("msrun_job")
-    runs = [(f"gpt2-eager-{acc}-{lam}", _train_argv(five, char_vocab_dir, out / f"gpt2-eager-{acc}-{lam}",
+    five, bert_data = _write_five(out), _write_bert_data(out)
+    runs = [(f"gpt2-eager-{acc}-{lam}", _train_argv(five, vocab, out / f"gpt2-eager-{acc}-{lam}",
                                                     *_gpt2_dp_args("eager", _gpt2_opts(acc, lam))))
             for acc, lam in ((1, 0.0), (2, 0.5))]
-    runs.append(("bert", _bert_argv(bert_data, char_vocab_dir, out / "bert", 4, "--nproc", "2")))
+    runs.append(("bert", _bert_argv(bert_data, vocab, out / "bert", 4, "--nproc", "2")))
+    eight = write_jsonl(out / "eight.jsonl", eight_records())
+    sets = EVAL_TINY + EVAL + ["model.dropout=0.0"]  # the compiled engine (smoke.yaml's)
+    runs.append(("eval", ["train", "--device", "cpu", "--seed", "0", "--config", str(REPO / "configs" / "smoke.yaml"),
+                          *[a for s in sets for a in ("--set", s)], "--tokenizer", str(vocab), "--data", str(eight),
+                          "--output-dir", str(out / "eval"), "--nproc", "2"]))
     (out / "runs.json").write_text(json.dumps(runs), encoding="utf-8")
     (out / "job.py").write_text(WORKER + JOB, encoding="utf-8")
     cmd = distributed.msrun_command(2, [str(out / "runs.json")], out / "logs")
@@ -214,8 +232,8 @@ def test_two_msrun_workers_train_exactly_like_one_process_with_the_doubled_batch
     shard weighting (a float count: it was int()ed, which this caught). Tolerances below.
 
     The compiled case runs ``train --nproc 2`` (ms_gpt2's own msrun launch, its result line and its
-    msrun_logs); the eager cases run the same ``train`` command line in the workers of the module's
-    one shared msrun job (``msrun_job``), which saves a launch each."""
+    msrun_logs); the eager cases run the same ``train`` command line in the workers of the session's
+    one shared msrun job (conftest.py's ``msrun_job``), which saves a launch each."""
     from ms_gpt2.infra.config import load_config
     from ms_gpt2.jobs.train import train
 
