@@ -4,6 +4,15 @@ import pytest
 from ms_gpt2.infra.config import ConfigError, load_config
 
 
+def _refusal(path, overrides, match=None):
+    """The ConfigError ``load_config(path, overrides)`` raises: its message, checked to be one line."""
+    with pytest.raises(ConfigError, match=match) as info:
+        load_config(path, overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
 def test_tutorial_config_carries_the_tutorials_values():
     c = load_config("configs/tutorial.yaml")
     assert (c["model"]["n_layer"], c["model"]["n_embd"], c["data"]["max_seq_len"]) == (12, 768, 1024)
@@ -49,9 +58,7 @@ def test_bad_config_files(tmp_path):
     ("save_strategy", "training.save_steps"),
 ])
 def test_training_keys_ms_gpt2_sets_itself_say_where_to_set_them(key, where):
-    with pytest.raises(ConfigError, match=f"training.{key} is set by ms_gpt2") as info:
-        load_config("configs/smoke.yaml", [f"training.{key}=1"])
-    assert where in str(info.value) and "\n" not in str(info.value)
+    assert where in _refusal("configs/smoke.yaml", [f"training.{key}=1"], match=f"training.{key} is set by ms_gpt2")
 
 
 def test_managed_training_keys_are_refused_in_config_files_too(tmp_path):
@@ -69,9 +76,7 @@ def test_managed_training_keys_are_refused_in_config_files_too(tmp_path):
     ("generation.num_beam=3", "did you mean num_beams?"),
 ])
 def test_misspelled_keys_name_the_closest_valid_ones(override, message):
-    with pytest.raises(ConfigError) as info:
-        load_config("configs/smoke.yaml", [override])
-    assert message in str(info.value) and "\n" not in str(info.value)
+    assert message in _refusal("configs/smoke.yaml", [override])
 
 
 def test_every_valid_training_key_is_accepted():
@@ -150,9 +155,7 @@ def test_the_tutorial_config_fits_its_own_run(tmp_path):
     ("engine=graph", "engine=graph: must be one of compiled, eager"),
 ])
 def test_a_bad_value_is_refused_in_one_line_naming_the_key_and_what_it_takes(override, line):
-    with pytest.raises(ConfigError) as info:
-        load_config(None, [override])
-    assert str(info.value).startswith(line) and "\n" not in str(info.value)
+    assert _refusal(None, [override]).startswith(line)
 
 
 def test_good_values_pass_and_integers_given_as_floats_are_read_as_integers():

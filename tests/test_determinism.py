@@ -24,29 +24,83 @@ def _env(hash_seed):
     return env
 
 
-def _run_pair(make_args):
-    """Run ``python -m ms_gpt2 ...`` twice at once, with each hash seed; ``make_args(i)`` -> argv tail."""
-    procs = [subprocess.Popen([sys.executable, *make_args(i)], cwd=ROOT, env=_env(seed), text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for i, seed in enumerate(HASH_SEEDS)]
+# Every run below happens in each of two fresh interpreters started at once, one per hash seed: one
+# driver process per seed runs them one after the other (each start pays the MindSpore import and,
+# for training, the compile; ten starts made this file ~70 s). Both do the same runs in the same order,
+# so what differs between them is the hash seed alone; the tests compare the two processes' outputs.
+DRIVER = """
+import json, sys
+from ms_gpt2.data.tokenization import build_tokenizer
+for name, kind, args in json.loads(open(sys.argv[1], encoding="utf-8").read()):
+    print("=== run " + name, file=sys.stderr, flush=True)
+    if kind == "build":
+        data, out, vocab_size = args
+        texts = [t for line in open(data, encoding="utf-8") for t in json.loads(line).values()]
+        build_tokenizer(texts, out, vocab_size=vocab_size)
+    else:
+        from ms_gpt2 import cli
+        assert cli.main(args) == 0, name
+    print("=== end " + name, file=sys.stderr, flush=True)
+"""
+
+BUILD_SIZES = (3000, 1125)  # 1125 stops the merges part way: ties at the cut
+COMMON = ["--device", "cpu", "--log-level", "INFO", "--seed", "7"]
+# the tiny model and short run every training job below shares; each adds its own keys
+TINY = ["model.n_embd=32", "model.n_layer=1", "model.n_head=2", "model.dropout=0.1", "training.max_steps=3",
+        "training.logging_steps=1", "training.save_steps=100"]
+JOBS = {  # name: (command line before the options, config, keys besides TINY)
+    "train": (["train"], "configs/smoke.yaml",
+              ["tokenizer.path=null", "data.train_ratio=0.75", "training.per_device_train_batch_size=4",
+               "training.num_train_epochs=1", "data.shuffle=true"]),
+    "pretrain": (["pretrain"], "configs/pretrain_smoke.yaml",
+                 ["data.max_seq_len=32", "pretrain.text_field=article", "pretrain.eval_fraction=0.25",
+                  "training.per_device_train_batch_size=4"]),
+    "bert": (["pretrain", "--objective", "mlm-nsp"], "configs/bert_tiny.yaml",
+             ["data.max_seq_len=32", "pretrain.eval_fraction=0.25", "pretrain.masking=dynamic",
+              "training.per_device_train_batch_size=8"]),
+}
+
+
+class _Pair:
+    """The two processes' run directories (``dirs[i] / name``) and each run's stderr."""
+
+    def __init__(self, dirs, stderrs):
+        self.dirs, self._stderrs = dirs, stderrs
+
+    def runs(self, name):
+        return [d / name for d in self.dirs]
+
+    def log(self, i, name):
+        text = self._stderrs[i]
+        return text[text.index(f"=== run {name}\n"):text.index(f"=== end {name}\n")]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("determinism")
+    data = _data(root)
+    dirs = [root / f"process{i}" for i in range(2)]
+    procs = []
+    for directory, seed in zip(dirs, HASH_SEEDS):
+        jobs = [(f"vocab{size}", "build", [str(DEMO_DATA), str(directory / f"vocab{size}"), size])
+                for size in BUILD_SIZES]
+        for name, (command, config, keys) in JOBS.items():
+            sets = [a for kv in TINY + keys for a in ("--set", kv)]
+            jobs.append((name, "cli", [*command, "--config", config, "--data", str(data),
+                                       "--output-dir", str(directory / name), *COMMON, *sets]))
+        directory.mkdir()
+        (directory / "jobs.json").write_text(json.dumps(jobs), encoding="utf-8")
+        procs.append(subprocess.Popen([sys.executable, "-c", DRIVER, str(directory / "jobs.json")], cwd=ROOT,
+                                      env=_env(seed), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     outputs = [p.communicate(timeout=900) for p in procs]
     for p, (out, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
-    return [err for _, err in outputs]
+    return _Pair(dirs, [err for _, err in outputs])
 
 
-BUILD = """
-import json, sys
-from ms_gpt2.data.tokenization import build_tokenizer
-texts = [t for line in open(sys.argv[1], encoding="utf-8") for t in json.loads(line).values()]
-build_tokenizer(texts, sys.argv[2], vocab_size=int(sys.argv[3]))
-"""
-
-
-@pytest.mark.parametrize("vocab_size", [3000, 1125])  # 1125 stops the merges part way: ties at the cut
-def test_build_tokenizer_writes_the_same_bytes_in_any_process(tmp_path, vocab_size):
-    _run_pair(lambda i: ["-c", BUILD, str(DEMO_DATA), str(tmp_path / f"v{i}"), str(vocab_size)])
-    first, second = ((tmp_path / f"v{i}" / "vocab.txt").read_bytes() for i in range(2))
+@pytest.mark.parametrize("vocab_size", BUILD_SIZES)
+def test_build_tokenizer_writes_the_same_bytes_in_any_process(pair, vocab_size):
+    first, second = ((run / "vocab.txt").read_bytes() for run in pair.runs(f"vocab{vocab_size}"))
     assert first == second
     lines = first.decode("utf-8").splitlines()
     assert lines[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] and len(lines) == len(set(lines))
@@ -104,42 +158,15 @@ def _data(tmp_path, n=16):
     return write_jsonl(tmp_path / "data.jsonl", rows)
 
 
-COMMON = ["--device", "cpu", "--log-level", "INFO", "--seed", "7"]
+def test_train_gives_the_same_vocabulary_and_losses_in_any_process(pair):
+    _assert_same_runs(pair.runs("train"))
+    assert "[UNK] rate" in pair.log(0, "train") and "on the held-out split" in pair.log(0, "train")
 
 
-def test_train_gives_the_same_vocabulary_and_losses_in_any_process(tmp_path):
-    data = _data(tmp_path)
-    tiny = ["model.n_embd=32", "model.n_layer=1", "model.n_head=2", "model.dropout=0.1", "tokenizer.path=null",
-            "data.train_ratio=0.75", "training.per_device_train_batch_size=4", "training.num_train_epochs=1",
-            "training.max_steps=3", "training.logging_steps=1", "training.save_steps=100", "data.shuffle=true"]
-    sets = [a for kv in tiny for a in ("--set", kv)]
-    runs = [tmp_path / f"run{i}" for i in range(2)]
-    logs = _run_pair(lambda i: ["-m", "ms_gpt2", "train", "--config", "configs/smoke.yaml", "--data", str(data),
-                                "--output-dir", str(runs[i]), *COMMON, *sets])
-    _assert_same_runs(runs)
-    assert "[UNK] rate" in logs[0] and "on the held-out split" in logs[0]
+def test_pretrain_gives_the_same_vocabulary_and_losses_in_any_process(pair):
+    _assert_same_runs(pair.runs("pretrain"))
+    assert "on the held-out split" in pair.log(0, "pretrain")
 
 
-def test_pretrain_gives_the_same_vocabulary_and_losses_in_any_process(tmp_path):
-    data = _data(tmp_path)
-    tiny = ["model.n_embd=32", "model.n_layer=1", "model.n_head=2", "model.dropout=0.1", "data.max_seq_len=32",
-            "pretrain.text_field=article", "pretrain.eval_fraction=0.25", "training.per_device_train_batch_size=4",
-            "training.max_steps=3", "training.logging_steps=1", "training.save_steps=100"]
-    sets = [a for kv in tiny for a in ("--set", kv)]
-    runs = [tmp_path / f"run{i}" for i in range(2)]
-    logs = _run_pair(lambda i: ["-m", "ms_gpt2", "pretrain", "--config", "configs/pretrain_smoke.yaml",
-                                "--data", str(data), "--output-dir", str(runs[i]), *COMMON, *sets])
-    _assert_same_runs(runs)
-    assert "on the held-out split" in logs[0]
-
-
-def test_bert_pretraining_gives_the_same_vocabulary_and_losses_in_any_process(tmp_path):
-    data = _data(tmp_path)
-    tiny = ["model.n_embd=32", "model.n_layer=1", "model.n_head=2", "model.dropout=0.1", "data.max_seq_len=32",
-            "pretrain.eval_fraction=0.25", "pretrain.masking=dynamic", "training.per_device_train_batch_size=8",
-            "training.max_steps=3", "training.logging_steps=1", "training.save_steps=100"]
-    sets = [a for kv in tiny for a in ("--set", kv)]
-    runs = [tmp_path / f"run{i}" for i in range(2)]
-    _run_pair(lambda i: ["-m", "ms_gpt2", "pretrain", "--objective", "mlm-nsp", "--config", "configs/bert_tiny.yaml",
-                         "--data", str(data), "--output-dir", str(runs[i]), *COMMON, *sets])
-    _assert_same_runs(runs)
+def test_bert_pretraining_gives_the_same_vocabulary_and_losses_in_any_process(pair):
+    _assert_same_runs(pair.runs("bert"))

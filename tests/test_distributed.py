@@ -25,11 +25,15 @@ TINY = ["model.n_positions=160", "model.n_embd=32", "model.n_layer=1", "model.n_
         "training.num_train_epochs=2", "training.save_total_limit=5"]
 
 
-@pytest.fixture(scope="module")
-def five(tmp_path_factory):
+def _write_five(directory):
     rows = [json.loads(line) for line in open(DEMO_DATA, encoding="utf-8")]
     rows = sorted(rows, key=lambda r: len(r["article"]))[:5]
-    return write_jsonl(tmp_path_factory.mktemp("data") / "five.jsonl", rows)
+    return write_jsonl(directory / "five.jsonl", rows)
+
+
+@pytest.fixture(scope="module")
+def five(tmp_path_factory):
+    return _write_five(tmp_path_factory.mktemp("data"))
 
 
 def _env():
@@ -107,29 +111,145 @@ def test_nproc_below_one_is_a_user_error(capsys):
 # Real msrun jobs (2 CPU workers)
 # --------------------------------------------------------------------------------------------------
 
-def _train_cli(five, vocab, out, *extra, env=None, timeout=300):
+def _train_argv(five, vocab, out, *extra):
+    """``ms-gpt2 train`` on the tiny GPT-2 (the argv after ``python -m ms_gpt2``)."""
     sets = [arg for s in TINY for arg in ("--set", s)]
-    cmd = [sys.executable, "-m", "ms_gpt2", "train", "--device", "cpu", "--seed", "0", "--config",
-           str(REPO / "configs" / "smoke.yaml"), *sets, "--tokenizer", str(vocab), "--data", str(five),
-           "--output-dir", str(out), *extra]
+    return ["train", "--device", "cpu", "--seed", "0", "--config", str(REPO / "configs" / "smoke.yaml"), *sets,
+            "--tokenizer", str(vocab), "--data", str(five), "--output-dir", str(out), *extra]
+
+
+def _train_cli(five, vocab, out, *extra, env=None, timeout=300):
+    cmd = [sys.executable, "-m", "ms_gpt2", *_train_argv(five, vocab, out, *extra)]
     return subprocess.run(cmd, env=env or _env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def _gpt2_opts(accumulation, lam):
+    return [f"training.gradient_accumulation_steps={accumulation}", "data.summary_only_loss=null",
+            f"data.article_loss_weight={lam}"]
+
+
+def _gpt2_dp_args(engine, opts):
+    """The 2-worker run's options: per-device batch 2 (the one-process run takes 4)."""
+    return ["--set", "training.per_device_train_batch_size=2", *[a for o in opts for a in ("--set", o)],
+            "--nproc", "2", "--engine", engine]
+
+
+# BERT (MLM + NSP) on the compiled engine, 10 articles; the per-device batch is added per run
+BERT_SETS = ["model.n_positions=48", "model.n_embd=32", "model.n_layer=1", "model.n_head=2", "model.dropout=0.0",
+             "data.max_seq_len=48", "pretrain.masking=static", "training.num_train_epochs=2",
+             "training.learning_rate=3.0e-3", "training.warmup_steps=2", "training.logging_steps=1",
+             "training.save_steps=1000", "training.gradient_accumulation_steps=2"]
+
+
+def _bert_argv(data, vocab, out, per_device, *extra):
+    return ["pretrain", "--objective", "mlm-nsp", "--device", "cpu", "--seed", "0", "--config",
+            str(REPO / "configs" / "bert_tiny.yaml"), "--text-field", "article", "--tokenizer", str(vocab),
+            "--data", str(data), "--output-dir", str(out), "--engine", "compiled",
+            *[a for s in BERT_SETS + [f"training.per_device_train_batch_size={per_device}"] for a in ("--set", s)],
+            *extra]
+
+
+def _write_bert_data(directory):
+    data = directory / "articles.jsonl"
+    data.write_text("".join(open(DEMO_DATA, encoding="utf-8").readlines()[:10]), encoding="utf-8")
+    return data
+
+
+@pytest.fixture(scope="module")
+def bert_data(tmp_path_factory):
+    return _write_bert_data(tmp_path_factory.mktemp("bert"))
+
+
+# Each msrun launch costs ~20-30 s before any work (scheduler, two interpreters importing MindSpore,
+# joining the group), so one job runs, in each of its two workers: the reduce hook / broadcast checks
+# (WORKER), then the command lines below one after the other, exactly as `ms-gpt2 ... --nproc 2` runs
+# them in its workers (cli.main under msrun does the work instead of launching). Tests read its runs.
+JOB = textwrap.dedent("""
+    import json
+    import sys
+    from ms_gpt2 import cli
+    for name, argv in json.loads(open(sys.argv[1], encoding="utf-8").read()):
+        print("=== run", name, flush=True)
+        code = cli.main(argv)
+        assert code == 0, (name, code)
+        print("=== end", name, flush=True)
+    print("ALL RUNS DONE", rank, flush=True)
+""")
+
+
+class _SharedJob:
+    def __init__(self, out, logs, returncode):
+        self.out, self.logs, self.returncode = out, logs, returncode
+
+    def log(self, rank):
+        return (self.logs / f"worker_{rank}.log").read_text(encoding="utf-8", errors="replace")
+
+    def check(self):
+        if self.returncode != 0:
+            tails = {p.name: p.read_text(errors="replace")[-3000:] for p in sorted(self.logs.glob("worker_*.log"))}
+            pytest.fail(f"the shared msrun job failed (exit {self.returncode}):\n" + "\n".join(
+                f"--- {name}:\n{text}" for name, text in tails.items()))
+
+    def result(self, name):
+        """Rank 0's result line of run ``name`` (what `--nproc 2` prints from worker_0.log)."""
+        self.check()
+        text = self.log(0)
+        part = text[text.index(f"=== run {name}\n"):text.index(f"=== end {name}\n")]
+        lines = [line for line in part.splitlines() if line.startswith('{"')]
+        assert len(lines) == 1, part[-3000:]
+        return json.loads(lines[0])
+
+
+def run_shared_msrun_job(tmp_path_factory, vocab):
+    """The session's one shared msrun job (conftest.py's msrun_job fixture): this module's eager GPT-2
+    and BERT runs, and test_eval_during_training's run with evaluation. Data: the same files as the
+    tests' one-process references read (five, bert_data, eight records)."""
+    from test_eval_during_training import EVAL, TINY as EVAL_TINY, eight_records
+
+    out = tmp_path_factory.mktemp("msrun_job")
+    five, bert_data = _write_five(out), _write_bert_data(out)
+    runs = [(f"gpt2-eager-{acc}-{lam}", _train_argv(five, vocab, out / f"gpt2-eager-{acc}-{lam}",
+                                                    *_gpt2_dp_args("eager", _gpt2_opts(acc, lam))))
+            for acc, lam in ((1, 0.0), (2, 0.5))]
+    runs.append(("bert", _bert_argv(bert_data, vocab, out / "bert", 4, "--nproc", "2")))
+    eight = write_jsonl(out / "eight.jsonl", eight_records())
+    sets = EVAL_TINY + EVAL + ["model.dropout=0.0"]  # the compiled engine (smoke.yaml's)
+    runs.append(("eval", ["train", "--device", "cpu", "--seed", "0", "--config", str(REPO / "configs" / "smoke.yaml"),
+                          *[a for s in sets for a in ("--set", s)], "--tokenizer", str(vocab), "--data", str(eight),
+                          "--output-dir", str(out / "eval"), "--nproc", "2"]))
+    (out / "runs.json").write_text(json.dumps(runs), encoding="utf-8")
+    (out / "job.py").write_text(WORKER + JOB, encoding="utf-8")
+    cmd = distributed.msrun_command(2, [str(out / "runs.json")], out / "logs")
+    cmd[cmd.index(str(REPO / "ms_gpt2" / "__main__.py"))] = str(out / "job.py")
+    done = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
+    return _SharedJob(out, out / "logs", done.returncode)
 
 
 @pytest.mark.parametrize("engine,accumulation,lam", [("compiled", 1, 0.5), ("eager", 1, 0.0), ("eager", 2, 0.5)])
 def test_two_msrun_workers_train_exactly_like_one_process_with_the_doubled_batch(engine, accumulation, lam, five,
-                                                                                 char_vocab_dir, tmp_path):
+                                                                                 char_vocab_dir, tmp_path, msrun_job):
     """At the default adam_epsilon (1e-8) and, at λ = 0.5, with the loss_weights column through the
-    shard weighting (a float count: it was int()ed, which this caught). Tolerances below."""
+    shard weighting (a float count: it was int()ed, which this caught). Tolerances below.
+
+    The compiled case runs ``train --nproc 2`` (ms_gpt2's own msrun launch, its result line and its
+    msrun_logs); the eager cases run the same ``train`` command line in the workers of the session's
+    one shared msrun job (conftest.py's ``msrun_job``), which saves a launch each."""
     from ms_gpt2.infra.config import load_config
     from ms_gpt2.jobs.train import train
 
-    weighting = ["data.summary_only_loss=null", f"data.article_loss_weight={lam}"]
-    opts = [f"training.gradient_accumulation_steps={accumulation}", *weighting]
+    opts = _gpt2_opts(accumulation, lam)
     steps = 4 // accumulation  # 2 epochs of the global batches [4 rows, 1 row]
-    done = _train_cli(five, char_vocab_dir, tmp_path / "dp", "--set", "training.per_device_train_batch_size=2",
-                      *[a for o in opts for a in ("--set", o)], "--nproc", "2", "--engine", engine)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1])["global_step"] == steps  # rank 0's result line
+    if engine == "compiled":
+        dp_dir = tmp_path / "dp"
+        done = _train_cli(five, char_vocab_dir, dp_dir, *_gpt2_dp_args(engine, opts))
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        result = json.loads(done.stdout.strip().splitlines()[-1])  # rank 0's result line
+        logs = dp_dir / "msrun_logs"
+    else:
+        dp_dir = msrun_job.out / f"gpt2-{engine}-{accumulation}-{lam}"
+        result = msrun_job.result(dp_dir.name)
+        logs = msrun_job.logs
+    assert result["global_step"] == steps
 
     config = load_config(REPO / "configs" / "smoke.yaml", TINY + [f"tokenizer.path={char_vocab_dir}",
                                                                   "training.per_device_train_batch_size=4"] + opts)
@@ -138,9 +258,9 @@ def test_two_msrun_workers_train_exactly_like_one_process_with_the_doubled_batch
     assert one.global_step == steps
 
     def log(run):
-        return [json.loads(line) for line in (tmp_path / run / "loss_log.jsonl").read_text().splitlines()]
+        return [json.loads(line) for line in (run / "loss_log.jsonl").read_text().splitlines()]
 
-    dp, single = log("dp"), log("one")
+    dp, single = log(dp_dir), log(tmp_path / "one")
     assert [e["step"] for e in dp] == [e["step"] for e in single] == list(range(1, steps + 1))  # one writer
     for a, b in zip(dp, single):
         # HF rounds logged losses to 4 decimals (abs_tol). The grad norm is not rounded and is a
@@ -158,7 +278,7 @@ def test_two_msrun_workers_train_exactly_like_one_process_with_the_doubled_batch
     # loss and grad norm above, at 1e-5.
     loose = 2 * 5e-3 * steps
     for name in ("model/model.safetensors", "checkpoint-2/model.safetensors"):
-        got, want = load_file(str(tmp_path / "dp" / name)), load_file(str(tmp_path / "one" / name))
+        got, want = load_file(str(dp_dir / name)), load_file(str(tmp_path / "one" / name))
         assert got.keys() == want.keys()
         off = sum(int((np.abs(got[k] - want[k]) > 1e-5 + 1e-5 * np.abs(want[k])).sum()) for k in want)
         total = sum(v.size for v in want.values())
@@ -168,43 +288,36 @@ def test_two_msrun_workers_train_exactly_like_one_process_with_the_doubled_batch
         for key in want:
             np.testing.assert_allclose(got[key], want[key], rtol=0, atol=loose, err_msg=f"{name}:{key}")
 
-    # the same files as one process wrote, plus msrun's logs; rank 1 left nothing behind
-    names = lambda run: sorted(p.name for p in (tmp_path / run).iterdir())  # noqa: E731
-    assert names("dp") == sorted(names("one") + ["msrun_logs"])
-    assert sorted(p.name for p in (tmp_path / "dp" / "msrun_logs").glob("worker_*.log")) == ["worker_0.log",
-                                                                                             "worker_1.log"]
+    # the same files as one process wrote, plus msrun's logs (the shared job keeps its logs beside the
+    # runs); rank 1 left nothing behind
+    names = lambda run: sorted(p.name for p in run.iterdir())  # noqa: E731
+    assert names(dp_dir) == sorted(names(tmp_path / "one") + (["msrun_logs"] if engine == "compiled" else []))
+    assert sorted(p.name for p in logs.glob("worker_*.log")) == ["worker_0.log", "worker_1.log"]
 
 
-def test_bert_msrun_workers_pretrain_like_one_process_with_the_doubled_batch(char_vocab_dir, tmp_path):
+def test_bert_msrun_workers_pretrain_like_one_process_with_the_doubled_batch(char_vocab_dir, bert_data, tmp_path,
+                                                                            msrun_job):
     """BERT (MLM + NSP) on the compiled engine: 2 workers x 4 rows = 1 process x 8 rows, including the
     epoch's short last batch (7 rows: 4 + 3, so the ranks' shares differ) and gradient accumulation
     2 (the last group one micro-batch). Each rank divides its MLM and NSP loss sums by the global
-    micro-batch's counts (graphs/bert.py BertGraph.shard). Tolerances as above."""
+    micro-batch's counts (graphs/bert.py BertGraph.shard). Tolerances as above. The 2-worker run is
+    the shared job's; the one-process run runs here."""
     from safetensors.numpy import load_file
 
-    data = tmp_path / "articles.jsonl"
-    data.write_text("".join(open(DEMO_DATA, encoding="utf-8").readlines()[:10]), encoding="utf-8")
-    sets = ["model.n_positions=48", "model.n_embd=32", "model.n_layer=1", "model.n_head=2", "model.dropout=0.0",
-            "data.max_seq_len=48", "pretrain.masking=static", "training.num_train_epochs=2",
-            "training.learning_rate=3.0e-3", "training.warmup_steps=2", "training.logging_steps=1",
-            "training.save_steps=1000", "training.gradient_accumulation_steps=2"]
+    from ms_gpt2 import cli
 
-    def run(out, per_device, *extra):
-        argv = [sys.executable, "-m", "ms_gpt2", "pretrain", "--objective", "mlm-nsp", "--device", "cpu", "--seed",
-                "0", "--config", str(REPO / "configs" / "bert_tiny.yaml"), "--text-field", "article", "--tokenizer",
-                str(char_vocab_dir), "--data", str(data), "--output-dir", str(out), "--engine", "compiled",
-                *[a for s in sets + [f"training.per_device_train_batch_size={per_device}"] for a in ("--set", s)],
-                *extra]
-        done = subprocess.run(argv, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    def log(out):
         return [json.loads(line) for line in (out / "loss_log.jsonl").read_text().splitlines()]
 
-    dp, one = run(tmp_path / "dp", 4, "--nproc", "2"), run(tmp_path / "one", 8)
+    msrun_job.check()
+    assert cli.main(_bert_argv(bert_data, char_vocab_dir, tmp_path / "one", 8)) == 0
+    dp_dir = msrun_job.out / "bert"
+    dp, one = log(dp_dir), log(tmp_path / "one")
     assert [e["step"] for e in dp] == [e["step"] for e in one] == [1, 2, 3, 4]   # 3 batches an epoch, 2 per step
     for a, b in zip(dp, one):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-4)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5 if a["step"] == 1 else 1e-4)
-    got, want = (load_file(str(tmp_path / r / "model" / "model.safetensors")) for r in ("dp", "one"))
+    got, want = (load_file(str(r / "model" / "model.safetensors")) for r in (dp_dir, tmp_path / "one"))
     assert got.keys() == want.keys()
     off = sum(int((np.abs(got[k] - want[k]) > 1e-5 + 1e-5 * np.abs(want[k])).sum()) for k in want)
     assert off <= sum(v.size for v in want.values()) * 5e-3
@@ -249,15 +362,10 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def test_reduce_hook_sums_inside_jit_and_broadcast_copies_rank_0(tmp_path):
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    cmd = distributed.msrun_command(2, [], tmp_path / "logs")
-    cmd[cmd.index(str(REPO / "ms_gpt2" / "__main__.py"))] = str(script)
-    done = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=240)
-    logs = {p.name: p.read_text(errors="replace") for p in (tmp_path / "logs").glob("worker_*.log")}
-    assert done.returncode == 0, "\n".join(v[-2000:] for v in logs.values())
-    assert "OK 0" in logs["worker_0.log"] and "OK 1" in logs["worker_1.log"]
+def test_reduce_hook_sums_inside_jit_and_broadcast_copies_rank_0(msrun_job):
+    """WORKER's checks ran first in each worker of the shared job."""
+    msrun_job.check()
+    assert "OK 0" in msrun_job.log(0) and "OK 1" in msrun_job.log(1)
 
 
 def test_each_rank_draws_its_own_dropout_masks(monkeypatch):

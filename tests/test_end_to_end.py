@@ -35,13 +35,13 @@ def test_trains_until_beam_search_reproduces_a_training_summary(handful, char_vo
     path, rows = handful
     runtime.seed_everything(0)
     config = load_config("configs/smoke.yaml", TINY + [f"tokenizer.path={char_vocab_dir}",
-                                                       "training.num_train_epochs=60",
+                                                       "training.num_train_epochs=30",
                                                        "training.save_total_limit=2"])
     result = train(config, path, tmp_path / "run")
 
     # checkpoints: one per epoch (save_steps: epoch = 1 step here), only the newest 2 kept
     checkpoints = sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*"))
-    assert checkpoints == ["checkpoint-59", "checkpoint-60"]
+    assert checkpoints == ["checkpoint-29", "checkpoint-30"]
     for name in ("config.json", "model.safetensors", "vocab.txt"):
         assert (result.model_dir / name).is_file()
     saved = json.loads((result.model_dir / "config.json").read_text())
