@@ -69,8 +69,9 @@ from ms_gpt2.data.nlpcc import DataError, NLPCCSource, parse_record, records  # 
 from ms_gpt2.infra.errors import UserError  # noqa: E402
 from ms_gpt2.models.gpt2 import CheckpointError  # noqa: E402
 from ms_gpt2.infra.rundir import atomic_write_text  # noqa: E402
-from ms_gpt2.jobs.train import (HeldOutEvaluation, fit, resolve_tokenizer, run_directory, run_seed,  # noqa: E402
-                                start, workdir_for)
+from ms_gpt2.data.tokenization import training_vocabulary  # noqa: E402
+from ms_gpt2.jobs.fit import HeldOutEvaluation, fit  # noqa: E402
+from ms_gpt2.jobs.run import run_directory, run_seed, start, workdir_for  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -315,10 +316,10 @@ def _finetune_bert(config: dict, data_path, output_dir: Path, resume, overwrite:
         raise DataError(source.report.path, None, f"{source.n_train} training and {source.n_test} held-out records: "
                                                   f"summary-article matching needs at least two of each (negatives "
                                                   f"are other records' summaries of the same split)")
-    tokenizer = resolve_tokenizer(config, output_dir, resume_from,
-                                  lambda: (t for pair in records(source.lines("train")) for t in pair),
-                                  bert_only="BERT fine-tuning",
-                                  heldout=lambda: (t for pair in records(source.lines("test")) for t in pair))
+    tokenizer = training_vocabulary(config, output_dir, resume_from,
+                                    lambda: (t for pair in records(source.lines("train")) for t in pair),
+                                    bert_only="BERT fine-tuning",
+                                    heldout=lambda: (t for pair in records(source.lines("test")) for t in pair))
     train_examples = PairBuilder(read_records(source.lines("train"), tokenizer), tokenizer, max_seq_len, seed,
                                  static=negatives == "static")
     held_out = PairBuilder(read_records(source.lines("test"), tokenizer), tokenizer, max_seq_len, seed,

@@ -68,8 +68,9 @@ from ms_gpt2.data.corpus import CorpusSource, parse_document  # noqa: E402
 from ms_gpt2.data.nlpcc import DataError  # noqa: E402
 from ms_gpt2.infra.errors import UserError  # noqa: E402
 from ms_gpt2.models.gpt2 import CheckpointError  # noqa: E402
-from ms_gpt2.jobs.train import (HeldOutEvaluation, fit, resolve_tokenizer, run_directory, run_seed,  # noqa: E402
-                                start)
+from ms_gpt2.data.tokenization import training_vocabulary  # noqa: E402
+from ms_gpt2.jobs.fit import HeldOutEvaluation, fit  # noqa: E402
+from ms_gpt2.jobs.run import run_directory, run_seed, start  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -425,8 +426,8 @@ def _pretrain_mlm_nsp(config: dict, data_path, output_dir: Path, resume, overwri
     source = CorpusSource.open(data_path, output_dir / "work", pcfg["text_field"], pcfg["eval_fraction"],
                                dcfg["skip_bad_lines"])
     report, n_train = source.report, source.n_train
-    tokenizer = resolve_tokenizer(config, output_dir, resume_from, source.train_texts, bert_only="BERT pretraining",
-                                  heldout=source.eval_texts)
+    tokenizer = training_vocabulary(config, output_dir, resume_from, source.train_texts, bert_only="BERT pretraining",
+                                    heldout=source.eval_texts)
     documents = read_sentences(source.lines("all"), tokenizer, report.text_field)
     train_docs, eval_docs = documents[:n_train], documents[n_train:]
     options = dict(max_seq_len=max_seq_len, seed=seed, mlm_probability=pcfg["mlm_probability"],

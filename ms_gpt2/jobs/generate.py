@@ -21,7 +21,7 @@ from mindnlp.transformers import NoRepeatNGramLogitsProcessor  # noqa: E402
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
 from ms_gpt2.data import examples, tokenization  # noqa: E402
-from ms_gpt2.models.checkpoints import is_bert_vocabulary  # noqa: E402
+from ms_gpt2.data.tokenization import is_bert_vocabulary  # noqa: E402
 from ms_gpt2.infra.errors import UserError  # noqa: E402
 
 NGRAM_SCOPES = ("summary", "sequence")

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from ms_gpt2.infra import runtime
-from ms_gpt2.infra.errors import UserError
+from ms_gpt2.infra.errors import CheckpointError
 from ms_gpt2.data.tokenization import vocab_id_range
 
 runtime.ensure()
@@ -26,10 +26,6 @@ log = logging.getLogger(__name__)
 #: a (weighted) token mean is Σ w·ce / max(Σ w, floor), so a batch that scores nothing has loss 0
 #: and one whose weights sum below 1 (e.g. only article tokens at weight 0.1) keeps its exact mean.
 LOSS_COUNT_FLOOR = 1e-6
-
-
-class CheckpointError(UserError, ValueError):
-    """A model directory that cannot be loaded as asked; the message names the path."""
 
 
 class GPT2ForSummarization(GPT2LMHeadModel):
