@@ -14,8 +14,9 @@ class and the classes are balanced (chance: 0.5).
 
 **Examples.** Summaries and articles are tokenized once by a ``TextFileDataset`` -> ``map``
 pipeline; the pairs are built in a ``NumpySlicesDataset`` -> ``map`` -> ``batch`` pipeline by the
-encoder of :mod:`ms_gpt2.jobs.bert_pretrain` (``token_type_ids`` 0 through the first ``[SEP]``, 1
-after; the longer side, the article, is cut first, so it is the article's start that is read).
+encoding BERT pretraining uses too (:mod:`ms_gpt2.data.bert_pairs`: ``token_type_ids`` 0 through the
+first ``[SEP]``, 1 after; the longer side, the article, is cut first, so it is the article's start
+that is read).
 Epoch ``e``'s negatives come from ``numpy.random.default_rng([seed, e])``, so runs and resumes
 repeat exactly. ``finetune.negatives: dynamic`` (default) draws new negatives every epoch;
 ``static`` repeats epoch 0's (only their order is reshuffled), which a tiny model fits sooner.
@@ -62,7 +63,8 @@ import torch  # noqa: E402  (mindtorch)
 from mindnlp.transformers import BertForSequenceClassification  # noqa: E402
 
 from ms_gpt2.data import tokenization  # noqa: E402
-from ms_gpt2.jobs.bert_pretrain import Vocabulary, bert_config, encode_pair  # noqa: E402
+from ms_gpt2.data.bert_pairs import Vocabulary, encode_pair  # noqa: E402
+from ms_gpt2.models.bert import bert_config  # noqa: E402
 from ms_gpt2.models.checkpoints import resolve_model_dir  # noqa: E402
 from ms_gpt2.infra.config import ConfigError  # noqa: E402
 from ms_gpt2.data.nlpcc import DataError, NLPCCSource, parse_record, records  # noqa: E402
