@@ -35,8 +35,7 @@ from ms_gpt2.infra.config import load_config  # noqa: E402
 from ms_gpt2.infra.errors import UserError  # noqa: E402
 from ms_gpt2.data.examples import encode_prompt, prompt_pipeline  # noqa: E402
 from ms_gpt2.models.graphs.gpt2_decode import beam_search, decoder_or_none  # noqa: E402
-from ms_gpt2.jobs.generate import NGRAM_SCOPES, NoRepeatNGramInContinuation, check_length  # noqa: E402
-from ms_gpt2.models.gpt2 import GPT2ForSummarization  # noqa: E402
+from ms_gpt2.models.gpt2 import NGRAM_SCOPES, GPT2ForSummarization, NoRepeatNGramInContinuation, check_length  # noqa: E402
 
 log = logging.getLogger(__name__)
 
