@@ -80,9 +80,9 @@ def char_vocab_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tokenizer(char_vocab_dir):
-    from ms_gpt2.data.tokenization import load_tokenizer
+    from ms_gpt2.data.tokenization import load_wordpiece
 
-    return load_tokenizer(char_vocab_dir)
+    return load_wordpiece(char_vocab_dir)
 
 
 @pytest.fixture(scope="session")

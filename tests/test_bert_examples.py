@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import DEMO_DATA
+from ms_gpt2.data.bert_pairs import Vocabulary, encode_pair, truncate_pair
 from ms_gpt2.jobs.bert_pretrain import (IGNORE, IS_NEXT, NOT_NEXT, OTHER_DOCUMENTS, SAME_DOCUMENT,
-                                        ExampleBuilder, Vocabulary, encode_pair, held_out_examples,
-                                        make_pairs, mask_tokens, read_sentences, split_sentences,
-                                        truncate_pair)
+                                        ExampleBuilder, held_out_examples, make_pairs, mask_tokens,
+                                        read_sentences, split_sentences)
 from ms_gpt2.infra.config import ConfigError
 from ms_gpt2.data.nlpcc import DataError, _text_lines
 

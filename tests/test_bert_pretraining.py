@@ -39,7 +39,7 @@ def test_tiny_bert_learns_mlm_and_nsp_and_its_checkpoint_reproduces_the_scores(c
     from ms_gpt2.infra import runtime
     from ms_gpt2.jobs.bert_pretrain import NOT_NEXT, SAME_DOCUMENT, ExampleBuilder, evaluate, read_sentences
     from ms_gpt2.data.nlpcc import _text_lines
-    from ms_gpt2.data.tokenization import load_tokenizer
+    from ms_gpt2.data.tokenization import load_wordpiece
 
     data = tmp_path / "articles.jsonl"
     data.write_text("".join(open(DEMO_DATA, encoding="utf-8").readlines()[:N_ARTICLES]), encoding="utf-8")
@@ -61,7 +61,7 @@ def test_tiny_bert_learns_mlm_and_nsp_and_its_checkpoint_reproduces_the_scores(c
     # next-sentence label (NSP), counted on these very examples.
     assert train["mlm_accuracy"] >= train["mlm_majority_baseline"] + 0.5
     assert train["nsp_accuracy"] >= train["nsp_majority_baseline"] + 0.25
-    assert train["mlm_loss"] < 0.5 * np.log(len(load_tokenizer(run / "model")))  # uniform guess: log V
+    assert train["mlm_loss"] < 0.5 * np.log(len(load_wordpiece(run / "model")))  # uniform guess: log V
     assert train["examples"] == pairs and abs(train["loss"] - train["mlm_loss"] - train["nsp_loss"]) < 1e-9
     held_out = scores["eval"]
     assert held_out["examples"] > 0 and 0 <= held_out["mlm_accuracy"] <= 1 and 0 <= held_out["nsp_accuracy"] <= 1
@@ -76,7 +76,7 @@ def test_tiny_bert_learns_mlm_and_nsp_and_its_checkpoint_reproduces_the_scores(c
 
     # Hugging Face layout: from_pretrained gives the trained weights back; scoring it reproduces eval.json
     model = BertForPreTraining.from_pretrained(str(run / "model"), local_files_only=True)
-    tokenizer = load_tokenizer(run / "model")
+    tokenizer = load_wordpiece(run / "model")
     documents = read_sentences(_text_lines(data, 0, N_ARTICLES - 1), tokenizer, "article")
     again = evaluate(model, ExampleBuilder(documents, tokenizer, 48, seed=runtime.ensure().seed, masking="static"),
                      batch_size=BATCH)

@@ -99,14 +99,14 @@ def test_pretraining_corpora_read_the_same_documents_and_tokens(tmp_path, tokeni
 
 
 def test_a_vocab_txt_with_a_byte_order_mark_is_named_in_one_line(tmp_path, char_vocab_dir):
-    from ms_gpt2.data.tokenization import TokenizerError, load_tokenizer
+    from ms_gpt2.data.tokenization import TokenizerError, load_wordpiece
 
     lines = (char_vocab_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
     plain, bom = _pair(tmp_path, lines, "vocab.txt")
-    assert load_tokenizer(plain).vocab["[PAD]"] == 0
+    assert load_wordpiece(plain).vocab["[PAD]"] == 0
     for given in (bom, bom.parent):
         with pytest.raises(TokenizerError) as info:
-            load_tokenizer(given)
+            load_wordpiece(given)
         assert str(info.value).startswith(f"{bom}: vocab.txt starts with a UTF-8 byte-order mark")
         assert "\n" not in str(info.value)
 

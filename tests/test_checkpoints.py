@@ -19,7 +19,8 @@ import torch  # noqa: E402  (mindtorch)
 
 from ms_gpt2.models.checkpoints import load_pretrained, save_pretrained  # noqa: E402
 from ms_gpt2.infra.errors import UserError  # noqa: E402
-from ms_gpt2.jobs.generate import encode_prompt, generate, next_word  # noqa: E402
+from ms_gpt2.data.examples import encode_continuation  # noqa: E402
+from ms_gpt2.jobs.generate import generate, next_word  # noqa: E402
 from ms_gpt2.models.gpt2 import CheckpointError  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -43,7 +44,7 @@ def ref(name, i, what):
 @pytest.mark.parametrize("name,i", CASES)
 def test_prompt_encoding_matches_the_reference_tokenizer(name, i):
     _, tokenizer = loaded(name)
-    np.testing.assert_array_equal(encode_prompt(tokenizer, PROMPTS[name][i]), ref(name, i, "prompt_ids"))
+    np.testing.assert_array_equal(encode_continuation(tokenizer, PROMPTS[name][i]), ref(name, i, "prompt_ids"))
 
 
 @pytest.mark.parametrize("name,i", CASES)
@@ -87,7 +88,7 @@ def test_save_load_round_trip_is_bit_exact(name, tmp_path):
     for key in first:
         assert first[key].dtype == second[key].dtype and np.array_equal(first[key], second[key]), key
     text = PROMPTS[name][0]
-    np.testing.assert_array_equal(encode_prompt(tokenizer, text), encode_prompt(tokenizer2, text))
+    np.testing.assert_array_equal(encode_continuation(tokenizer, text), encode_continuation(tokenizer2, text))
     saved = json.loads((tmp_path / "copy" / "config.json").read_text())
     original = json.loads((FIXTURES / name / "config.json").read_text())
     for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "eos_token_id"):

@@ -24,8 +24,10 @@ from conftest import DEMO_DATA, write_jsonl
 from ms_gpt2.infra import runtime
 from ms_gpt2.infra.config import load_config
 from ms_gpt2.infra.rundir import LOCK_FILE
-from ms_gpt2.jobs.summarize import run_settings
-from ms_gpt2.jobs.train import PAUSE_IN_SAVE_ENV, OutputDirError, PipelineTrainer, train
+from ms_gpt2.jobs.fit import PAUSE_IN_SAVE_ENV, PipelineTrainer
+from ms_gpt2.jobs.run import OutputDirError
+from ms_gpt2.jobs.train import train
+from ms_gpt2.models.checkpoints import run_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 # 4 records, batch 2: 2 batches an epoch, 3 epochs = 6 steps, a checkpoint every 2, every loss logged
@@ -214,7 +216,7 @@ def test_rotation_never_deletes_the_only_complete_checkpoint(straight, tmp_path)
 def test_a_loss_log_line_torn_by_a_kill_is_dropped_before_the_run_goes_on(tmp_path):
     """SIGKILL during LossLog's append leaves half a line; the resumed run's first entry must not
     be glued onto it, and the curve must still plot."""
-    from ms_gpt2.jobs.train import LossLog, plot_loss_curve, read_loss_log
+    from ms_gpt2.jobs.fit import LossLog, plot_loss_curve, read_loss_log
 
     path = tmp_path / "loss_log.jsonl"
     path.write_text('{"step": 1, "loss": 2.5}\n{"step": 2, "lo', encoding="utf-8")
@@ -373,7 +375,7 @@ def test_disk_full_while_appending_to_the_loss_log_is_one_line_and_resume_contin
                                                                                      monkeypatch):
     import builtins
 
-    import ms_gpt2.jobs.train as training
+    import ms_gpt2.jobs.fit as fitting  # LossLog appends there
     from ms_gpt2.infra.errors import UserError
 
     appends = []
@@ -385,7 +387,7 @@ def test_disk_full_while_appending_to_the_loss_log_is_one_line_and_resume_contin
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
         return builtins.open(file, mode, *args, **kwargs)
 
-    monkeypatch.setattr(training, "open", open_, raising=False)
+    monkeypatch.setattr(fitting, "open", open_, raising=False)
     run = tmp_path / "run"
     runtime.seed_everything(0)
     with pytest.raises(UserError) as info:
@@ -429,7 +431,7 @@ def test_a_real_full_filesystem(setup, straight, tmp_path):
 def test_the_log_is_cut_back_to_the_step_a_run_starts_from(tmp_path):
     """Entries after the checkpoint's step go (crash-safely: a new file replaces the old); lines
     without a step are kept; a fresh start (step 0) starts an empty log."""
-    from ms_gpt2.jobs.train import LossLog
+    from ms_gpt2.jobs.fit import LossLog
 
     path = tmp_path / "loss_log.jsonl"
     lines = ['{"step": 1, "loss": 3.0}', '{"note": "no step"}', '{"step": 2, "loss": 2.5}', '{"step": 3, "loss": 2.0}']

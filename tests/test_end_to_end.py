@@ -13,7 +13,8 @@ from ms_gpt2.infra import runtime
 from ms_gpt2.jobs import tasks
 from ms_gpt2.infra.config import load_config
 from ms_gpt2.jobs.summarize import Summarizer
-from ms_gpt2.jobs.train import OutputDirError, train
+from ms_gpt2.jobs.run import OutputDirError
+from ms_gpt2.jobs.train import train
 
 # Lengths chosen so each article fits whole both in training (128) and as a prompt (128 - 30).
 TINY = ["model.n_positions=160", "model.n_embd=128", "model.n_layer=2", "model.n_head=4", "model.dropout=0.0",

@@ -219,7 +219,7 @@ def _step_losses(monkeypatch):
     """{global step: sum of the losses training_step returned for it}, either engine: the sum the
     Trainer logs (before rounding it to 4 decimals)."""
     from ms_gpt2.engine.trainer import CompiledTrainerMixin
-    from ms_gpt2.jobs.train import PipelineTrainer
+    from ms_gpt2.jobs.fit import PipelineTrainer
 
     sums = {}
     for cls in (CompiledTrainerMixin, PipelineTrainer):

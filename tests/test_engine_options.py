@@ -169,7 +169,8 @@ def _run(tmp_path, char_vocab_dir, name, *settings, engine="compiled", monkeypat
     from safetensors.numpy import load_file
 
     from ms_gpt2.infra.config import load_config
-    from ms_gpt2.jobs.train import PipelineBatches, train
+    from ms_gpt2.jobs.fit import PipelineBatches
+    from ms_gpt2.jobs.train import train
 
     rows = []
     if monkeypatch is not None:
@@ -275,17 +276,17 @@ def test_drop_last_refuses_a_batch_larger_than_the_data(char_vocab_dir, tmp_path
 
 def _tiny_model(char_vocab_dir):
     from ms_gpt2.models.gpt2 import GPT2ForSummarization, build_config
-    from ms_gpt2.data.tokenization import load_tokenizer
+    from ms_gpt2.data.tokenization import load_wordpiece
 
     runtime.seed_everything(0)
-    return GPT2ForSummarization(build_config(load_tokenizer(char_vocab_dir), 32, 16, 1, 2, 0.0))
+    return GPT2ForSummarization(build_config(load_wordpiece(char_vocab_dir), 32, 16, 1, 2, 0.0))
 
 
 def _trainer(engine, model, tmp_path, **args):
     from mindnlp.transformers import TrainingArguments
 
     from ms_gpt2.engine.trainer import trainer_class
-    from ms_gpt2.jobs.train import PipelineTrainer
+    from ms_gpt2.jobs.fit import PipelineTrainer
 
     arguments = TrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to=[], **args)
     return trainer_class(PipelineTrainer, engine)(model=model, args=arguments)

@@ -60,9 +60,9 @@ def independent_heldout_loss(checkpoint):
     from mindnlp.transformers import GPT2LMHeadModel
 
     from ms_gpt2.data.examples import encode_example
-    from ms_gpt2.data.tokenization import load_tokenizer
+    from ms_gpt2.data.tokenization import load_wordpiece
 
-    tokenizer = load_tokenizer(checkpoint)
+    tokenizer = load_wordpiece(checkpoint)
     model = GPT2LMHeadModel.from_pretrained(str(checkpoint), local_files_only=True).eval()
     total = weight = 0.0
     for record in eight_records()[6:]:  # train_ratio 0.75 of 8: the last 2 are held out
@@ -138,7 +138,7 @@ def test_report_to_tensorboard_writes_the_logged_scalars(runs):
 
 def test_overwrite_clears_the_earlier_runs_event_files(tmp_path):
     """--overwrite starts a fresh run: TensorBoard must not show the earlier run's curves beside it."""
-    from ms_gpt2.jobs.train import start
+    from ms_gpt2.jobs.run import start
 
     stale = tmp_path / "runs" / "Jan01_00-00-00_host" / "events.out.tfevents.1.host"
     stale.parent.mkdir(parents=True)
@@ -276,7 +276,7 @@ def test_report_to_tensorboard_without_tensorboardx_says_what_to_install(tmp_pat
 
 
 def test_the_loss_log_reader_and_curve_take_eval_entries(tmp_path):
-    from ms_gpt2.jobs.train import plot_loss_curve, read_loss_log
+    from ms_gpt2.jobs.fit import plot_loss_curve, read_loss_log
 
     path = tmp_path / "loss_log.jsonl"
     path.write_text("".join(json.dumps(e) + "\n" for e in [

@@ -13,7 +13,7 @@ from mindnlp.transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from ms_gpt2.models.checkpoints import load_pretrained  # noqa: E402
 from ms_gpt2.models.graphs.gpt2_decode import CompiledDecoder, banned_ngram_tokens, beam_search  # noqa: E402
-from ms_gpt2.jobs.generate import NoRepeatNGramInContinuation  # noqa: E402
+from ms_gpt2.models.gpt2 import NoRepeatNGramInContinuation  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REFERENCE = np.load(FIXTURES / "reference_outputs.npz")

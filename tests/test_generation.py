@@ -13,7 +13,7 @@ runtime.ensure()
 import torch  # noqa: E402
 from mindnlp.transformers import NoRepeatNGramLogitsProcessor  # noqa: E402
 
-from ms_gpt2.jobs.generate import NoRepeatNGramInContinuation  # noqa: E402
+from ms_gpt2.models.gpt2 import NoRepeatNGramInContinuation  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -68,13 +68,12 @@ def test_one_length_check_for_summaries_and_continuations():
     from ms_gpt2.models.checkpoints import load_pretrained
     from ms_gpt2.infra.config import load_config
     from ms_gpt2.infra.errors import UserError
-    from ms_gpt2.jobs.generate import encode_prompt
-    from ms_gpt2.data.examples import encode_prompt as encode_summary_prompt
+    from ms_gpt2.data.examples import encode_continuation, encode_prompt
     from ms_gpt2.jobs.summarize import Summarizer
 
     model, tokenizer = load_pretrained(FIXTURES / "gpt2-bert-tiny")
     text = "青禾市轨道交通5号线"
-    continuation = encode_prompt(tokenizer, text)
-    np.testing.assert_array_equal(encode_summary_prompt(tokenizer, text), [*continuation, tokenizer.sep_token_id])
+    continuation = encode_continuation(tokenizer, text)
+    np.testing.assert_array_equal(encode_prompt(tokenizer, text), [*continuation, tokenizer.sep_token_id])
     with pytest.raises(UserError, match="exceeds the model's n_positions=64; lower generation.max_new_tokens to 52"):
         Summarizer(model, tokenizer, load_config(None, ["generation.max_new_tokens=60"])).summarize_text(text)

@@ -275,7 +275,7 @@ def test_the_loss_log_writes_strict_json_whatever_the_trainer_logs(tmp_path):
     """A value that is not finite (the eager engine's overflowed norm, a diverged loss) is null."""
     from types import SimpleNamespace
 
-    from ms_gpt2.jobs.train import LossLog
+    from ms_gpt2.jobs.fit import LossLog
 
     LossLog(tmp_path / "log.jsonl").on_log(None, SimpleNamespace(global_step=3), None,
                                            logs={"loss": float("nan"), "grad_norm": float("inf"), "epoch": 0.5})

@@ -32,14 +32,14 @@ def test_pack_cuts_full_blocks_and_loses_or_repeats_no_token():
 
 @pytest.mark.parametrize("vocab", ["bert", "bpe"])
 def test_documents_are_tokenized_and_each_followed_by_the_separator(vocab, tmp_path, tokenizer):
-    from ms_gpt2.models.checkpoints import load_tokenizer
+    from ms_gpt2.data.tokenization import load_vocabulary
     from ms_gpt2.data.nlpcc import _text_lines
 
     if vocab == "bert":
         tok, texts = tokenizer, ["青禾市开通地铁。", "第二篇文章", "第三篇"]
         assert separator_id(tok) == tok.sep_token_id
     else:
-        tok, texts = load_tokenizer("tests/fixtures/gpt2-bpe-tiny"), ["Hello world.", "A second doc", "third"]
+        tok, texts = load_vocabulary("tests/fixtures/gpt2-bpe-tiny"), ["Hello world.", "A second doc", "third"]
         assert separator_id(tok) == tok.eos_token_id
     path = tmp_path / "c.txt"
     path.write_text("\n".join(texts) + "\n", encoding="utf-8")

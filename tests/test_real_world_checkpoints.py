@@ -49,13 +49,13 @@ def english(tmp_path_factory):
 
 
 def test_the_fixtures_are_as_they_ship():
-    from ms_gpt2.models.checkpoints import load_tokenizer
+    from ms_gpt2.data.tokenization import load_vocabulary
 
-    tok = load_tokenizer(BPE_STOCK)
+    tok = load_vocabulary(BPE_STOCK)
     assert tok.pad_token is None and tok.eos_token == "<|endoftext|>"
     assert "pad_token_id" not in json.loads((BPE_STOCK / "config.json").read_text())
     assert "pad_token_id" not in json.loads((BERT_NOPAD / "config.json").read_text())
-    assert load_tokenizer(BERT_NOPAD).pad_token == "[PAD]"
+    assert load_vocabulary(BERT_NOPAD).pad_token == "[PAD]"
 
 
 @pytest.mark.parametrize("start", ["fresh", "init_from", "init_from_bert"])
@@ -97,14 +97,14 @@ def test_every_target_of_a_packed_block_is_scored_end_of_text_included():
     step's loss must be HF's mean over all targets, and the Trainer's count all of them."""
     from mindnlp.transformers import GPT2LMHeadModel
 
-    from ms_gpt2.models.checkpoints import load_tokenizer
+    from ms_gpt2.data.tokenization import load_vocabulary
     from ms_gpt2.engine.compiled import CompiledEngine
     from ms_gpt2.models.gpt2 import IGNORE_INDEX, ignored_label_id, loss_token_count
     from ms_gpt2.jobs.pretrain import _fresh_model_config
 
     import torch
 
-    tok = load_tokenizer(BPE_STOCK)
+    tok = load_vocabulary(BPE_STOCK)
     m = {"n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 4, "dropout": 0.0}
     runtime.seed_everything(0)
     model = GPT2LMHeadModel(_fresh_model_config(tok, m))
@@ -132,12 +132,12 @@ def _expected_first_loss(model_dir, data, max_seq_len, batch_size):
     label is [PAD] (padding, and the article's blanked labels under summary_only_loss) left out."""
     import torch
 
-    from ms_gpt2.models.checkpoints import load_tokenizer
+    from ms_gpt2.data.tokenization import load_vocabulary
     from ms_gpt2.data.nlpcc import _text_lines
     from ms_gpt2.data.examples import train_pipeline
     from ms_gpt2.models.gpt2 import GPT2ForSummarization, load_model
 
-    tok = load_tokenizer(model_dir)
+    tok = load_vocabulary(model_dir)
     batch = next(train_pipeline(_text_lines(data, 0, batch_size), tok, max_seq_len, batch_size, shuffle=False,
                                 article_loss_weight=0.0).create_dict_iterator(num_epochs=1, output_numpy=True))
     model = load_model(model_dir, GPT2ForSummarization, tokenizer=tok)

@@ -111,7 +111,7 @@ def _step_losses(monkeypatch, checkpointing):
     """{global step: the loss training_step returned} (the Trainer logs it rounded to 4 decimals);
     ``checkpointing`` gets the model's ``is_gradient_checkpointing`` at each step."""
     from ms_gpt2.engine.trainer import CompiledTrainerMixin
-    from ms_gpt2.jobs.train import PipelineTrainer
+    from ms_gpt2.jobs.fit import PipelineTrainer
 
     losses = {}
     for cls in (CompiledTrainerMixin, PipelineTrainer):
@@ -177,7 +177,7 @@ def test_eager_gradient_checkpointing_runs_and_changes_nothing(eight, char_vocab
     assert transformers.modeling_utils.checkpoint.__module__.startswith("mindtorch")
     base = TINY + [f"tokenizer.path={char_vocab_dir}", "training.num_train_epochs=1"]
     plain = _trainer_run(base, eight, tmp_path / "plain", "eager", monkeypatch)
-    with caplog.at_level("WARNING", logger="ms_gpt2.jobs.train"):
+    with caplog.at_level("WARNING", logger="ms_gpt2.jobs.fit"):
         checkpointed = _trainer_run(base + ["training.gradient_checkpointing=true"], eight, tmp_path / "gc",
                                     "eager", monkeypatch)
     assert plain[0] == checkpointed[0] == []        # no compiled engine

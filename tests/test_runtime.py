@@ -181,11 +181,11 @@ def test_dropout_masks_are_drawn_in_the_graph_off_cpu(monkeypatch):
 
 
 def test_training_arguments_leave_the_cpu_on_a_device(monkeypatch, tmp_path, char_vocab_dir):
-    """training.fit's use_cpu=False on a device (the Trainer then places the model on npu/cuda)."""
+    """jobs.fit.fit's use_cpu=False on a device (the Trainer then places the model on npu/cuda)."""
     import dataclasses
 
     from conftest import DEMO_DATA
-    from ms_gpt2.jobs import train as training
+    from ms_gpt2.jobs import fit as fitting, train as training
     from ms_gpt2.infra.config import load_config
 
     seen = {}
@@ -197,7 +197,7 @@ def test_training_arguments_leave_the_cpu_on_a_device(monkeypatch, tmp_path, cha
         seen.update(kwargs)
         raise Stop
 
-    monkeypatch.setattr(training, "TrainingArguments", arguments)
+    monkeypatch.setattr(fitting, "TrainingArguments", arguments)
     config = load_config("configs/smoke.yaml", ["model.n_positions=64", "model.n_embd=16", "model.n_layer=1",
                                                 "model.n_head=2", "data.max_seq_len=64", "data.max_summary_len=30",
                                                 f"tokenizer.path={char_vocab_dir}"])

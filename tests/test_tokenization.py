@@ -1,12 +1,12 @@
 """Loading a bert-base-chinese style vocabulary, refusing wrong ones, building one, decoding."""
 import pytest
 
-from ms_gpt2.data.tokenization import SPECIAL_TOKENS, TokenizerError, build_tokenizer, decode, load_tokenizer
+from ms_gpt2.data.tokenization import SPECIAL_TOKENS, TokenizerError, build_tokenizer, decode, load_wordpiece
 
 
 def test_loads_from_directory_and_from_vocab_file(char_vocab_dir):
-    a = load_tokenizer(char_vocab_dir)
-    b = load_tokenizer(char_vocab_dir / "vocab.txt")
+    a = load_wordpiece(char_vocab_dir)
+    b = load_wordpiece(char_vocab_dir / "vocab.txt")
     assert a.pad_token_id == b.pad_token_id == 0
     assert a("青禾市")["input_ids"] == b("青禾市")["input_ids"]
 
@@ -20,15 +20,15 @@ def test_wrong_vocabularies_are_refused_naming_the_file(tmp_path, tokens, reason
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(tokens) + "\n", encoding="utf-8")
     with pytest.raises(TokenizerError, match=reason) as info:
-        load_tokenizer(vocab)
+        load_wordpiece(vocab)
     assert str(vocab) in str(info.value)
 
 
 def test_missing_tokenizer_paths(tmp_path):
     with pytest.raises(TokenizerError, match="no vocab.txt"):
-        load_tokenizer(tmp_path)
+        load_wordpiece(tmp_path)
     with pytest.raises(TokenizerError, match="no such tokenizer"):
-        load_tokenizer(tmp_path / "nope")
+        load_wordpiece(tmp_path / "nope")
 
 
 def test_builds_a_bert_layout_vocabulary_from_the_corpus(tmp_path):
@@ -37,7 +37,7 @@ def test_builds_a_bert_layout_vocabulary_from_the_corpus(tmp_path):
     assert [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
     assert (tmp_path / "tok" / "vocab.txt").is_file() and (tmp_path / "tok" / "tokenizer_config.json").is_file()
     assert tok.unk_token_id not in tok("青禾市地铁")["input_ids"]
-    reloaded = load_tokenizer(tmp_path / "tok")
+    reloaded = load_wordpiece(tmp_path / "tok")
     assert reloaded("南屿省发布")["input_ids"] == tok("南屿省发布")["input_ids"]
 
 

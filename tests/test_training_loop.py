@@ -12,7 +12,8 @@ from safetensors.numpy import load_file
 from conftest import DEMO_DATA, write_jsonl
 from ms_gpt2.infra import runtime
 from ms_gpt2.infra.config import load_config
-from ms_gpt2.jobs.train import PipelineBatches, train
+from ms_gpt2.jobs.fit import PipelineBatches
+from ms_gpt2.jobs.train import train
 
 TINY = ["model.n_positions=64", "model.n_embd=32", "model.n_layer=1", "model.n_head=2", "model.dropout=0.0",
         "data.max_seq_len=64", "data.max_summary_len=20", "data.train_ratio=1.0", "data.summary_only_loss=true",

@@ -105,12 +105,12 @@ def test_a_vocab_with_repeated_lines_trains_and_names_the_repeats(tmp_path, char
 
 
 def test_vocab_id_range_counts_ids_not_distinct_tokens(tmp_path):
-    from ms_gpt2.data.tokenization import load_tokenizer, vocab_id_range
+    from ms_gpt2.data.tokenization import load_wordpiece, vocab_id_range
 
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "中", "##a", "文", "##a", "国"]) + "\n",
                      encoding="utf-8")
-    tok = load_tokenizer(vocab)
+    tok = load_wordpiece(vocab)
     assert (len(tok), vocab_id_range(tok), tok.convert_tokens_to_ids("国")) == (9, 10, 9)
     tok.save_pretrained(str(tmp_path / "saved"))
-    assert load_tokenizer(tmp_path / "saved").get_vocab() == tok.get_vocab()  # no id shifted by saving
+    assert load_wordpiece(tmp_path / "saved").get_vocab() == tok.get_vocab()  # no id shifted by saving

@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from ms_gpt2.data.nlpcc import DataError, RecordCheck, read_map
+from ms_gpt2.infra.errors import UserError
 
 SPECIAL_TOKENS_IN_PAIR = 3  # [CLS] a [SEP] b [SEP]
 
@@ -67,19 +68,24 @@ def article_weighted(article_loss_weight: float | None) -> bool:
     return article_loss_weight is not None and 0 < float(article_loss_weight) < 1
 
 
-def encode_prompt(tokenizer, article: str, max_prompt_len: int | None = None, end_with_sep: bool = True) -> np.ndarray:
-    """Prompt ids, the one place prompts are encoded. A summary's prompt: ``[CLS] article [SEP]``,
-    the article truncated so the whole prompt is at most ``max_prompt_len``. ``end_with_sep=False``
-    (a text to continue, :func:`ms_gpt2.jobs.generate.encode_prompt`): ``[CLS] text``, no [SEP].
-    GPT-2 BPE vocabularies have neither token: the text's own ids either way."""
-    if end_with_sep:
-        enc = tokenizer(text=article, truncation=max_prompt_len is not None, max_length=max_prompt_len,
-                        return_token_type_ids=False)
-        return np.asarray(enc["input_ids"], dtype=np.int32)
-    ids = tokenizer(text=article, add_special_tokens=False, return_token_type_ids=False)["input_ids"]
+def encode_prompt(tokenizer, article: str, max_prompt_len: int | None = None) -> np.ndarray:
+    """A summary's prompt ids: ``[CLS] article [SEP]``, the article truncated so the whole prompt is
+    at most ``max_prompt_len``. (A text to continue: :func:`encode_continuation`.)"""
+    enc = tokenizer(text=article, truncation=max_prompt_len is not None, max_length=max_prompt_len,
+                    return_token_type_ids=False)
+    return np.asarray(enc["input_ids"], dtype=np.int32)
+
+
+def encode_continuation(tokenizer, text: str) -> np.ndarray:
+    """A text to continue (``ms-gpt2 generate``/``next-word``) as prompt ids: ``[CLS] text``, no [SEP]
+    (BERT vocabularies start a GPT-2 sequence with [CLS]); GPT-2 BPE vocabularies have no [CLS]: the
+    text's own ids. An empty text is an error."""
+    if not text or not text.strip():
+        raise UserError("the prompt is empty")
+    ids = tokenizer(text=text, add_special_tokens=False, return_token_type_ids=False)["input_ids"]
     if tokenizer.cls_token_id is not None:
         ids = [tokenizer.cls_token_id] + ids
-    return np.asarray(ids[:max_prompt_len], dtype=np.int32)
+    return np.asarray(ids, dtype=np.int64)
 
 
 def _strings(*arrays):

@@ -6,23 +6,29 @@ Chinese GPT-2s reuse bert-base-chinese's vocabulary: ``[PAD]`` is id 0 and an ex
 WordPiece vocabulary with the same special tokens is trained on the corpus with the
 ``tokenizers`` library and saved beside the model, so a checkpoint never travels without the
 vocabulary its ids mean.
+
+Every answer to "which vocabulary?" is here: :func:`load_wordpiece` (a BERT ``vocab.txt``),
+:func:`load_vocabulary` (whatever a model directory carries: GPT-2 BPE or BERT WordPiece),
+:func:`is_bert_vocabulary`, and :func:`training_vocabulary` (the one a training job's model learns).
 """
 from __future__ import annotations
 
 import logging
 import os
 import re
+import shutil
 import types
 from pathlib import Path
 from typing import Iterable
 
 from ms_gpt2.infra import runtime
 from ms_gpt2.data.nlpcc import starts_with_bom
-from ms_gpt2.infra.errors import UserError
+from ms_gpt2.infra.errors import CheckpointError, UserError
+from ms_gpt2.infra.rundir import recover_dir
 
 runtime.ensure()
 
-from mindnlp.transformers import BertTokenizer  # noqa: E402
+from mindnlp.transformers import BertTokenizer, GPT2Tokenizer  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +113,11 @@ def _check_repeats(tokenizer, vocab_file: Path) -> None:
     tokenizer.save_vocabulary = types.MethodType(save_vocabulary, tokenizer)
 
 
-def load_tokenizer(path) -> BertTokenizer:
+def is_bert_vocabulary(tokenizer) -> bool:
+    return tokenizer.__class__.__name__.startswith("BertTokenizer")
+
+
+def load_wordpiece(path) -> BertTokenizer:
     """A BertTokenizer from a directory holding vocab.txt, or from a vocab.txt file itself."""
     path = Path(path)
     if path.is_dir():
@@ -128,6 +138,26 @@ def load_tokenizer(path) -> BertTokenizer:
     return _as_gpt2_vocabulary(tokenizer)
 
 
+def load_vocabulary(path, bert_only: bool = False):
+    """The tokenizer saved in a checkpoint directory (GPT-2 BPE or BERT WordPiece), or a bare BERT
+    ``vocab.txt``. ``bert_only``: a BERT vocabulary is required (a BPE directory is refused by
+    :func:`load_wordpiece`, naming the path)."""
+    path = recover_dir(path)
+    if bert_only or path.is_file():
+        return load_wordpiece(path)
+    if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+        try:
+            return GPT2Tokenizer.from_pretrained(str(path), local_files_only=True)
+        except Exception as err:
+            raise CheckpointError(f"{path}: cannot read the GPT-2 BPE tokenizer (vocab.json/merges.txt): {err}") from err
+    if (path / "vocab.txt").is_file():
+        return load_wordpiece(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such model directory")
+    raise CheckpointError(f"{path}: no tokenizer files; expected vocab.json + merges.txt (GPT-2 BPE) "
+                          f"or vocab.txt (BERT WordPiece)")
+
+
 def first_difference(a, b) -> tuple[int, str | None, str | None] | None:
     """The first id that the two tokenizers map to different tokens: (id, token in a, token in b)."""
     ids_a = {i: t for t, i in a.get_vocab().items()}
@@ -146,6 +176,62 @@ def check_same_vocabulary(given, given_path, expected, expected_path) -> None:
         raise TokenizerError(f"tokenizer {given_path} does not match the vocabulary of {expected_path}: id {i} is "
                              f"{mine!r} in the first but {theirs!r} in the second; give the checkpoint's own "
                              f"vocabulary (or none: it is used by default)")
+
+
+def _checkpoint_vocabulary(init_from, purpose: str | None):
+    """The vocabulary a model.init_from checkpoint was trained with, or None if it carries none.
+    ``purpose``: why a BERT vocabulary is required (BPE refused), or None when either kind serves."""
+    init_from = Path(init_from)
+    if not init_from.is_dir():  # else the message would be about its missing vocabulary
+        raise UserError(f"model.init_from {init_from}: no such model directory")
+    if not any((init_from / name).is_file() for name in ("vocab.txt", "vocab.json")):
+        return None
+    tokenizer = load_vocabulary(init_from)
+    if purpose and not is_bert_vocabulary(tokenizer):
+        raise TokenizerError(
+            f"model.init_from {init_from}: its vocabulary is GPT-2 byte-level BPE (vocab.json); {purpose} "
+            f"needs a BERT WordPiece vocab.txt ([PAD]/[CLS]/[SEP]), so start from a BERT-vocabulary GPT-2")
+    return tokenizer
+
+
+def training_vocabulary(config: dict, output_dir: Path, resume_from: str | None, texts,
+                        bert_only: str | None = "summarization training", heldout=None):
+    """The vocabulary whose ids the model will learn, for every training job.
+
+    The resumed checkpoint's; else with ``model.init_from`` that checkpoint's own (a given
+    ``tokenizer.path`` must match it token for token); else ``tokenizer.path``; else a WordPiece
+    vocabulary built from ``texts()`` into ``OUTPUT_DIR/tokenizer`` -- on every fresh start, from
+    this data, never one an earlier run (maybe on another corpus) left there, its [UNK] rate on
+    ``texts()`` and on ``heldout()`` (the held-out texts, if any) logged. ``bert_only``: why a
+    BERT vocabulary is required, or None when GPT-2 BPE serves too. Under data parallel, call it
+    through :func:`ms_gpt2.jobs.run.rank0_first`: the other ranks load what rank 0 built."""
+    bert = bool(bert_only)
+    if resume_from:  # the checkpoint carries the vocabulary its ids mean
+        return load_vocabulary(resume_from, bert)
+    path, init_from = config["tokenizer"]["path"], config["model"]["init_from"]
+    if init_from:
+        own = _checkpoint_vocabulary(init_from, bert_only)
+        if not path:
+            if own is None:
+                raise TokenizerError(
+                    f"model.init_from {init_from}: no vocab.txt there; give the vocabulary this checkpoint was "
+                    f"trained with (--tokenizer / tokenizer.path)")
+            return own
+        given = load_vocabulary(path, bert)
+        if own is not None:
+            check_same_vocabulary(given, path, own, init_from)
+        return given
+    if path:
+        return load_vocabulary(path, bert)
+    built = Path(output_dir) / "tokenizer"
+    if runtime.ensure().rank != 0:  # data parallel: the vocabulary rank 0 just built (see rank0_first)
+        return load_vocabulary(built)
+    shutil.rmtree(built, ignore_errors=True)
+    tokenizer = build_tokenizer(texts(), built, config["tokenizer"]["vocab_size"],
+                                config["tokenizer"].get("min_frequency", 1))
+    if heldout is not None:
+        log_unk_rate(built / "vocab.txt", heldout(), "the held-out split")
+    return tokenizer
 
 
 def _wordpiece_trainer():

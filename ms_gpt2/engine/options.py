@@ -159,7 +159,7 @@ REFUSED: dict[str, tuple[Refused, ...]] = {
     "full_determinism": (Refused("it makes torch's eager kernels deterministic, which the graph does not run (on "
                                    "CPU, where it is accepted, the graph's seeded runs repeat bit for bit)",
                                    when=_off_cpu),),
-    # -- both engines: data loading is ms_gpt2's MindSpore pipeline (ms_gpt2.jobs.train.PipelineBatches), not the
+    # -- both engines: data loading is ms_gpt2's MindSpore pipeline (ms_gpt2.jobs.fit.PipelineBatches), not the
     # Trainer's DataLoader; what only that DataLoader (or accelerate's preparation of it) reads would do nothing --
     "per_gpu_train_batch_size": (Refused("the deprecated alias of per_device_train_batch_size, which ms_gpt2's "
                                            "pipeline batches by", "use training.per_device_train_batch_size",
@@ -184,7 +184,7 @@ REFUSED: dict[str, tuple[Refused, ...]] = {
                                      engines=ENGINES),),
     # -- both engines: evaluation during training is the job's own held-out scoring --
     **{key: (Refused(f"{what}; ms_gpt2's evaluation during training is the job's own held-out scoring "
-                     f"(ms_gpt2.jobs.train.HeldOutEvaluation), which runs no prediction loop and no compute_metrics",
+                     f"(ms_gpt2.jobs.fit.HeldOutEvaluation), which runs no prediction loop and no compute_metrics",
                      "drop it", engines=ENGINES),)
        for key, what in {
            "eval_accumulation_steps": "it moves gathered predictions off the device every N evaluation steps",
@@ -238,7 +238,7 @@ _LOOP = "the Trainer's loop around the step, the same on both engines"
 _LOGGING = "logging of what the step returns (loss, grad norm), the same on both engines"
 _SAVING = ("checkpoints and resume: the engine brings the model up to date before each save; optimizer.pt holds "
            "its AdamW state")
-_EVAL = ("evaluation during training: the job's own held-out scoring (ms_gpt2.jobs.train.HeldOutEvaluation) runs "
+_EVAL = ("evaluation during training: the job's own held-out scoring (ms_gpt2.jobs.fit.HeldOutEvaluation) runs "
          "on the Hugging Face model, which the compiled engine brings up to date first")
 _HUB = "Hugging Face Hub uploads of saved checkpoints, the same on both engines"
 _LAUNCH = ("device selection and torch.distributed launch settings, read before training (ms_gpt2: --device, and "
@@ -263,7 +263,7 @@ OUTSIDE_THE_STEP: dict[str, str] = {
     **_each(_EVAL, "eval_strategy eval_steps eval_delay eval_on_start per_device_eval_batch_size "
                    "metric_for_best_model greater_is_better load_best_model_at_end"),
     # data loading, before the step: ms_gpt2's MindSpore pipeline builds the batches on both engines
-    "data_seed": "seeds each epoch's batch order (ms_gpt2.jobs.train.PipelineBatches), apart from --seed, which the "
+    "data_seed": "seeds each epoch's batch order (ms_gpt2.jobs.fit.PipelineBatches), apart from --seed, which the "
                  "initial weights and dropout keep following",
     "dataloader_drop_last": "ms_gpt2's pipeline leaves out each epoch's short last (global) batch: floor(examples / "
                             "batch) batches an epoch, all full (on the compiled engine: no second graph for its shape)",

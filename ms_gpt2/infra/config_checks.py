@@ -169,7 +169,7 @@ TRAINING_RANGES: dict[str, Range] = {
 }
 
 #: ``training:`` values ms_gpt2 reads itself besides the field's own type.
-TRAINING_EXTRAS = {"save_steps": ("epoch",)}  # save_steps: epoch = once per epoch (ms_gpt2.jobs.train.fit)
+TRAINING_EXTRAS = {"save_steps": ("epoch",)}  # save_steps: epoch = once per epoch (ms_gpt2.jobs.fit.fit)
 
 _PATH = spec("str", nullable=True)
 _COUNT = spec("int", range=_AT_LEAST_1)

@@ -15,3 +15,7 @@ class ConfigError(UserError, ValueError):
 
 class EngineError(UserError, ValueError):
     """A setting an engine cannot honour; the message names the key and what to do instead."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A model directory that cannot be loaded as asked; the message names the path."""

@@ -14,8 +14,9 @@ class and the classes are balanced (chance: 0.5).
 
 **Examples.** Summaries and articles are tokenized once by a ``TextFileDataset`` -> ``map``
 pipeline; the pairs are built in a ``NumpySlicesDataset`` -> ``map`` -> ``batch`` pipeline by the
-encoder of :mod:`ms_gpt2.jobs.bert_pretrain` (``token_type_ids`` 0 through the first ``[SEP]``, 1
-after; the longer side, the article, is cut first, so it is the article's start that is read).
+encoding BERT pretraining uses too (:mod:`ms_gpt2.data.bert_pairs`: ``token_type_ids`` 0 through the
+first ``[SEP]``, 1 after; the longer side, the article, is cut first, so it is the article's start
+that is read).
 Epoch ``e``'s negatives come from ``numpy.random.default_rng([seed, e])``, so runs and resumes
 repeat exactly. ``finetune.negatives: dynamic`` (default) draws new negatives every epoch;
 ``static`` repeats epoch 0's (only their order is reshuffled), which a tiny model fits sooner.
@@ -62,15 +63,17 @@ import torch  # noqa: E402  (mindtorch)
 from mindnlp.transformers import BertForSequenceClassification  # noqa: E402
 
 from ms_gpt2.data import tokenization  # noqa: E402
-from ms_gpt2.jobs.bert_pretrain import Vocabulary, bert_config, encode_pair  # noqa: E402
+from ms_gpt2.data.bert_pairs import Vocabulary, encode_pair  # noqa: E402
+from ms_gpt2.models.bert import bert_config  # noqa: E402
 from ms_gpt2.models.checkpoints import resolve_model_dir  # noqa: E402
 from ms_gpt2.infra.config import ConfigError  # noqa: E402
 from ms_gpt2.data.nlpcc import DataError, NLPCCSource, parse_record, records  # noqa: E402
 from ms_gpt2.infra.errors import UserError  # noqa: E402
 from ms_gpt2.models.gpt2 import CheckpointError  # noqa: E402
 from ms_gpt2.infra.rundir import atomic_write_text  # noqa: E402
-from ms_gpt2.jobs.train import (HeldOutEvaluation, fit, resolve_tokenizer, run_directory, run_seed,  # noqa: E402
-                                start, workdir_for)
+from ms_gpt2.data.tokenization import training_vocabulary  # noqa: E402
+from ms_gpt2.jobs.fit import HeldOutEvaluation, fit  # noqa: E402
+from ms_gpt2.jobs.run import run_directory, run_seed, start, workdir_for  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -315,10 +318,10 @@ def _finetune_bert(config: dict, data_path, output_dir: Path, resume, overwrite:
         raise DataError(source.report.path, None, f"{source.n_train} training and {source.n_test} held-out records: "
                                                   f"summary-article matching needs at least two of each (negatives "
                                                   f"are other records' summaries of the same split)")
-    tokenizer = resolve_tokenizer(config, output_dir, resume_from,
-                                  lambda: (t for pair in records(source.lines("train")) for t in pair),
-                                  bert_only="BERT fine-tuning",
-                                  heldout=lambda: (t for pair in records(source.lines("test")) for t in pair))
+    tokenizer = training_vocabulary(config, output_dir, resume_from,
+                                    lambda: (t for pair in records(source.lines("train")) for t in pair),
+                                    bert_only="BERT fine-tuning",
+                                    heldout=lambda: (t for pair in records(source.lines("test")) for t in pair))
     train_examples = PairBuilder(read_records(source.lines("train"), tokenizer), tokenizer, max_seq_len, seed,
                                  static=negatives == "static")
     held_out = PairBuilder(read_records(source.lines("test"), tokenizer), tokenizer, max_seq_len, seed,

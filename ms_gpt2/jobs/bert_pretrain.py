@@ -59,17 +59,19 @@ runtime.ensure()
 import mindspore.dataset as msds  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402  (mindtorch)
-from mindnlp.transformers import BertConfig, BertForPreTraining  # noqa: E402
+from mindnlp.transformers import BertForPreTraining  # noqa: E402
 
 from ms_gpt2.data import tokenization  # noqa: E402
+from ms_gpt2.data.bert_pairs import Vocabulary, encode_pair  # noqa: E402
 from ms_gpt2.infra.config import ConfigError  # noqa: E402
 from ms_gpt2.infra.rundir import atomic_write_text  # noqa: E402
 from ms_gpt2.data.corpus import CorpusSource, parse_document  # noqa: E402
 from ms_gpt2.data.nlpcc import DataError  # noqa: E402
 from ms_gpt2.infra.errors import UserError  # noqa: E402
-from ms_gpt2.models.gpt2 import CheckpointError  # noqa: E402
-from ms_gpt2.jobs.train import (HeldOutEvaluation, fit, resolve_tokenizer, run_directory, run_seed,  # noqa: E402
-                                start)
+from ms_gpt2.models.bert import bert_config, load_bert  # noqa: E402
+from ms_gpt2.data.tokenization import training_vocabulary  # noqa: E402
+from ms_gpt2.jobs.fit import HeldOutEvaluation, fit  # noqa: E402
+from ms_gpt2.jobs.run import run_directory, run_seed, start  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -167,49 +169,6 @@ def make_pairs(documents, rng: np.random.Generator, same_document: bool = False)
     return Pairs(*(table[:, k] for k in range(5)))
 
 
-def truncate_pair(a: np.ndarray, b: np.ndarray, max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cut the longer of A and B (its end) one token at a time until both fit in ``max_tokens``."""
-    la, lb = len(a), len(b)
-    while la + lb > max_tokens:
-        if la >= lb:
-            la -= 1
-        else:
-            lb -= 1
-    return a[:la], b[:lb]
-
-
-@dataclass(frozen=True)
-class Vocabulary:
-    """The ids the example builder needs, taken from a BERT tokenizer."""
-
-    cls: int
-    sep: int
-    pad: int
-    mask: int
-    special: np.ndarray   # ids never masked nor drawn as random replacements
-    ordinary: np.ndarray  # ids a random replacement is drawn from
-
-    @classmethod
-    def of(cls, tokenizer) -> "Vocabulary":
-        special = np.asarray(sorted(set(tokenizer.all_special_ids)), dtype=np.int64)
-        ids = np.asarray(sorted(set(tokenizer.get_vocab().values())), dtype=np.int64)
-        return cls(tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id, tokenizer.mask_token_id,
-                   special, ids[~np.isin(ids, special)])
-
-
-def encode_pair(a: np.ndarray, b: np.ndarray, vocab: Vocabulary, max_seq_len: int):
-    """[CLS] A [SEP] B [SEP] [PAD]...: (input_ids, token_type_ids, attention_mask), each max_seq_len long."""
-    a, b = truncate_pair(a, b, max_seq_len - 3)
-    n = len(a) + len(b) + 3
-    ids = np.full(max_seq_len, vocab.pad, dtype=np.int32)
-    ids[:n] = np.concatenate([[vocab.cls], a, [vocab.sep], b, [vocab.sep]])
-    segments = np.zeros(max_seq_len, dtype=np.int32)
-    segments[len(a) + 2:n] = 1
-    attention = np.zeros(max_seq_len, dtype=np.int32)
-    attention[:n] = 1
-    return ids, segments, attention
-
-
 def mask_tokens(ids: np.ndarray, vocab: Vocabulary, rng: np.random.Generator, probability: float = 0.15):
     """BERT's 80/10/10 masking of ``probability`` of the non-special tokens: (masked ids, labels)."""
     candidates = np.flatnonzero(~np.isin(ids, vocab.special))
@@ -295,32 +254,8 @@ def held_out_examples(eval_docs, tokenizer, **options) -> tuple[ExampleBuilder, 
 
 
 # --------------------------------------------------------------------------------------------------
-# Model and evaluation
+# Evaluation (the model: ms_gpt2.models.bert)
 # --------------------------------------------------------------------------------------------------
-
-def bert_config(tokenizer, m: dict) -> BertConfig:
-    """BERT geometry from the ``model:`` keys; the FFN is 4x the width, as in BERT and GPT-2."""
-    return BertConfig(vocab_size=tokenization.vocab_id_range(tokenizer), hidden_size=m["n_embd"],
-                      num_hidden_layers=m["n_layer"], num_attention_heads=m["n_head"], intermediate_size=4 * m["n_embd"],
-                      max_position_embeddings=m["n_positions"], hidden_dropout_prob=m["dropout"],
-                      attention_probs_dropout_prob=m["dropout"], type_vocab_size=2,
-                      pad_token_id=tokenizer.pad_token_id)
-
-
-def load_bert(path, vocab_size: int | None = None) -> BertForPreTraining:
-    """A BertForPreTraining from a local Hugging Face directory, checked against the vocabulary."""
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise CheckpointError(f"{path}: no config.json (expected a Hugging Face BERT checkpoint directory)")
-    try:
-        model = BertForPreTraining.from_pretrained(str(path), local_files_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{path}: cannot load a BertForPreTraining checkpoint: {err}") from err
-    if vocab_size is not None and vocab_size > model.config.vocab_size:
-        raise CheckpointError(f"{path}: the tokenizer needs {vocab_size} ids but the model's vocab_size is "
-                              f"{model.config.vocab_size}; use the vocabulary the model was trained with")
-    return model
-
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
     x = x - x.max(axis=-1, keepdims=True)
@@ -425,8 +360,8 @@ def _pretrain_mlm_nsp(config: dict, data_path, output_dir: Path, resume, overwri
     source = CorpusSource.open(data_path, output_dir / "work", pcfg["text_field"], pcfg["eval_fraction"],
                                dcfg["skip_bad_lines"])
     report, n_train = source.report, source.n_train
-    tokenizer = resolve_tokenizer(config, output_dir, resume_from, source.train_texts, bert_only="BERT pretraining",
-                                  heldout=source.eval_texts)
+    tokenizer = training_vocabulary(config, output_dir, resume_from, source.train_texts, bert_only="BERT pretraining",
+                                    heldout=source.eval_texts)
     documents = read_sentences(source.lines("all"), tokenizer, report.text_field)
     train_docs, eval_docs = documents[:n_train], documents[n_train:]
     options = dict(max_seq_len=max_seq_len, seed=seed, mlm_probability=pcfg["mlm_probability"],

@@ -3,7 +3,8 @@
 Everything goes through Hugging Face's ``generate`` (on MindSpore via mindnlp), which keeps a KV
 cache: each new token costs one position of compute, not a re-run of the prefix. This module
 adds what a user of a bare checkpoint needs around it: prompt encoding for both vocabulary
-families, length checks against ``n_positions``, reproducible sampling (``seed``), and streaming
+families (:func:`ms_gpt2.data.examples.encode_continuation`), length checks against ``n_positions``
+(:func:`ms_gpt2.models.gpt2.check_length`), reproducible sampling (``seed``), and streaming
 of text as tokens arrive.
 """
 from __future__ import annotations
@@ -17,33 +18,13 @@ runtime.ensure()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402  (mindtorch)
-from mindnlp.transformers import NoRepeatNGramLogitsProcessor  # noqa: E402
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
-from ms_gpt2.data import examples, tokenization  # noqa: E402
-from ms_gpt2.models.checkpoints import is_bert_vocabulary  # noqa: E402
+from ms_gpt2.data import tokenization  # noqa: E402
+from ms_gpt2.data.examples import encode_continuation  # noqa: E402
+from ms_gpt2.data.tokenization import is_bert_vocabulary  # noqa: E402
 from ms_gpt2.infra.errors import UserError  # noqa: E402
-
-NGRAM_SCOPES = ("summary", "sequence")
-
-
-class NoRepeatNGramInContinuation(NoRepeatNGramLogitsProcessor):
-    """Hugging Face's no-repeat-n-gram ban, applied to the tokens after the prompt only."""
-
-    def __init__(self, ngram_size: int, prompt_length: int):
-        super().__init__(ngram_size)
-        self.prompt_length = prompt_length
-
-    def __call__(self, input_ids, scores):
-        return super().__call__(input_ids[:, self.prompt_length:], scores)
-
-
-def encode_prompt(tokenizer, text: str) -> np.ndarray:
-    """Prompt ids for a continuation: :func:`ms_gpt2.data.examples.encode_prompt` without the closing
-    [SEP] (BERT vocabularies start a GPT-2 sequence with [CLS]); an empty prompt is an error."""
-    if not text or not text.strip():
-        raise UserError("the prompt is empty")
-    return examples.encode_prompt(tokenizer, text, end_with_sep=False).astype(np.int64)
+from ms_gpt2.models.gpt2 import check_length  # noqa: E402
 
 
 def decode(tokenizer, ids) -> str:
@@ -51,17 +32,6 @@ def decode(tokenizer, ids) -> str:
     if is_bert_vocabulary(tokenizer):
         return tokenization.decode(tokenizer, ids)
     return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-
-def check_length(model, prompt_length: int, max_new_tokens: int = 0, option: str = "--max-new-tokens") -> None:
-    """The one check that a prompt plus ``max_new_tokens`` fits the model's ``n_positions``
-    (generation and summaries alike); ``option`` names the setting to lower in the message."""
-    limit = model.config.n_positions
-    if prompt_length > limit:
-        raise UserError(f"the prompt is {prompt_length} tokens, longer than the model's n_positions={limit}")
-    if prompt_length + max_new_tokens > limit:
-        raise UserError(f"prompt ({prompt_length} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
-                        f"model's n_positions={limit}; lower {option} to {limit - prompt_length} or less")
 
 
 def _tensor(ids, model):
@@ -76,7 +46,7 @@ class NextWord:
 
 def next_word(model, tokenizer, text: str, top_k: int = 10) -> NextWord:
     """The PyTorch-Transformers next-word example: score the prompt, take the most likely token."""
-    ids = encode_prompt(tokenizer, text)
+    ids = encode_continuation(tokenizer, text)
     check_length(model, len(ids))
     with torch.no_grad():
         logits = model(input_ids=_tensor(ids, model)).logits[0, -1].float().cpu().numpy().astype(np.float64)
@@ -146,7 +116,7 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 50, do_sample:
     one it does not implement (logged); beam search, sampling and penalties go through Hugging
     Face ``generate``. Beam search cannot stream (a beam's text can still be overtaken), so with
     ``stream`` its final text is printed once it is known."""
-    ids = encode_prompt(tokenizer, prompt)
+    ids = encode_continuation(tokenizer, prompt)
     check_length(model, len(ids), max_new_tokens)
     if do_sample and num_beams > 1:
         raise UserError("choose sampling or beam search, not both")

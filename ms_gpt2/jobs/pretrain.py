@@ -43,15 +43,15 @@ import torch  # noqa: E402  (mindtorch)
 from mindnlp.transformers import GPT2Config, GPT2LMHeadModel, GenerationConfig  # noqa: E402
 
 from ms_gpt2.data import tokenization  # noqa: E402
-from ms_gpt2.models.checkpoints import is_bert_vocabulary  # noqa: E402
+from ms_gpt2.data.tokenization import is_bert_vocabulary, training_vocabulary  # noqa: E402
 from ms_gpt2.data.corpus import CorpusSource, parse_document  # noqa: E402
 from ms_gpt2.data.nlpcc import DataError  # noqa: E402
 from ms_gpt2.infra.errors import UserError  # noqa: E402
 from ms_gpt2.models.gpt2 import build_config, generation_config_for, load_model  # noqa: E402
 from ms_gpt2.engine import distributed, options  # noqa: E402
 from ms_gpt2.infra.rundir import atomic_write_text  # noqa: E402
-from ms_gpt2.jobs.train import (HeldOutEvaluation, data_seed, fit, rank0_first, resolve_tokenizer,  # noqa: E402
-                                run_directory, run_seed, start, workdir_for)
+from ms_gpt2.jobs.fit import HeldOutEvaluation, fit  # noqa: E402
+from ms_gpt2.jobs.run import data_seed, rank0_first, run_directory, run_seed, start, workdir_for  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +208,8 @@ def _pretrain(config: dict, data_path, output_dir: Path, resume, overwrite: bool
 
     workdir = workdir_for(output_dir)
     source = CorpusSource.open(data_path, workdir, pcfg["text_field"], pcfg["eval_fraction"], dcfg["skip_bad_lines"])
-    tokenizer = rank0_first(lambda: resolve_tokenizer(config, output_dir, resume_from, source.train_texts,
-                                                      bert_only=None, heldout=source.eval_texts))
+    tokenizer = rank0_first(lambda: training_vocabulary(config, output_dir, resume_from, source.train_texts,
+                                                        bert_only=None, heldout=source.eval_texts))
 
     if resume_from or mcfg["init_from"]:
         model = load_model(resume_from or mcfg["init_from"], GPT2LMHeadModel, tokenizer=tokenizer)

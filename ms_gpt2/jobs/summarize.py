@@ -30,13 +30,12 @@ import torch  # noqa: E402  (mindtorch)
 from mindnlp.transformers import LogitsProcessorList  # noqa: E402
 
 from ms_gpt2.data import tokenization  # noqa: E402
-from ms_gpt2.models.checkpoints import RUN_CONFIG, load_pretrained, resolve_model_dir  # noqa: E402
+from ms_gpt2.models.checkpoints import load_model_dir  # noqa: E402
 from ms_gpt2.infra.config import load_config  # noqa: E402
 from ms_gpt2.infra.errors import UserError  # noqa: E402
 from ms_gpt2.data.examples import encode_prompt, prompt_pipeline  # noqa: E402
 from ms_gpt2.models.graphs.gpt2_decode import beam_search, decoder_or_none  # noqa: E402
-from ms_gpt2.jobs.generate import NGRAM_SCOPES, NoRepeatNGramInContinuation, check_length  # noqa: E402
-from ms_gpt2.models.gpt2 import GPT2ForSummarization  # noqa: E402
+from ms_gpt2.models.gpt2 import NGRAM_SCOPES, GPT2ForSummarization, NoRepeatNGramInContinuation, check_length  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +45,6 @@ class Summary:
     article: str
     reference: str | None
     summary: str
-
-
-def run_settings(model_dir, config=None, overrides=()) -> dict:
-    """The settings to summarize the model in ``model_dir`` (a model directory, already resolved)
-    with: ``config`` itself when it is a dict (a run's loaded config), else the YAML file it names
-    (``--config``), else the run config saved with the model (:data:`~ms_gpt2.models.checkpoints.RUN_CONFIG`),
-    else the defaults; ``overrides`` (``section.key=value``) apply to the file or the defaults."""
-    if isinstance(config, dict):
-        if overrides:
-            raise ValueError("overrides apply to a config file or the defaults, not to a loaded config")
-        return config
-    saved = Path(model_dir) / RUN_CONFIG
-    return load_config(config or (saved if saved.is_file() else None), overrides)
 
 
 class Summarizer:
@@ -90,11 +76,10 @@ class Summarizer:
     def from_pretrained(cls, model_dir, config=None, overrides=()) -> "Summarizer":
         """From a directory written by ``ms-gpt2 train`` (its ``model/``, a checkpoint, or the
         training output directory itself), or any GPT-2 with a BERT ``vocab.txt``. ``config`` and
-        ``overrides``: see :func:`run_settings`; the settings are read before the model is loaded."""
-        model_dir = resolve_model_dir(model_dir)  # a training output directory -> its final model/
-        config = run_settings(model_dir, config, overrides)
-        model, tokenizer = load_pretrained(model_dir, GPT2ForSummarization, bert_only=True)  # already resolved
-        return cls(model, tokenizer, config, model_dir)
+        ``overrides``: see :func:`~ms_gpt2.models.checkpoints.run_settings`; the settings are read
+        before the model is loaded."""
+        loaded = load_model_dir(model_dir, GPT2ForSummarization, bert_only=True, config=config, overrides=overrides)
+        return cls(loaded.model, loaded.tokenizer, loaded.settings, loaded.path)
 
     def summarize_ids(self, prompt_ids: np.ndarray) -> np.ndarray:
         """Beam-search continuation of ``[CLS] article [SEP]`` (1-D ids); returns only the new ids.

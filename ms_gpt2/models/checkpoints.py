@@ -13,14 +13,16 @@ half-written checkpoint where a good one was, nor no directory at all.
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from ms_gpt2.infra import runtime
+from ms_gpt2.infra.config import load_config
 from ms_gpt2.infra.rundir import recover_dir, replace_dir, staging_name
 
 runtime.ensure()
 
-from mindnlp.transformers import GPT2LMHeadModel, GPT2Tokenizer  # noqa: E402
+from mindnlp.transformers import GPT2LMHeadModel  # noqa: E402
 
 from ms_gpt2.data import tokenization  # noqa: E402
 from ms_gpt2.models.gpt2 import WEIGHT_FILES, CheckpointError, load_model  # noqa: E402
@@ -36,30 +38,6 @@ def incomplete_reason(path) -> str | None:
     if not any((path / name).is_file() for name in WEIGHT_FILES):
         missing.append(f"weights ({WEIGHT_FILES[0]})")
     return f"no {', '.join(missing)}" if missing else None
-
-
-def is_bert_vocabulary(tokenizer) -> bool:
-    return tokenizer.__class__.__name__.startswith("BertTokenizer")
-
-
-def load_tokenizer(path, bert_only: bool = False):
-    """The tokenizer saved in a checkpoint directory (GPT-2 BPE or BERT WordPiece), or a bare BERT
-    ``vocab.txt``. ``bert_only``: a BERT vocabulary is required (a BPE directory is refused by
-    :func:`ms_gpt2.data.tokenization.load_tokenizer`, naming the path)."""
-    path = recover_dir(path)
-    if bert_only or path.is_file():
-        return tokenization.load_tokenizer(path)
-    if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
-        try:
-            return GPT2Tokenizer.from_pretrained(str(path), local_files_only=True)
-        except Exception as err:
-            raise CheckpointError(f"{path}: cannot read the GPT-2 BPE tokenizer (vocab.json/merges.txt): {err}") from err
-    if (path / "vocab.txt").is_file():
-        return tokenization.load_tokenizer(path)
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: no such model directory")
-    raise CheckpointError(f"{path}: no tokenizer files; expected vocab.json + merges.txt (GPT-2 BPE) "
-                          f"or vocab.txt (BERT WordPiece)")
 
 
 FINAL_MODEL = "model"  # where ``ms-gpt2 train``/``pretrain`` put the final model in their output directory
@@ -84,10 +62,46 @@ def resolve_model_dir(path) -> Path:
 def load_pretrained(path, cls=GPT2LMHeadModel, bert_only: bool = False):
     """(model, tokenizer) from a local Hugging Face GPT-2 directory (or a training output directory:
     its ``model/``), on the current device, eval mode. ``bert_only``: a BERT vocab.txt is required."""
-    path = resolve_model_dir(path)
-    tokenizer = load_tokenizer(path, bert_only)
+    return _load_resolved(resolve_model_dir(path), cls, bert_only)
+
+
+def _load_resolved(path: Path, cls, bert_only: bool):
+    tokenizer = tokenization.load_vocabulary(path, bert_only)
     model = load_model(path, cls, tokenizer=tokenizer)  # every id the vocabulary has must have a row
     return model.to(runtime.ensure().torch_device).eval(), tokenizer
+
+
+def run_settings(model_dir, config=None, overrides=()) -> dict:
+    """The settings to use the model in ``model_dir`` (a model directory, already resolved) with:
+    ``config`` itself when it is a dict (a run's loaded config), else the YAML file it names
+    (``--config``), else the run config saved with the model (:data:`RUN_CONFIG`), else the
+    defaults; ``overrides`` (``section.key=value``) apply to the file or the defaults."""
+    if isinstance(config, dict):
+        if overrides:
+            raise ValueError("overrides apply to a config file or the defaults, not to a loaded config")
+        return config
+    saved = Path(model_dir) / RUN_CONFIG
+    return load_config(config or (saved if saved.is_file() else None), overrides)
+
+
+@dataclass
+class ModelDir:
+    """A model directory loaded once: where it is (resolved), the model, its tokenizer, its settings."""
+
+    path: Path
+    model: object
+    tokenizer: object
+    settings: dict
+
+
+def load_model_dir(path, cls=GPT2LMHeadModel, bert_only: bool = False, config=None, overrides=()) -> ModelDir:
+    """:func:`load_pretrained` plus the settings to use it with (:func:`run_settings`), the
+    directory resolved once (a training output directory stands for its ``model/``). The settings
+    are read before the model is loaded, so a bad config is reported first."""
+    path = resolve_model_dir(path)
+    settings = run_settings(path, config, overrides)
+    model, tokenizer = _load_resolved(path, cls, bert_only)
+    return ModelDir(path, model, tokenizer, settings)
 
 
 def save_pretrained(model, tokenizer, target, generation_config=None, run_config: dict | None = None) -> Path:

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from ms_gpt2.infra import runtime
-from ms_gpt2.infra.errors import UserError
+from ms_gpt2.infra.errors import CheckpointError, UserError
 from ms_gpt2.data.tokenization import vocab_id_range
 
 runtime.ensure()
@@ -18,7 +18,7 @@ runtime.ensure()
 import numpy as np  # noqa: E402
 import torch  # noqa: E402  (mindtorch)
 import torch.nn.functional as F  # noqa: E402
-from mindnlp.transformers import GPT2Config, GPT2LMHeadModel, GenerationConfig  # noqa: E402
+from mindnlp.transformers import GPT2Config, GPT2LMHeadModel, GenerationConfig, NoRepeatNGramLogitsProcessor  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +26,6 @@ log = logging.getLogger(__name__)
 #: a (weighted) token mean is Σ w·ce / max(Σ w, floor), so a batch that scores nothing has loss 0
 #: and one whose weights sum below 1 (e.g. only article tokens at weight 0.1) keeps its exact mean.
 LOSS_COUNT_FLOOR = 1e-6
-
-
-class CheckpointError(UserError, ValueError):
-    """A model directory that cannot be loaded as asked; the message names the path."""
 
 
 class GPT2ForSummarization(GPT2LMHeadModel):
@@ -148,6 +144,32 @@ def generation_config_for(tokenizer, num_beams=5, no_repeat_ngram_size=2, max_ne
         eos_token_id=tokenizer.sep_token_id, pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.cls_token_id, do_sample=False,
     )
+
+
+#: ``generation.no_repeat_ngram_scope``: the generated tokens only, or the whole sequence (prompt included)
+NGRAM_SCOPES = ("summary", "sequence")
+
+
+class NoRepeatNGramInContinuation(NoRepeatNGramLogitsProcessor):
+    """Hugging Face's no-repeat-n-gram ban, applied to the tokens after the prompt only."""
+
+    def __init__(self, ngram_size: int, prompt_length: int):
+        super().__init__(ngram_size)
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids, scores):
+        return super().__call__(input_ids[:, self.prompt_length:], scores)
+
+
+def check_length(model, prompt_length: int, max_new_tokens: int = 0, option: str = "--max-new-tokens") -> None:
+    """The one check that a prompt plus ``max_new_tokens`` fits the model's ``n_positions``
+    (generation and summaries alike); ``option`` names the setting to lower in the message."""
+    limit = model.config.n_positions
+    if prompt_length > limit:
+        raise UserError(f"the prompt is {prompt_length} tokens, longer than the model's n_positions={limit}")
+    if prompt_length + max_new_tokens > limit:
+        raise UserError(f"prompt ({prompt_length} tokens) + max_new_tokens ({max_new_tokens}) exceeds the "
+                        f"model's n_positions={limit}; lower {option} to {limit - prompt_length} or less")
 
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
