@@ -41,10 +41,9 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from ms_gpt2.models.attention import merge_heads, split_heads
 from ms_gpt2.models.graphs import dropout as keyed
-from ms_gpt2.models.graphs.ops import DenseLinear, ScoresMatMul, Softmax, WeightedSum, scale
+from ms_gpt2.models.graphs.ops import FLOAT32_MIN, DenseLinear, ScoresMatMul, Softmax, WeightedSum, layer_norm, scale
 from ms_gpt2.models.graphs.base import ModelGraph
 from ms_gpt2.models.graphs.precision import Precision
-from ms_gpt2.models.graphs.gpt2_decode import FLOAT32_MIN, layer_norm
 
 IGNORE_INDEX = -100  # Hugging Face's CrossEntropyLoss ignore_index, for MLM and NSP labels alike
 

@@ -1,8 +1,9 @@
 """GPT-2's training loss as one MindSpore graph, over weights held as Parameters by Hugging Face name.
 
 :class:`GPT2Loss` is GPT-2's forward on the hand-derived attention of :mod:`ms_gpt2.models.attention`
-(embeddings -> ``n_layer`` pre-LN :class:`Block` s -> final LayerNorm -> the LM head tied to the
-token embedding) and the tutorial's loss: next-token cross-entropy, ``[PAD]`` (or -100) labels not
+(embeddings -> ``n_layer`` pre-LN blocks (:class:`ms_gpt2.models.graphs.gpt2_block.Block`, the very
+block the decoder runs) -> final LayerNorm -> the LM head tied to the token embedding) and the
+tutorial's loss: next-token cross-entropy, ``[PAD]`` (or -100) labels not
 scored, each token weighted, returned as a (weighted sum of token losses, weighted token count)
 pair so that a training step can add gradients of sums over micro-batches and processes before
 one division. :class:`GPT2Graph` is what the training engine (:mod:`ms_gpt2.engine.compiled`)
@@ -19,7 +20,7 @@ Mixed precision (``GPT2GraphConfig.precision``, :mod:`ms_gpt2.models.graphs.prec
 float16/bfloat16, LayerNorm, softmax and the loss in float32.
 
 Recomputation (``GPT2GraphConfig.recompute``, the Trainer's ``gradient_checkpointing``): every
-:class:`Block` is marked with ``Cell.recompute()``, so the graph keeps only each block's input
+``Block`` is marked with ``Cell.recompute()``, so the graph keeps only each block's input
 for the backward pass and recomputes the block's activations there (MindSpore's
 ``add_recomputation`` pass, which also runs for cells inside a ``mindspore.jit`` graph in
 PyNative mode: the recomputed nodes carry ``recompute: Bool(1)`` in the saved IR). The dropout
@@ -35,25 +36,19 @@ import numpy as np
 import mindspore
 from mindspore import Tensor, nn, ops
 
-from ms_gpt2.models.attention import merge_heads, split_heads
 from ms_gpt2.models.graphs import dropout as keyed
 from ms_gpt2.models.graphs.base import ModelGraph
 from ms_gpt2.infra.errors import EngineError
-from ms_gpt2.models.graphs.ops import Linear, ScoresMatMul, Softmax, WeightedSum, attention_bias, scale
+from ms_gpt2.models.graphs.gpt2_block import Block, block_parameter_names, unsupported
+from ms_gpt2.models.graphs.ops import FLOAT32_MIN, attention_bias, layer_norm
 from ms_gpt2.models.graphs.precision import Precision, matmul
-from ms_gpt2.models.graphs.gpt2_decode import FLOAT32_MIN, gelu_new, layer_norm
-
-# Hugging Face parameter names of one block's weights, in the order Block holds them.
-BLOCK_PARAMS = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
-                "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
-                "mlp.c_proj.weight", "mlp.c_proj.bias")
 
 
 def hf_parameter_names(n_layer: int) -> list[str]:
     """Every trainable GPT-2 weight by its Hugging Face name (the LM head is tied to ``wte``)."""
     names = ["transformer.wte.weight", "transformer.wpe.weight"]
     for i in range(n_layer):
-        names += [f"transformer.h.{i}.{name}" for name in BLOCK_PARAMS]
+        names += block_parameter_names(i)
     return names + ["transformer.ln_f.weight", "transformer.ln_f.bias"]
 
 
@@ -68,58 +63,6 @@ class GPT2GraphConfig:
     precision: Precision = Precision()  # MatMuls' dtype (weights and everything else stay float32)
     recompute: bool = False       # recompute each Block in the backward pass instead of keeping its activations
     dropout_source: str = "host"  # keep-masks: "host" (inputs drawn by NumPy) | "device" (hashed in the graph)
-
-
-class Block(nn.Cell):
-    """One GPT-2 layer for training: (B, T, C) -> (B, T, C), dropout where GPT-2 has it."""
-
-    def __init__(self, params: list, cfg: GPT2GraphConfig):
-        super().__init__()
-        (self.ln1_w, self.ln1_b, self.attn_w, self.attn_b, self.proj_w, self.proj_b,
-         self.ln2_w, self.ln2_b, self.fc_w, self.fc_b, self.mlp_w, self.mlp_b) = params
-        self.n_head = cfg.n_head
-        self.layer_norm, self.gelu = layer_norm(cfg.layer_norm_epsilon), gelu_new()
-        self.use_dropout = cfg.dropout > 0
-        self.scale = 1.0 / (1.0 - cfg.dropout) if cfg.dropout < 1 else 0.0
-        self.on_device = cfg.dropout_source == "device"
-        self.threshold = keyed.threshold(cfg.dropout)
-        dt = cfg.precision.dtype if cfg.precision.low else None  # None: float32 MatMuls
-        # MatMul cells with their gradients spelt out: no broadcasting or Transpose kernels, which keep
-        # per-element index tables on CPU (ms_gpt2.models.graphs.ops)
-        self.linear, self.scores = Linear(dt, cfg.precision.emulate), ScoresMatMul(dt, cfg.precision.emulate)
-        self.softmax, self.weighted_sum = Softmax(), WeightedSum(dt, cfg.precision.emulate)
-
-    def _drop(self, x, drop, j):
-        """Dropout at this layer's site j (0: attention weights, 1: attention output, 2: MLP output).
-        ``drop``: the 3 keep-masks (host source), or (3 site keys, attention-shaped and hidden-shaped
-        index hashes) (device source)."""
-        if self.on_device:
-            mask = keyed.keep_mask(drop[3] if j == 0 else drop[4], drop[j], self.threshold)
-        else:
-            mask = drop[j]
-        return keyed.apply_keep(x, mask, self.scale)
-
-    def construct(self, x, bias, drop):
-        # x: (B, T, C); bias: (B, nh, T, T), 0 where causal & padding keep, float32 min elsewhere;
-        # drop: see _drop, or () without dropout. No broadcasting arithmetic: see engine.graph_ops
-        h = self.layer_norm(x, self.ln1_w, self.ln1_b)[0]
-        q, k, v = ops.split(self.linear(h, self.attn_w, self.attn_b), x.shape[-1], axis=2)   # 3 x (B, T, C)
-        q, k, v = split_heads(q, self.n_head), split_heads(k, self.n_head), split_heads(v, self.n_head)
-        # ms_gpt2.models.attention.scaled_masked_attention, with GPT-2's attention dropout between the
-        # softmax and the product with V (where Hugging Face applies attn_pdrop)
-        scores = scale(self.scores(q, k), q.shape[-1] ** 0.5)  # q @ k^T / sqrt(hd): (B, nh, T, T)
-        weights = self.softmax(ops.add(scores, bias))   # = masked_fill(scores, ~keep, min), then softmax
-        if self.use_dropout:
-            weights = self._drop(weights, drop, 0)
-        attended = self.linear(merge_heads(self.weighted_sum(weights, v)), self.proj_w, self.proj_b)   # (B, T, C)
-        if self.use_dropout:
-            attended = self._drop(attended, drop, 1)
-        x = ops.add(x, attended)
-        h = self.layer_norm(x, self.ln2_w, self.ln2_b)[0]
-        mlp = self.linear(self.gelu(self.linear(h, self.fc_w, self.fc_b)), self.mlp_w, self.mlp_b)
-        if self.use_dropout:
-            mlp = self._drop(mlp, drop, 2)
-        return ops.add(x, mlp)
 
 
 class GPT2Loss(nn.Cell):
@@ -138,7 +81,8 @@ class GPT2Loss(nn.Cell):
         self.cfg = cfg
         self.wte, self.wpe = params["transformer.wte.weight"], params["transformer.wpe.weight"]
         self.ln_f_w, self.ln_f_b = params["transformer.ln_f.weight"], params["transformer.ln_f.bias"]
-        self.blocks = nn.CellList([Block([params[f"transformer.h.{i}.{n}"] for n in BLOCK_PARAMS], cfg)
+        self.blocks = nn.CellList([Block([params[n] for n in block_parameter_names(i)], cfg.n_head,
+                                         cfg.layer_norm_epsilon, cfg.precision, cfg.dropout, cfg.dropout_source)
                                    for i in range(cfg.n_layer)])
         if cfg.recompute:  # keep each block's input only; its activations are recomputed in the backward pass
             for block in self.blocks:
@@ -228,7 +172,6 @@ class GPT2Graph(ModelGraph):
     UNSUPPORTED_INPUTS = ("token_type_ids", "position_ids")
 
     def __init__(self, model, precision: Precision, recompute: bool, dropout_source: str):
-        from ms_gpt2.models.graphs.gpt2_decode import unsupported
         from ms_gpt2.models.gpt2 import ignored_label_id
 
         c = model.config

@@ -9,9 +9,9 @@ shapes never change: the KV cache is preallocated to ``max_len`` positions and e
 one position and masks the ones not yet written, so the graph compiles once and is reused for
 every token and every prompt.
 
-The attention is the hand-derived one (:mod:`ms_gpt2.models.attention`: Conv1D projections,
-split/merge heads, scaled masked softmax), loaded with the model's own weights; tests check that
-the tokens equal the library's greedy ``generate``.
+The layers are :class:`ms_gpt2.models.graphs.gpt2_block.Block`, the block the training graph
+runs, with its static KV cache, loaded with the model's own weights; tests check that the tokens
+equal the library's greedy ``generate``.
 """
 from __future__ import annotations
 
@@ -24,51 +24,15 @@ import numpy as np
 import mindspore
 from mindspore import Parameter, Tensor, nn, ops
 
-from ms_gpt2.models.attention import conv1d, merge_heads, scaled_masked_attention, split_heads
-
-
-FLOAT32_MIN = float(np.finfo(np.float32).min)
+from ms_gpt2.models.graphs.gpt2_block import Block, block_parameter_names, unsupported
+from ms_gpt2.models.graphs.ops import FLOAT32_MIN, attention_bias, layer_norm
 
 log = logging.getLogger(__name__)
 
 
 class UnsupportedModel(ValueError):
-    """The model's config asks for something the compiled graph does not implement."""
-
-
-def unsupported(model) -> str | None:
-    """Why the compiled decoder would not compute what the library computes for ``model``, or
-    None if it does. The graph implements GPT-2 as :class:`Block` spells it out: ``gelu_new``,
-    attention scores scaled by 1/sqrt(head_dim) only, an LM head without bias, float32. Any
-    other setting of the config flags that change that arithmetic is refused here, so callers
-    fall back to Hugging Face ``generate`` instead of silently producing other tokens."""
-    cfg = model.config
-    if getattr(cfg, "activation_function", "gelu_new") != "gelu_new":
-        return f"activation_function={cfg.activation_function!r} (only 'gelu_new' is compiled)"
-    for flag, implemented in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
-                              ("reorder_and_upcast_attn", False)):
-        if bool(getattr(cfg, flag, implemented)) != implemented:
-            return f"{flag}={getattr(cfg, flag)}"
-    if getattr(model.lm_head, "bias", None) is not None:
-        return "an LM head with a bias"
-    dtypes = {p.dtype for p in model.parameters()}
-    if dtypes != {mindspore.float32}:
-        return f"parameters in {sorted(map(str, dtypes))} (the compiled graph is float32)"
-    return None
-
-
-def layer_norm(eps: float):
-    """GPT-2's LayerNorm over the last axis as one fused kernel (max error 5e-7 against float64 on
-    CPU): a decode step is small enough that per-kernel launch cost, not arithmetic, dominates,
-    and the op-by-op form costs nine launches."""
-    return ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
-
-
-def gelu_new():
-    """GPT-2's tanh-approximated GELU. MindSpore's ``GeLU`` is exactly that formula in one kernel
-    (max error 4e-7 against float64 on CPU; the separate CPU ``tanh`` kernel errs by 1e-4,
-    see :mod:`ms_gpt2.infra.compat`), replacing the twelve launches of the formula spelt out."""
-    return ops.GeLU()
+    """The model's config asks for something the compiled graph does not implement
+    (:func:`ms_gpt2.models.graphs.gpt2_block.unsupported`)."""
 
 
 def _param(tensor, name: str) -> Parameter:
@@ -77,17 +41,19 @@ def _param(tensor, name: str) -> Parameter:
 
 
 def _weight_sources(model) -> dict:
-    """The model's tensors behind every compiled weight, by compiled name."""
-    base = model.transformer
-    weights = {"wte": base.wte.weight, "wpe": base.wpe.weight, "ln_f_w": base.ln_f.weight, "ln_f_b": base.ln_f.bias,
-               # The LM head (wte itself when tied) as its own (C, V) copy: a plain MatMul reads it at 1.6x the
-               # speed of MatMul(transpose_b) over wte on CPU, worth the extra V*C*4 bytes (65 MB for GPT-2 small).
-               "lm_head_w": model.lm_head.weight.T}
-    for i, block in enumerate(base.h):
-        for name, module in (("ln1", block.ln_1), ("attn", block.attn.c_attn), ("proj", block.attn.c_proj),
-                             ("ln2", block.ln_2), ("fc", block.mlp.c_fc), ("mlp", block.mlp.c_proj)):
-            weights[f"h{i}.{name}_w"], weights[f"h{i}.{name}_b"] = module.weight, module.bias
-    return weights
+    """The model's tensors behind every compiled weight, by compiled name: Hugging Face's for the
+    embeddings, the blocks and the final LayerNorm, ``lm_head_w`` for the LM head's (C, V) copy."""
+    def tensor(name):  # "transformer.h.0.ln_1.weight" -> the module attribute it names
+        obj = model
+        for part in name.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    names = ["transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight", "transformer.ln_f.bias"]
+    names += [n for i in range(model.config.n_layer) for n in block_parameter_names(i)]
+    # The LM head (wte itself when tied) as its own (C, V) copy: a plain MatMul reads it at 1.6x the
+    # speed of MatMul(transpose_b) over wte on CPU, worth the extra V*C*4 bytes (65 MB for GPT-2 small).
+    return {**{name: tensor(name) for name in names}, "lm_head_w": model.lm_head.weight.T}
 
 
 def compiled_weights(model) -> dict[str, Parameter]:
@@ -126,71 +92,11 @@ def weights_fingerprint(model) -> tuple[tuple, tuple]:
     return tuple(structure), tuple(contents)
 
 
-class Block(nn.Cell):
-    """One GPT-2 layer, with its KV cache held in place as two Parameters.
-
-    Each layer owns its parameters (no slicing of stacked weights inside the graph, which would
-    copy every weight on every token). The cache is written in place, one slot per token
-    (``ScatterNdUpdate``): rebuilding it each step (``where(write, k, cache)``) copied the whole
-    cache per layer per token, 10% of a step at 128 positions and growing with the context.
-    """
-
-    def __init__(self, weights: dict, index: int, n_head: int, eps: float, batch: int, max_len: int):
-        super().__init__()
-        self.n_head = n_head
-        p = f"h{index}."
-        self.ln1_w, self.ln1_b = weights[p + "ln1_w"], weights[p + "ln1_b"]
-        self.attn_w, self.attn_b = weights[p + "attn_w"], weights[p + "attn_b"]
-        self.proj_w, self.proj_b = weights[p + "proj_w"], weights[p + "proj_b"]
-        self.ln2_w, self.ln2_b = weights[p + "ln2_w"], weights[p + "ln2_b"]
-        self.fc_w, self.fc_b = weights[p + "fc_w"], weights[p + "fc_b"]
-        self.mlp_w, self.mlp_b = weights[p + "mlp_w"], weights[p + "mlp_b"]
-        self.layer_norm, self.gelu = layer_norm(eps), gelu_new()
-        n_embd = self.ln1_w.shape[0]
-        shape = (batch, n_head, max_len, n_embd // n_head)
-        self.k_cache = Parameter(Tensor(np.zeros(shape, np.float32)), name=p + "k_cache", requires_grad=False)
-        self.v_cache = Parameter(Tensor(np.zeros(shape, np.float32)), name=p + "v_cache", requires_grad=False)
-        self.write_slot = ops.ScatterNdUpdate()
-
-    def heads(self, x):
-        """x (B, T, C) -> q, k, v, each (B, nh, T, hd)."""
-        h = self.layer_norm(x, self.ln1_w, self.ln1_b)[0]
-        q, k, v = ops.split(conv1d(h, self.attn_w, self.attn_b), x.shape[-1], axis=2)   # 3 x (B, T, C)
-        return split_heads(q, self.n_head), split_heads(k, self.n_head), split_heads(v, self.n_head)
-
-    def finish(self, x, attended):
-        """Residual + output projection, then residual + MLP: (B, T, C) -> (B, T, C)."""
-        x = ops.add(x, conv1d(merge_heads(attended), self.proj_w, self.proj_b))
-        h = self.layer_norm(x, self.ln2_w, self.ln2_b)[0]
-        return ops.add(x, conv1d(self.gelu(conv1d(h, self.fc_w, self.fc_b)), self.mlp_w, self.mlp_b))
-
-    def construct(self, x, slot, keep):
-        # decode: x (B, 1, C); slot (B, nh, 3): [b, h, position] per row; keep: slots written so far
-        q, k, v = self.heads(x)                                                   # (B, nh, 1, hd)
-        B, nh, _, hd = k.shape
-        k_all = self.write_slot(self.k_cache, slot, ops.reshape(k, (B, nh, hd)))  # (B, nh, M, hd), in place
-        v_all = self.write_slot(self.v_cache, slot, ops.reshape(v, (B, nh, hd)))
-        a, _ = scaled_masked_attention(q, k_all, v_all, keep, fill_value=FLOAT32_MIN)  # (B, nh, 1, hd)
-        return self.finish(x, a)
-
-    def fill(self, x, keep):
-        # prefill: x (B, T, C); writes cache slots [0, T) in one go
-        q, k, v = self.heads(x)                                                   # (B, nh, T, hd)
-        B, nh, T, hd = k.shape
-        M = self.k_cache.shape[2]
-        k_all = ops.concat((k, ops.slice(self.k_cache, (0, 0, T, 0), (B, nh, M - T, hd))), 2)  # (B, nh, M, hd)
-        v_all = ops.concat((v, ops.slice(self.v_cache, (0, 0, T, 0), (B, nh, M - T, hd))), 2)
-        ops.assign(self.k_cache, ops.broadcast_to(k_all, self.k_cache.shape))  # one prompt -> every beam's row
-        ops.assign(self.v_cache, ops.broadcast_to(v_all, self.v_cache.shape))
-        a, _ = scaled_masked_attention(q, k_all, v_all, keep, fill_value=FLOAT32_MIN)
-        return self.finish(x, a)
-
-
 class DecodeStep(nn.Cell):
     """One token through GPT-2: (token (B,), position ()) -> (next token (B,), logits (B, V)).
 
-    The KV cache lives in the layers (see :class:`Block`), so a decoder serves one sequence (or
-    one batch of ``batch`` rows) at a time.
+    The KV cache lives in the layers (:class:`ms_gpt2.models.graphs.gpt2_block.Block` with a
+    cache), so a decoder serves one sequence (or one batch of ``batch`` rows) at a time.
     """
 
     def __init__(self, model, max_len: int, batch: int = 1, weights: dict | None = None):
@@ -198,11 +104,12 @@ class DecodeStep(nn.Cell):
         cfg = model.config
         weights = weights if weights is not None else compiled_weights(model)
         self.n_head, self.n_embd, self.max_len = cfg.n_head, cfg.n_embd, max_len
-        self.wte, self.wpe = weights["wte"], weights["wpe"]                  # (V, C), (P, C)
-        self.lm_head_w, self.lm_head = weights["lm_head_w"], ops.MatMul()    # (C, V), see compiled_weights
-        self.ln_f_w, self.ln_f_b = weights["ln_f_w"], weights["ln_f_b"]
+        self.wte, self.wpe = weights["transformer.wte.weight"], weights["transformer.wpe.weight"]  # (V, C), (P, C)
+        self.lm_head_w, self.lm_head = weights["lm_head_w"], ops.MatMul()    # (C, V), see _weight_sources
+        self.ln_f_w, self.ln_f_b = weights["transformer.ln_f.weight"], weights["transformer.ln_f.bias"]
         self.ln_f = layer_norm(float(cfg.layer_norm_epsilon))
-        self.blocks = nn.CellList([Block(weights, i, cfg.n_head, float(cfg.layer_norm_epsilon), batch, max_len)
+        self.blocks = nn.CellList([Block([weights[n] for n in block_parameter_names(i)], cfg.n_head,
+                                         float(cfg.layer_norm_epsilon), cache=(batch, max_len), name=f"h{i}.")
                                    for i in range(cfg.n_layer)])
         self.positions = Tensor(np.arange(max_len, dtype=np.int32))
         rows = np.stack(np.meshgrid(np.arange(batch), np.arange(cfg.n_head), indexing="ij"), -1)  # (B, nh, 2)
@@ -216,8 +123,9 @@ class DecodeStep(nn.Cell):
         x = ops.reshape(x, (B, 1, self.n_embd))                                   # (B, 1, C)
         slot = ops.add(self.slot_base, ops.mul(self.slot_unit, position))          # (B, nh, 3)
         keep = ops.reshape(ops.less_equal(self.positions, position), (1, 1, 1, self.max_len))
+        bias = attention_bias(keep, (B, self.n_head, 1, self.max_len), x.dtype, FLOAT32_MIN)  # (B, nh, 1, M)
         for block in self.blocks:
-            x = block(x, slot, keep)
+            x = block.step(x, slot, bias)
         x = self.ln_f(ops.reshape(x, (B, self.n_embd)), self.ln_f_w, self.ln_f_b)[0]
         logits = self.lm_head(x, self.lm_head_w)                                  # (B, V)
         return ops.cast(ops.argmax(logits, -1), mindspore.int32), logits
@@ -243,8 +151,9 @@ class Prefill(nn.Cell):
         query_positions = ops.reshape(ops.slice(s.positions, (0,), (T,)), (T, 1))
         keep = ops.reshape(ops.less_equal(ops.reshape(s.positions, (1, s.max_len)), query_positions),
                            (1, 1, T, s.max_len))                                  # causal over cache slots
+        bias = attention_bias(keep, (B, s.n_head, T, s.max_len), x.dtype, FLOAT32_MIN)  # (B, nh, T, M)
         for block in s.blocks:
-            x = block.fill(x, keep)
+            x = block.fill(x, bias)
         x = ops.reshape(ops.gather(x, ops.reshape(last, (1,)), 1), (B, s.n_embd))  # the last real position
         logits = s.lm_head(s.ln_f(x, s.ln_f_w, s.ln_f_b)[0], s.lm_head_w)
         return ops.cast(ops.argmax(logits, -1), mindspore.int32), logits
