@@ -271,3 +271,39 @@ def test_memory_refuses_what_it_does_not_measure(capsys):
             cli.main(["bench", "--device", "cpu", "--memory", *extra])
         assert exit_info.value.code == 2
         assert "--memory prints a table" in capsys.readouterr().err
+
+
+# A parent that has touched ~1.5 GB starts the child the way the bench does (a fresh interpreter
+# running the file by path); the child reads its own peak with what bench/bert.py and
+# bench/workloads.py use. ru_maxrss, which they read before, is carried across exec on Linux: the
+# child's ru_maxrss is at least the parent's, so the same test on it fails.
+_FAT_PARENT = """
+import json, subprocess, sys
+import numpy as np
+ballast = np.ones(1500 * 2**20 // 8)  # 1.5 GB, every page touched
+child = '''
+import json, resource, sys
+sys.path.insert(0, sys.argv[1])  # as when run by file path: the script's folder is sys.path[0]
+import peak
+print(json.dumps({"peak_mb": peak.peak_rss_mb(), "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+'''
+out = subprocess.run([sys.executable, "-c", child, sys.argv[1]], capture_output=True, text=True, check=True).stdout
+print(out.strip().splitlines()[-1], float(ballast.sum()) > 0)
+"""
+
+
+def test_a_childs_peak_memory_is_its_own_not_its_parents():
+    from pathlib import Path
+
+    import ms_gpt2.bench.bert as bench_bert
+    import ms_gpt2.bench.peak as peak
+
+    folder = str(Path(peak.__file__).parent)
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _FAT_PARENT, folder], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    child = json.loads(done.stdout.strip().splitlines()[-1].rsplit(" ", 1)[0])
+    assert child["ru_maxrss_mb"] > 1400, child  # the defect this guards against: the parent's 1.5 GB shows up here
+    assert child["peak_mb"] < 200, child        # a bare interpreter's own peak: tens of MB
+    assert bench_bert.peak_rss_mb is peak.peak_rss_mb  # the BERT bench reads this, not ru_maxrss

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ms_gpt2.bench.peak import peak_rss_mb, vm_kib
 from ms_gpt2.bench.machine import ceilings, load_average, machine
 from ms_gpt2.bench.report import (chart, describe_machine, memory_table, ratio, recompute_table, report, table,
                                   write_json)
@@ -100,7 +101,7 @@ def compiled_train(spec: dict, device: str) -> dict:
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
     return {"tokens_per_s": spec["train_batch"] * spec["train_len"] / median, "step_s": median, "steps": times,
-            "compile_s": compile_s, "peak_rss_mb": bench_workloads.peak_rss_mb()}
+            "compile_s": compile_s, "peak_rss_mb": peak_rss_mb()}
 
 
 def compiled_decode(spec: dict, device: str) -> dict:
@@ -194,14 +195,6 @@ def bench(quick: bool = False, reference_python: str | None = None, json_path=No
 
 # --- peak memory with and without recomputation, one fresh process per setting ---------------------
 
-def _vm_kib(field: str) -> float | None:
-    try:
-        with open("/proc/self/status") as status:
-            return next(float(line.split()[1]) for line in status if line.startswith(field + ":"))
-    except (OSError, StopIteration):
-        return None
-
-
 def compiled_train_memory(spec: dict, device: str, recompute: bool) -> dict:
     """One process's compiled training on the training workload, with or without recomputation
     (``gradient_checkpointing``): peak resident memory (``VmHWM``) once the engine is built and
@@ -219,14 +212,14 @@ def compiled_train_memory(spec: dict, device: str, recompute: bool) -> dict:
         engine.release_model(model)
     else:
         del model
-    built_mb = (_vm_kib("VmHWM") or 0.0) / 1024
+    built_mb = (vm_kib("VmHWM") or 0.0) / 1024
     batch = bench_workloads.tokens(spec, (spec["train_batch"], spec["train_len"])).numpy()
     times, losses = [], []
     for step in range(spec["train_steps"]):
         start = time.perf_counter()
         losses.append(engine.train_step({"input_ids": batch}, 1e-4, step)[0])
         times.append(time.perf_counter() - start)
-    return {"recompute": recompute, "peak_rss_mb": bench_workloads.peak_rss_mb(), "built_rss_mb": built_mb,
+    return {"recompute": recompute, "peak_rss_mb": peak_rss_mb(), "built_rss_mb": built_mb,
             "first_step_s": times[0], "step_s": statistics.median(times[1:]) if len(times) > 1 else times[0],
             "losses": losses}
 

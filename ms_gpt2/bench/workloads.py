@@ -3,7 +3,8 @@
 ms_gpt2 runs them in-process, where ``torch`` is mindtorch (MindSpore); the PyTorch reference runs
 this very file in another interpreter (``python bench_workloads.py '<json spec>'``, printing JSON),
 where ``torch`` is real PyTorch. Same models, same inputs, same timing code: the only difference
-is the framework underneath. The file therefore imports nothing from ms_gpt2.
+is the framework underneath. The file therefore imports nothing from ms_gpt2 but its sibling
+``peak.py`` (standard library only), found by file path when run by the reference.
 
 The one API difference is the backward pass: mindtorch computes gradients functionally
 (``mindtorch.autograd.value_and_grad``, as mindnlp's Trainer does) and ``loss.backward()`` is a
@@ -12,7 +13,6 @@ no-op there, so :func:`make_train_step` picks the right form.
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import sys
 import time
@@ -20,6 +20,11 @@ import time
 import numpy as np
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
+
+try:
+    from ms_gpt2.bench.peak import peak_rss_mb
+except ImportError:  # run by file path in the reference interpreter, which has no ms_gpt2
+    from peak import peak_rss_mb  # this file's sibling
 
 IS_MINDTORCH = "mindtorch" in getattr(torch, "__file__", "") or hasattr(torch, "_apis")
 
@@ -87,16 +92,6 @@ def timed(fn, *args):
     _sync(result)
     return time.perf_counter() - start, result
 
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory. Linux's ``ru_maxrss`` survives ``exec``, so the
-    reference (a child of the ms_gpt2 process) would report at least ms_gpt2's own peak; the
-    address space's high-water mark (``VmHWM``) starts afresh at ``exec``."""
-    try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def train(spec: dict, device: str) -> dict:
