@@ -28,14 +28,14 @@ def main() -> None:
     import torch
     from mindtorch import autograd
 
-    from ms_gpt2.bench import gpt2 as bench, workloads as bench_workloads
+    from ms_gpt2.bench import gpt2 as bench, workloads
 
     spec = dict(bench.FULL, train_batch=args.batch, train_len=args.length)
-    model = bench_workloads.build_model(spec, runtime.ensure().torch_device)
+    model = workloads.build_model(spec, runtime.ensure().torch_device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
-    batch = bench_workloads.tokens(spec, (args.batch, args.length)).to(runtime.ensure().torch_device)
+    batch = workloads.tokens(spec, (args.batch, args.length)).to(runtime.ensure().torch_device)
     grad_fn = autograd.value_and_grad(lambda b: model(input_ids=b, labels=b).loss, params)
 
     def phases():

@@ -21,7 +21,7 @@ from ms_gpt2.models.checkpoints import load_pretrained, save_pretrained  # noqa:
 from ms_gpt2.infra.errors import UserError  # noqa: E402
 from ms_gpt2.data.examples import encode_continuation  # noqa: E402
 from ms_gpt2.jobs.generate import generate, next_word  # noqa: E402
-from ms_gpt2.models.gpt2 import CheckpointError  # noqa: E402
+from ms_gpt2.infra.errors import CheckpointError  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REFERENCE = np.load(FIXTURES / "reference_outputs.npz")
@@ -123,14 +123,14 @@ def test_library_generation_uses_the_kv_cache():
 
 
 def test_compiled_greedy_prefills_once_then_steps_one_position(monkeypatch):
-    from ms_gpt2.models.graphs import gpt2_decode as fast_decode
+    from ms_gpt2.models.graphs import gpt2_decode
 
     model, tokenizer = loaded("gpt2-bpe-tiny")
     calls = []
-    real_run, real_prefill = fast_decode.CompiledDecoder.run, fast_decode.CompiledDecoder.run_prefill
-    monkeypatch.setattr(fast_decode.CompiledDecoder, "run",
+    real_run, real_prefill = gpt2_decode.CompiledDecoder.run, gpt2_decode.CompiledDecoder.run_prefill
+    monkeypatch.setattr(gpt2_decode.CompiledDecoder, "run",
                         lambda self, token, position, *caches: calls.append(("step", position)) or real_run(self, token, position, *caches))
-    monkeypatch.setattr(fast_decode.CompiledDecoder, "run_prefill",
+    monkeypatch.setattr(gpt2_decode.CompiledDecoder, "run_prefill",
                         lambda self, prompt: calls.append(("prefill", len(prompt))) or real_prefill(self, prompt))
     result = generate(model, tokenizer, PROMPTS["gpt2-bpe-tiny"][0], max_new_tokens=6)
     prompt = len(ref("gpt2-bpe-tiny", 0, "prompt_ids"))

@@ -14,6 +14,7 @@ from safetensors.numpy import load_file
 
 from conftest import DEMO_DATA, write_jsonl
 from ms_gpt2.infra import runtime
+from ms_gpt2.cli import launch
 from ms_gpt2.engine import distributed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -219,7 +220,7 @@ def run_shared_msrun_job(tmp_path_factory, vocab):
                           "--output-dir", str(out / "eval"), "--nproc", "2"]))
     (out / "runs.json").write_text(json.dumps(runs), encoding="utf-8")
     (out / "job.py").write_text(WORKER + JOB, encoding="utf-8")
-    cmd = distributed.msrun_command(2, [str(out / "runs.json")], out / "logs")
+    cmd = launch.msrun_command(2, [str(out / "runs.json")], out / "logs")
     cmd[cmd.index(str(REPO / "ms_gpt2" / "__main__.py"))] = str(out / "job.py")
     done = subprocess.run(cmd, env=_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
     return _SharedJob(out, out / "logs", done.returncode)

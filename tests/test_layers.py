@@ -164,3 +164,24 @@ def test_the_checks_catch_an_upward_import_and_a_cycle(tmp_path):
     (package / "cli/commands.py").write_text("from ms_gpt2.jobs import train\nmain = 1\n")
     (package / "jobs/run.py").write_text("from ms_gpt2.cli import commands\n")
     assert upward_imports(package) == ["ms_gpt2.jobs.run (jobs) imports ms_gpt2.cli.commands (cli)"]
+
+
+def test_only_the_cli_starts_the_cli():
+    """An import is not the only way to reach upward: running ``ms_gpt2/__main__.py`` (or ``-m ms_gpt2``)
+    in a subprocess starts the CLI too. Only the cli layer may do that (``--nproc`` re-runs the command
+    under msrun from ``ms_gpt2/cli/launch.py``); below it a string naming the entry script is an upward
+    dependency no import graph shows."""
+    found = []
+    for name, path in modules(PACKAGE).items():
+        if layer(name) == "cli" or name in OUTSIDE_THE_LAYERS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and (
+                    "__main__.py" in node.value or "-m ms_gpt2 " in node.value + " "
+                    or node.value.startswith("ms_gpt2.cli")):
+                found.append(f"{name}:{node.lineno}: {node.value[:60]!r}")
+            if isinstance(node, (ast.List, ast.Tuple)):  # [python, "-m", "ms_gpt2", ...]
+                words = [e.value if isinstance(e, ast.Constant) else None for e in node.elts]
+                if any(a == "-m" and b in ("ms_gpt2", "ms_gpt2.cli") for a, b in zip(words, words[1:])):
+                    found.append(f"{name}:{node.lineno}: runs -m ms_gpt2")
+    assert not found, "modules below the cli that start it:\n" + "\n".join(found)

@@ -209,7 +209,7 @@ def test_training_arguments_leave_the_cpu_on_a_device(monkeypatch, tmp_path, cha
 
 
 def test_the_benchs_pytorch_reference_loads_torch_npu_for_an_npu(tmp_path):
-    """bench_workloads' reference side imports torch_npu when the bench runs on Ascend (reference_device
+    """bench/workloads.py's reference side imports torch_npu when the bench runs on Ascend (reference_device
     "npu", runtime.TORCH_DEVICE["ascend"]). Forced with stand-in torch/transformers/torch_npu modules:
     the stand-in torch_npu exits 42 on import."""
     import json

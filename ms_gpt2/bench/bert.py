@@ -1,7 +1,7 @@
 """BERT-base pretraining (MLM + NSP) for ``ms-gpt2 bench``: ms_gpt2's compiled engine against Hugging
 Face ``BertForPreTraining`` on PyTorch, each in its own fresh process so each peak memory is its own.
 
-Run as a script by either interpreter (``python bench_bert.py SIDE '<spec json>'``, SIDE ``ms_gpt2`` or
+Run as a script by either interpreter (``python bert.py SIDE '<spec json>'``, SIDE ``ms_gpt2`` or
 ``reference``); it prints one JSON line. The reference side imports only torch and transformers,
 so the PyTorch interpreter (``.venv-ref``) needs nothing of ms_gpt2.
 

@@ -78,17 +78,17 @@ def run_reference(python: str, spec: dict, timeout: float = 3600) -> dict:
 def compiled_train(spec: dict, device: str) -> dict:
     """The compiled training engine (:mod:`ms_gpt2.engine`) on the training workload: the same
     model (dropout 0.1, train mode), batch, AdamW (lr 1e-4, weight decay 0.01 as
-    ``torch.optim.AdamW``'s default) and clipping (1.0) as :func:`bench_workloads.train`."""
+    ``torch.optim.AdamW``'s default) and clipping (1.0) as :func:`workloads.train`."""
     import statistics
 
-    from ms_gpt2.bench import workloads as bench_workloads
+    from ms_gpt2.bench import workloads
     from ms_gpt2.engine.compiled import CompiledEngine
 
-    model = bench_workloads.build_model(spec, device)
+    model = workloads.build_model(spec, device)
     model.train()
     names = [n for n, _ in model.named_parameters()]
     engine = CompiledEngine(model, {n: 0.01 for n in names}, max_grad_norm=1.0, seed=spec["seed"])
-    batch = bench_workloads.tokens(spec, (spec["train_batch"], spec["train_len"])).numpy()
+    batch = workloads.tokens(spec, (spec["train_batch"], spec["train_len"])).numpy()
     start = time.perf_counter()
     engine.train_step({"input_ids": batch}, 1e-4, 0)  # compiles the graph
     compile_s = time.perf_counter() - start
@@ -108,11 +108,11 @@ def compiled_decode(spec: dict, device: str) -> dict:
     """ms_gpt2's own greedy path (the compiled static-cache decoder) on the decode workload."""
     import torch
 
-    from ms_gpt2.bench import workloads as bench_workloads
+    from ms_gpt2.bench import workloads
     from ms_gpt2.models.graphs.gpt2_decode import decoder_for
 
-    model = bench_workloads.build_model(spec, device).eval()
-    prompt = bench_workloads.tokens(spec, (1, spec["decode_prompt"]))
+    model = workloads.build_model(spec, device).eval()
+    prompt = workloads.tokens(spec, (1, spec["decode_prompt"]))
     n = spec["decode_new"]
     decoder = decoder_for(model, prompt.shape[1] + n)
     decoder.greedy(prompt[0].numpy(), 2)  # compile both graphs
@@ -128,12 +128,12 @@ def compiled_decode(spec: dict, device: str) -> dict:
 
 def compiled_summarize(spec: dict, device: str, library_tokens: list[int]) -> dict:
     """ms_gpt2's own beam search (compiled decoder) on the summarize workload, checked against the
-    library's tokens for the same model (``bench_workloads`` builds it from the same seed)."""
-    from ms_gpt2.bench import workloads as bench_workloads
+    library's tokens for the same model (``workloads`` builds it from the same seed)."""
+    from ms_gpt2.bench import workloads
     from ms_gpt2.models.graphs.gpt2_decode import beam_search, decoder_for
 
-    model = bench_workloads.build_model(spec, device).eval()
-    article = bench_workloads.tokens(spec, (1, spec["article_len"]))[0].numpy()
+    model = workloads.build_model(spec, device).eval()
+    article = workloads.tokens(spec, (1, spec["article_len"]))[0].numpy()
     n = spec["summary_new"]
     decoder = decoder_for(model, len(article) + n, batch=spec["beams"])
     beam_search(decoder, article, 2)  # compile the graphs, the prefill at this article's length too
@@ -146,7 +146,7 @@ def compiled_summarize(spec: dict, device: str, library_tokens: list[int]) -> di
 def bench(quick: bool = False, reference_python: str | None = None, json_path=None, png_path=None,
           print_fn=print) -> dict:
     rt = runtime.ensure()
-    from ms_gpt2.bench import workloads as bench_workloads
+    from ms_gpt2.bench import workloads
 
     spec = QUICK if quick else FULL
     where = machine()
@@ -159,7 +159,7 @@ def bench(quick: bool = False, reference_python: str | None = None, json_path=No
         # like for like: on Ascend the reference must be PyTorch on the NPU too (torch_npu)
         reference = run_reference(reference_python, dict(spec, reference_device=rt.torch_device))
     print_fn(f"== ms_gpt2 workloads ({'quick' if quick else 'GPT-2 small'})")
-    ours = bench_workloads.run(spec, rt.torch_device)
+    ours = workloads.run(spec, rt.torch_device)
     fast = compiled_decode(spec, rt.torch_device)
     ours["decode"] = {"tokens_per_s": fast["tokens_per_s"], "path": "compiled static-cache decoder",
                       "hf_generate_tokens_per_s": ours["decode"]["tokens_per_s"],
@@ -200,10 +200,10 @@ def compiled_train_memory(spec: dict, device: str, recompute: bool) -> dict:
     (``gradient_checkpointing``): peak resident memory (``VmHWM``) once the engine is built and
     after ``train_steps`` steps, and the step time. Meant for a fresh process
     (:func:`recompute_memory` starts one per setting): the peak is the process's whole life."""
-    from ms_gpt2.bench import workloads as bench_workloads
+    from ms_gpt2.bench import workloads
     from ms_gpt2.engine.compiled import CompiledEngine
 
-    model = bench_workloads.build_model(spec, device)
+    model = workloads.build_model(spec, device)
     model.train()
     names = [n for n, _ in model.named_parameters()]
     engine = CompiledEngine(model, {n: 0.01 for n in names}, max_grad_norm=1.0, seed=spec["seed"],
@@ -213,7 +213,7 @@ def compiled_train_memory(spec: dict, device: str, recompute: bool) -> dict:
     else:
         del model
     built_mb = (vm_kib("VmHWM") or 0.0) / 1024
-    batch = bench_workloads.tokens(spec, (spec["train_batch"], spec["train_len"])).numpy()
+    batch = workloads.tokens(spec, (spec["train_batch"], spec["train_len"])).numpy()
     times, losses = [], []
     for step in range(spec["train_steps"]):
         start = time.perf_counter()
@@ -278,10 +278,10 @@ def memory_spec(base: dict, batch: int, length: int, n_layer: int | None = None)
 
 
 def eager_train_memory(spec: dict, device: str) -> dict:
-    """The eager mindtorch path (:func:`bench_workloads.train`: Hugging Face model, AdamW, clipping)."""
-    from ms_gpt2.bench import workloads as bench_workloads
+    """The eager mindtorch path (:func:`workloads.train`: Hugging Face model, AdamW, clipping)."""
+    from ms_gpt2.bench import workloads
 
-    return bench_workloads.train(spec, device)
+    return workloads.train(spec, device)
 
 
 def memory_child(spec: dict, engine: str, python: str | None = None, timeout: float = 3600) -> dict:

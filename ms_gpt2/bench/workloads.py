@@ -1,7 +1,7 @@
 """The benchmark workloads, written once against the torch API and run on both sides.
 
 ms_gpt2 runs them in-process, where ``torch`` is mindtorch (MindSpore); the PyTorch reference runs
-this very file in another interpreter (``python bench_workloads.py '<json spec>'``, printing JSON),
+this very file in another interpreter (``python workloads.py '<json spec>'``, printing JSON),
 where ``torch`` is real PyTorch. Same models, same inputs, same timing code: the only difference
 is the framework underneath. The file therefore imports nothing from ms_gpt2 but its sibling
 ``peak.py`` (standard library only), found by file path when run by the reference.
@@ -140,7 +140,7 @@ def run(spec: dict, device: str = "cpu") -> dict:
             "framework": f"{'mindtorch' if IS_MINDTORCH else 'torch'} {torch.__version__}"}
 
 
-if __name__ == "__main__":  # the reference side: python bench_workloads.py '<spec json>'
+if __name__ == "__main__":  # the reference side: python workloads.py '<spec json>'
     spec = json.loads(sys.argv[1])
     device = spec.get("reference_device", "cpu")
     if device == "npu":

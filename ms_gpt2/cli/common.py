@@ -126,13 +126,14 @@ def run(parser: argparse.ArgumentParser, args, argv: list[str] | None) -> int:
     (a UserError, an OSError of a full or read-only disk) becomes one line and exit code 2."""
     try:
         if getattr(args, "nproc", 1) != 1:
+            from ms_gpt2.cli import launch
             from ms_gpt2.engine import distributed
 
             if args.nproc < 1:
                 raise UserError(f"--nproc must be at least 1, got {args.nproc}")
             if not distributed.launched_by_msrun():  # re-run this command on N workers; they skip this
-                return distributed.launch(args.nproc, list(sys.argv[1:] if argv is None else argv),
-                                          Path(args.output_dir) / "msrun_logs")
+                return launch.launch(args.nproc, list(sys.argv[1:] if argv is None else argv),
+                                     Path(args.output_dir) / "msrun_logs")
         runtime.setup(args.device, args.seed)
         return args.handler(args)
     except UserError as err:  # bad input: one clear line, exit 2; anything else is a bug

@@ -56,7 +56,7 @@ import torch  # noqa: E402  (mindtorch)
 
 from ms_gpt2.engine import DEFAULT_ENGINE, options  # noqa: E402
 from ms_gpt2.engine.compiled import CompiledEngine  # noqa: E402
-from ms_gpt2.engine.options import EngineError  # noqa: E402,F401  (raised here; its home is options)
+from ms_gpt2.infra.errors import EngineError  # noqa: E402,F401  (raised here)
 from ms_gpt2.models.graphs.precision import Precision  # noqa: E402
 
 log = logging.getLogger(__name__)

@@ -69,7 +69,7 @@ from ms_gpt2.models.checkpoints import resolve_model_dir  # noqa: E402
 from ms_gpt2.infra.config import ConfigError  # noqa: E402
 from ms_gpt2.data.nlpcc import DataError, NLPCCSource, parse_record, records  # noqa: E402
 from ms_gpt2.infra.errors import UserError  # noqa: E402
-from ms_gpt2.models.gpt2 import CheckpointError  # noqa: E402
+from ms_gpt2.infra.errors import CheckpointError  # noqa: E402
 from ms_gpt2.infra.rundir import atomic_write_text  # noqa: E402
 from ms_gpt2.data.tokenization import training_vocabulary  # noqa: E402
 from ms_gpt2.jobs.fit import HeldOutEvaluation, fit  # noqa: E402

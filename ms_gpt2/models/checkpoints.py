@@ -25,7 +25,8 @@ runtime.ensure()
 from mindnlp.transformers import GPT2LMHeadModel  # noqa: E402
 
 from ms_gpt2.data import tokenization  # noqa: E402
-from ms_gpt2.models.gpt2 import WEIGHT_FILES, CheckpointError, load_model  # noqa: E402
+from ms_gpt2.infra.errors import CheckpointError  # noqa: E402
+from ms_gpt2.models.gpt2 import WEIGHT_FILES, load_model  # noqa: E402
 
 RUN_CONFIG = "ms_gpt2_config.yaml"
 TRAINER_STATE = "trainer_state.json"

@@ -186,18 +186,17 @@ def check_checkpoint_dir(path) -> Path:
     return path
 
 
-def load_model(path, cls=GPT2ForSummarization, vocab_size: int | None = None, tokenizer=None):
+def load_model(path, cls=GPT2ForSummarization, tokenizer=None):
     """A GPT-2 from a local checkpoint directory (never a hub), checked against the vocabulary.
 
-    ``tokenizer`` (or the older ``vocab_size``): every id it can produce must have an embedding row.
+    ``tokenizer``: every id it can produce must have an embedding row.
     """
     path = check_checkpoint_dir(path)
     try:
         model = cls.from_pretrained(str(path), local_files_only=True)
     except Exception as err:  # corrupt weights / config: say which directory
         raise CheckpointError(f"{path}: cannot load GPT-2 checkpoint: {err}") from err
-    if tokenizer is not None:
-        vocab_size = vocab_id_range(tokenizer)
+    vocab_size = vocab_id_range(tokenizer) if tokenizer is not None else None
     if vocab_size is not None and vocab_size > model.config.vocab_size:
         raise CheckpointError(f"{path}: the tokenizer has {vocab_size} tokens but the model's vocab_size is "
                               f"{model.config.vocab_size}; use the vocabulary the model was trained with")

@@ -9,7 +9,7 @@ The Trainer's switches keep their Hugging Face meaning (``training.fp16`` / ``tr
   back up (:func:`matmul`): the weights, the attention scores and values, the LM head. Their
   gradients come out of the backward MatMuls in the low precision too, so an fp16 overflow there
   shows up as inf, which loss scaling is for;
-* **fp16 scales the loss** dynamically (:class:`LossScale`): the loss sum is multiplied by the scale
+* **fp16 scales the loss** dynamically (:class:`ms_gpt2.engine.step.TrainStep`, :class:`~ms_gpt2.engine.step.ScaledLoss`): the loss sum is multiplied by the scale
   before the backward pass and the gradients divided by it after the data-parallel reduce; a step
   whose gradient norm is not finite is skipped (weights, moments and step count untouched) and
   halves the scale; ``window`` clean steps in a row double it. The decision reads the *reduced*

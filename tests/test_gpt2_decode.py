@@ -211,16 +211,16 @@ def test_decoder_follows_weights_changed_in_place():
 
 
 def test_decoder_cache_keeps_only_the_most_recently_used_buckets():
-    from ms_gpt2.models.graphs import gpt2_decode as fast_decode
+    from ms_gpt2.models.graphs import gpt2_decode
 
-    model = _tiny_model(6, n_positions=64 * (fast_decode.MAX_CACHED_DECODERS + 1))
-    lengths = [64 * i + 1 for i in range(fast_decode.MAX_CACHED_DECODERS)]  # one bucket each
-    first = {n: fast_decode.decoder_for(model, n) for n in lengths}
-    assert fast_decode.decoder_for(model, lengths[0]) is first[lengths[0]]  # now the most recently used
-    fast_decode.decoder_for(model, 64 * fast_decode.MAX_CACHED_DECODERS + 1)  # one bucket too many
-    assert fast_decode.decoder_for(model, lengths[1]) is not first[lengths[1]]  # the least recently used went
-    assert fast_decode.decoder_for(model, lengths[0]) is first[lengths[0]]
-    assert len(model.__dict__["_ms_gpt2_compiled_decoders"].decoders) == fast_decode.MAX_CACHED_DECODERS
+    model = _tiny_model(6, n_positions=64 * (gpt2_decode.MAX_CACHED_DECODERS + 1))
+    lengths = [64 * i + 1 for i in range(gpt2_decode.MAX_CACHED_DECODERS)]  # one bucket each
+    first = {n: gpt2_decode.decoder_for(model, n) for n in lengths}
+    assert gpt2_decode.decoder_for(model, lengths[0]) is first[lengths[0]]  # now the most recently used
+    gpt2_decode.decoder_for(model, 64 * gpt2_decode.MAX_CACHED_DECODERS + 1)  # one bucket too many
+    assert gpt2_decode.decoder_for(model, lengths[1]) is not first[lengths[1]]  # the least recently used went
+    assert gpt2_decode.decoder_for(model, lengths[0]) is first[lengths[0]]
+    assert len(model.__dict__["_ms_gpt2_compiled_decoders"].decoders) == gpt2_decode.MAX_CACHED_DECODERS
 
 
 def test_untied_lm_head_decodes_with_its_own_weights():
