@@ -23,8 +23,11 @@ $(STAMP): requirements.txt requirements-nodeps.txt constraints.txt pyproject.tom
 		|| (echo "real PyTorch got installed into $(VENV); it must not be (see requirements.txt)"; exit 1)
 	touch $@
 
+# Two workers (both cores): each takes whole test files (--dist loadfile), so a file's module
+# fixtures are built once. TEST_WORKERS=0 runs the suite in this one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,)
 
 demo: $(STAMP)
 	$(BIN)/ms-gpt2 demo

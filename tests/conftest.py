@@ -83,12 +83,3 @@ def tokenizer(char_vocab_dir):
     from ms_gpt2.data.tokenization import load_wordpiece
 
     return load_wordpiece(char_vocab_dir)
-
-
-@pytest.fixture(scope="session")
-def msrun_job(char_vocab_dir, tmp_path_factory):
-    """One 2-worker msrun job whose workers run several data-parallel runs one after the other (each
-    msrun launch costs ~20-30 s before any work): test_distributed.run_shared_msrun_job."""
-    from test_distributed import run_shared_msrun_job
-
-    return run_shared_msrun_job(tmp_path_factory, char_vocab_dir)

@@ -13,6 +13,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from conftest import DEMO_DATA, write_jsonl
+from test_eval_during_training import EVAL, TINY as EVAL_TINY, eight_records, entries
 from ms_gpt2.infra import runtime
 from ms_gpt2.cli import launch
 from ms_gpt2.engine import distributed
@@ -201,12 +202,17 @@ class _SharedJob:
         return json.loads(lines[0])
 
 
-def run_shared_msrun_job(tmp_path_factory, vocab):
-    """The session's one shared msrun job (conftest.py's msrun_job fixture): this module's eager GPT-2
-    and BERT runs, and test_eval_during_training's run with evaluation. Data: the same files as the
-    tests' one-process references read (five, bert_data, eight records)."""
-    from test_eval_during_training import EVAL, TINY as EVAL_TINY, eight_records
+@pytest.fixture(scope="module")
+def msrun_job(char_vocab_dir, tmp_path_factory):
+    """One 2-worker msrun job whose workers run several data-parallel runs one after the other (each
+    msrun launch costs ~20-30 s before any work)."""
+    return run_shared_msrun_job(tmp_path_factory, char_vocab_dir)
 
+
+def run_shared_msrun_job(tmp_path_factory, vocab):
+    """The module's one shared msrun job: the eager GPT-2 and BERT runs, and the run with evaluation
+    during training (test_eval_during_training's settings). Data: the same files as the
+    tests' one-process references read (five, bert_data, eight records)."""
     out = tmp_path_factory.mktemp("msrun_job")
     five, bert_data = _write_five(out), _write_bert_data(out)
     runs = [(f"gpt2-eager-{acc}-{lam}", _train_argv(five, vocab, out / f"gpt2-eager-{acc}-{lam}",
@@ -393,3 +399,32 @@ def test_each_rank_draws_its_own_dropout_masks(monkeypatch):
                               dropout_source=source)
         a, b = (dropout_masks(cfg, seed, 3, 2, 8, 16) for seed in seeds)
         assert not np.array_equal(a[0].asnumpy(), b[0].asnumpy())
+
+
+def test_two_msrun_workers_evaluate_like_one_process_and_keep_the_best(tmp_path, char_vocab_dir, msrun_job):
+    """Every rank scores the whole held-out split (no collective call: no rank waits); rank 0 logs it and
+    keeps the best checkpoint. Equal to one process with the doubled batch (weights agree to ~1e-5).
+    The 2-worker run (`train ... --nproc 2` on test_eval_during_training's settings) is this module's
+    shared msrun job's."""
+    from ms_gpt2.infra.config import load_config
+    from ms_gpt2.jobs.train import train
+
+    data = write_jsonl(tmp_path / "eight.jsonl", eight_records())
+    sets = EVAL_TINY + EVAL + ["model.dropout=0.0"]  # the compiled engine (smoke.yaml's)
+    dp_dir = msrun_job.out / "eval"
+    assert msrun_job.result("eval")["global_step"] == 4
+
+    config = load_config("configs/smoke.yaml", sets + [f"tokenizer.path={char_vocab_dir}",
+                                                       "training.per_device_train_batch_size=4"])
+    runtime.setup("cpu", seed=0)
+    train(config, data, tmp_path / "one")
+    dp, one = ({e["step"]: e["eval_loss"] for e in entries(run) if "eval_loss" in e}
+               for run in (dp_dir, tmp_path / "one"))
+    assert sorted(dp) == sorted(one) == [2, 4]  # 6 records, global batch 2 x 2: 2 steps an epoch, 2 epochs
+    for step in dp:
+        assert dp[step] == pytest.approx(one[step], rel=1e-5)
+    state = json.loads((dp_dir / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["best_model_checkpoint"] == str(dp_dir / "checkpoint-2")
+    final = load_file(str(dp_dir / "model" / "model.safetensors"))
+    for name, value in load_file(str(dp_dir / "checkpoint-2" / "model.safetensors")).items():
+        np.testing.assert_array_equal(final[name], value, err_msg=name)

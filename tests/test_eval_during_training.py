@@ -285,28 +285,3 @@ def test_the_loss_log_reader_and_curve_take_eval_entries(tmp_path):
     assert read_loss_log(path) == {1: 3.0, 2: 2.5, 3: 2.0, 4: 1.5}
     assert read_loss_log(path, "eval_loss") == {2: 2.75, 4: 2.25}
     assert plot_loss_curve(path, tmp_path / "curve.png").stat().st_size > 1000
-
-
-def test_two_msrun_workers_evaluate_like_one_process_and_keep_the_best(tmp_path, char_vocab_dir, msrun_job):
-    """Every rank scores the whole held-out split (no collective call: no rank waits); rank 0 logs it and
-    keeps the best checkpoint. Equal to one process with the doubled batch (weights agree to ~1e-5).
-    The 2-worker run (`train ... --nproc 2` on these settings) is the session's shared msrun job's."""
-    data = write_jsonl(tmp_path / "eight.jsonl", eight_records())
-    sets = TINY + EVAL + ["model.dropout=0.0"]  # the compiled engine (smoke.yaml's)
-    dp_dir = msrun_job.out / "eval"
-    assert msrun_job.result("eval")["global_step"] == 4
-
-    config = load_config("configs/smoke.yaml", sets + [f"tokenizer.path={char_vocab_dir}",
-                                                       "training.per_device_train_batch_size=4"])
-    runtime.setup("cpu", seed=0)
-    train(config, data, tmp_path / "one")
-    dp, one = ({e["step"]: e["eval_loss"] for e in entries(run) if "eval_loss" in e}
-               for run in (dp_dir, tmp_path / "one"))
-    assert sorted(dp) == sorted(one) == [2, 4]  # 6 records, global batch 2 x 2: 2 steps an epoch, 2 epochs
-    for step in dp:
-        assert dp[step] == pytest.approx(one[step], rel=1e-5)
-    state = json.loads((dp_dir / "checkpoint-4" / "trainer_state.json").read_text())
-    assert state["best_model_checkpoint"] == str(dp_dir / "checkpoint-2")
-    final = load_file(str(dp_dir / "model" / "model.safetensors"))
-    for name, value in load_file(str(dp_dir / "checkpoint-2" / "model.safetensors")).items():
-        np.testing.assert_array_equal(final[name], value, err_msg=name)

@@ -18,7 +18,6 @@ import torch  # noqa: E402  (mindtorch)
 from mindnlp.transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 from mindspore import Tensor  # noqa: E402
 
-from ms_gpt2.models.graphs import gpt2, gpt2_decode  # noqa: E402
 from ms_gpt2.models.graphs.gpt2 import GPT2GraphConfig, GPT2Loss, hf_parameter_names  # noqa: E402
 from ms_gpt2.models.graphs.gpt2_block import Block  # noqa: E402
 from ms_gpt2.models.graphs.gpt2_decode import CompiledDecoder  # noqa: E402

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ms_gpt2.engine import ENGINES
-from ms_gpt2.infra.errors import EngineError, UserError  # noqa: F401 (EngineError: re-exported)
+from ms_gpt2.infra.errors import EngineError
 
 SUPPORTED_OPTIM = ("adamw_torch", "adamw_torch_fused")
 EAGER = "use --engine eager (or drop the setting)"

@@ -13,9 +13,7 @@ overridden from the command line as ``--set section.key=value``, the value read 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import difflib
-import functools
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -25,7 +23,6 @@ import yaml
 from ms_gpt2.infra import config_checks
 from ms_gpt2.infra.config_checks import training_fields
 from ms_gpt2.infra.errors import ConfigError
-from ms_gpt2.infra.errors import UserError
 from ms_gpt2.infra.rundir import atomic_write_text
 
 SECTIONS = ("model", "tokenizer", "data", "training", "generation", "pretrain", "finetune")
