@@ -16,17 +16,6 @@ from ms_gpt2.infra import runtime  # noqa: E402
 
 runtime.setup("cpu", seed=0)
 
-# `make test` runs two pytest workers (pytest-xdist). MindSpore's CPU kernels each use a pool of ~25
-# threads by default, which on a 2-core machine two processes fight over: give each worker its
-# share of the cores instead. MS_GPT2_TEST_THREADS overrides it.
-_threads = os.environ.get("MS_GPT2_TEST_THREADS") or (
-    str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
-    if os.environ.get("PYTEST_XDIST_WORKER_COUNT") else None)
-if _threads:
-    import mindspore  # noqa: E402
-
-    mindspore.device_context.cpu.op_tuning.threads_num(int(_threads))
-
 _real_connect = socket.socket.connect
 
 
