@@ -41,9 +41,12 @@ attention-demo: $(STAMP)
 REF_VENV ?= .venv-ref
 REFERENCE_PYTHON ?= $(if $(wildcard $(REF_VENV)/bin/python),$(REF_VENV)/bin/python,)
 BENCH_JSON ?= runs/bench/bench.json
+# BENCH_ONLY=train,decode runs only those parts of the bench (ms-gpt2 bench --only; docs/performance.md)
+BENCH_ONLY ?=
 
 bench: $(STAMP)
-	$(BIN)/ms-gpt2 bench --json $(BENCH_JSON) $(if $(REFERENCE_PYTHON),--reference-python $(REFERENCE_PYTHON),)
+	$(BIN)/ms-gpt2 bench --json $(BENCH_JSON) $(if $(REFERENCE_PYTHON),--reference-python $(REFERENCE_PYTHON),) \
+		$(if $(BENCH_ONLY),--only $(BENCH_ONLY),)
 
 # Training's peak memory, each workload in a fresh process (8 min on 2 cores, with the reference)
 bench-memory: $(STAMP)

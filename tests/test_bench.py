@@ -307,3 +307,205 @@ def test_a_childs_peak_memory_is_its_own_not_its_parents():
     assert child["ru_maxrss_mb"] > 1400, child  # the defect this guards against: the parent's 1.5 GB shows up here
     assert child["peak_mb"] < 200, child        # a bare interpreter's own peak: tens of MB
     assert bench_bert.peak_rss_mb is peak.peak_rss_mb  # the BERT bench reads this, not ru_maxrss
+
+
+# --- ms-gpt2 bench --only: parts of the full bench, each alone (fakes: no workload runs) ------------
+
+FAKE_CEIL = dict(CEIL, mindspore_matmul_gflops=8.0)
+
+
+@pytest.fixture
+def fake_parts(monkeypatch):
+    """Every workload of the full bench replaced by a stand-in that records that it ran (and what the
+    reference was asked for), so a test sees which parts ran without running any."""
+    from ms_gpt2.bench import bert as bench_bert
+    from ms_gpt2.bench import workloads
+
+    ran = []
+
+    def record(name, value):
+        def fake(*args, **kwargs):
+            ran.append(name)
+            return value(*args) if callable(value) else value
+        return fake
+
+    def reference(python, spec, timeout=3600):
+        ran.append(("reference", spec.get("only")))
+        parts = spec["only"].split(",") if spec.get("only") else ["train", "decode", "summarize"]
+        return dict({k: REF[k] for k in parts}, framework="torch")
+
+    monkeypatch.setattr(bench, "ceilings", record("ceilings", FAKE_CEIL))
+    monkeypatch.setattr(bench, "run_reference", reference)
+    monkeypatch.setattr(workloads, "train", record("eager train", dict(OURS["train"], steps=[1.0])))
+    monkeypatch.setattr(workloads, "decode", record("hf decode", {"tokens_per_s": 8.0}))
+    monkeypatch.setattr(workloads, "summarize", record("hf summarize", {"seconds": 5.0, "new_tokens": [1, 2]}))
+    monkeypatch.setattr(bench, "compiled_train", record("train", {"tokens_per_s": 100.0, "step_s": 0.64,
+                                                                  "compile_s": 1.0, "peak_rss_mb": 600.0}))
+    monkeypatch.setattr(bench, "compiled_decode", record("decode", {"tokens_per_s": 10.0, "params": 1000,
+                                                                    "identical_to_library": True}))
+    monkeypatch.setattr(bench, "compiled_summarize", record("summarize", {"seconds": 4.0,
+                                                                          "identical_to_library": True}))
+    monkeypatch.setattr(bench_bert, "report", record("bert", {"ms_gpt2": {"tokens_per_s": 20.0, "peak_rss_mb": 700.0},
+                                                              "reference": None, "ratio": None,
+                                                              "memory_ratio": None}))
+    monkeypatch.setattr(bench, "memory_report", record("memory", {"target": 1.25, "shapes": [
+        {"batch": 2, "length": 32, "compiled": {"peak_rss_mb": 400.0}, "eager": {"peak_rss_mb": 500.0},
+         "ratio": None, "target_met": None}]}))
+    monkeypatch.setattr(bench, "recompute_memory", record("recompute", {"saved_mb": 1.0}))
+    return ran
+
+
+WORKLOAD_CALLS = {"train": ["eager train", "train"], "decode": ["hf decode", "decode"],
+                  "summarize": ["hf summarize", "summarize"], "bert": ["bert"], "memory": ["memory"],
+                  "recompute": ["recompute"]}
+SECTIONS = {"train": "train", "decode": "decode", "summarize": "summarize", "bert": "bert_pretraining",
+            "memory": "memory", "recompute": "recompute_memory"}
+
+
+@pytest.mark.parametrize("only", [("decode",), ("train", "summarize"), ("bert",), ("memory", "recompute"),
+                                  ("summarize", "decode", "bert", "train", "recompute", "memory")])
+def test_only_runs_exactly_the_parts_asked(fake_parts, tmp_path, only):
+    out = tmp_path / "bench.json"
+    result = bench.bench(quick=True, reference_python="ref", json_path=out, print_fn=lambda *a: None, only=only)
+    speed = [p for p in ("train", "decode", "summarize") if p in only]
+    expected = ["ceilings"] + [c for part in only for c in WORKLOAD_CALLS[part]]
+    if speed:  # the reference runs the speed parts asked, all three without "only" (as the full bench)
+        expected.append(("reference", None if len(speed) == 3 else ",".join(speed)))
+    assert sorted(map(str, fake_parts)) == sorted(map(str, expected))
+    saved = json.loads(out.read_text())
+    assert {SECTIONS[p] for p in SECTIONS if p in only} == set(saved) & set(SECTIONS.values())
+    machine = saved["machine"]  # always: the machine, its load at start and end, and the ceilings
+    assert machine["cpu_model"] and len(machine["load_average_start"]) == 3 and len(machine["load_average_end"]) == 3
+    assert saved["ceilings"]["mindspore_matmul_gflops"] == 8.0 and saved["workload"] == bench.QUICK
+    if "decode" in only:  # its ratio to the read ceiling, even without the training run's parameter count
+        assert saved["decode"]["fraction_of_ceiling"] == pytest.approx(10 * 1000 * 4 / 2e9)
+    if "train" in only:
+        assert saved["train"]["fraction_of_mindspore_matmul"] > 0 and saved["attention"]
+    else:
+        assert "attention" not in saved
+
+
+def test_the_full_bench_still_runs_every_part_and_quick_leaves_the_memory_runs_out(fake_parts, tmp_path):
+    bench.bench(quick=False, print_fn=lambda *a: None)
+    assert sorted(fake_parts) == sorted(["ceilings"] + [c for calls in WORKLOAD_CALLS.values() for c in calls])
+    fake_parts.clear()
+    result = bench.bench(quick=True, print_fn=lambda *a: None)
+    assert "memory" not in fake_parts and "recompute" not in fake_parts and "memory" not in result
+    assert list(result)[:9] == ["device", "machine", "workload", "train", "decode", "summarize", "ceilings",
+                                "frameworks", "attention"]
+
+
+def test_only_on_the_command_line(monkeypatch, capsys):
+    from ms_gpt2 import cli
+
+    seen = []
+    monkeypatch.setattr(bench, "bench", lambda *args, **kwargs: seen.append((args, kwargs)))
+    assert cli.main(["bench", "--device", "cpu", "--quick", "--only", "recompute, train"]) == 0
+    assert seen[0][0][0] is True and seen[0][1]["only"] == ("train", "recompute")
+    refused = {("--only", "train,decod,Bert"): "--only: unknown parts 'decod', 'Bert'; the parts are "
+                                               "train,decode,summarize,bert,memory,recompute",
+               ("--only", ","): "--only names no part; the parts are",
+               ("--only", "memory", "--memory"): "--only and --memory do not combine",
+               ("--only", "bert", "--bert"): "--only and --bert do not combine",
+               ("--only", "train", "--recompute-memory"): "--only and --recompute-memory do not combine",
+               ("--only", "train", "--summarize", "a.json"): "--summarize combines saved reports and runs nothing"}
+    for args, message in refused.items():
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["bench", "--device", "cpu", *args])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"ms-gpt2: error: {message}"), err
+    assert len(seen) == 1  # nothing refused ran
+
+
+# --- the chart: each figure beside its limit, and the memory and BERT panels ----------------------
+
+def canned_report(parts=("train", "decode", "summarize", "memory", "bert")):
+    ours = {k: v for k, v in dict(OURS, train=dict(OURS["train"], eager_tokens_per_s=50.0),
+                                  decode=dict(OURS["decode"], params=1000)).items()  # as bench gives it
+            if k in parts or k == "framework"}
+    result = bench_report.report("cpu", SPEC, ours, REF, FAKE_CEIL, {"cpu_model": "AMD EPYC 9654", "cores": 2})
+    if "memory" in parts:
+        result["memory"] = {"target": 1.25, "shapes": [
+            {"batch": 4, "length": 256, "compiled": {"peak_rss_mb": 4475.0}, "eager": {"peak_rss_mb": 5451.0},
+             "reference": {"peak_rss_mb": 3974.0}, "ratio": 4475 / 3974, "target_met": True},
+            {"batch": 1, "length": 1024, "compiled": {"peak_rss_mb": 6321.0}, "eager": {"peak_rss_mb": 6804.0},
+             "reference": {"peak_rss_mb": 5230.0}, "ratio": 6321 / 5230, "target_met": True}]}
+    if "bert" in parts:
+        result["bert_pretraining"] = {"ms_gpt2": {"tokens_per_s": 139.0, "peak_rss_mb": 5210.0},
+                                      "reference": {"tokens_per_s": 120.0, "peak_rss_mb": 3302.0},
+                                      "ratio": 139 / 120, "memory_ratio": 5210 / 3302}
+    return result
+
+
+def _panels(fig):
+    return {ax.get_label(): ax for ax in fig.axes}
+
+
+def _heights(ax):
+    return [bar.get_height() for bar in ax.patches]
+
+
+def test_the_chart_draws_each_figure_beside_its_limit_and_the_memory_and_bert_panels():
+    import matplotlib.pyplot as plt
+
+    result = canned_report()
+    fig = bench_report.chart_figure(result)
+    try:
+        panels = _panels(fig)
+        assert list(panels) == ["train", "decode", "summarize", "memory", "bert_speed", "bert_memory"]
+        # training at MindSpore's MatMul rate: 100 tokens/s is this fraction of it
+        train_limit = 100.0 / result["train"]["fraction_of_mindspore_matmul"]
+        assert _heights(panels["train"]) == pytest.approx([100.0, 50.0, train_limit])
+        assert [t.get_text() for t in panels["train"].get_xticklabels()] == ["ms_gpt2", "PyTorch ref.", "MatMul limit"]
+        decode_limit = 2e9 / (1000 * 4)  # read bandwidth / bytes of weights read per token
+        assert _heights(panels["decode"]) == pytest.approx([10.0, 40.0, decode_limit])
+        assert "read limit" in [t.get_text() for t in panels["decode"].get_xticklabels()]
+        assert _heights(panels["summarize"]) == pytest.approx([4.0, 2.0])  # no limit to draw
+        memory = panels["memory"]  # compiled, eager, reference per shape, and the target over each reference
+        assert sorted(_heights(memory)) == sorted([4475.0, 6321.0, 5451.0, 6804.0, 3974.0, 5230.0])
+        targets = [seg[0][1] for lines in memory.collections for seg in lines.get_segments()]
+        assert targets == pytest.approx([3974.0 * 1.25, 5230.0 * 1.25])
+        assert "1.25x" in memory.get_title()
+        assert _heights(panels["bert_speed"]) == pytest.approx([139.0, 120.0])
+        assert _heights(panels["bert_memory"]) == pytest.approx([5210.0, 3302.0])
+        assert "1.58x the memory" in panels["bert_memory"].get_title()
+    finally:
+        plt.close(fig)
+
+
+def test_the_chart_leaves_out_the_panels_of_parts_not_run(tmp_path):
+    import matplotlib.pyplot as plt
+
+    fig = bench_report.chart_figure(canned_report(("decode", "bert")))
+    assert list(_panels(fig)) == ["decode", "bert_speed", "bert_memory"]
+    plt.close(fig)
+    assert bench_report.chart(canned_report(()), tmp_path / "none.png") is None  # e.g. --only recompute
+    assert not (tmp_path / "none.png").exists()
+    assert bench_report.chart(canned_report(("memory",)), tmp_path / "memory.png").stat().st_size > 1000
+
+
+def test_summarize_over_reports_that_ran_different_parts(tmp_path):
+    paths = []
+    for name, parts, train in [("a", ("train", "decode"), 60.0), ("b", ("decode", "summarize"), None),
+                               ("c", ("train",), 54.0), ("d", ("memory",), None)]:
+        result = canned_report(parts)
+        result["machine"].update(load_average_start=[0.2] * 3, started_at=f"2026-12-06 {name}")
+        if train:
+            result["train"].update(ms_gpt2=train, ratio=train / 50.0)
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(result))
+    printed = []
+    summary = bench_summary.summarize(paths, print_fn=printed.append)
+    f = summary["figures"]  # each figure over the runs that have it
+    assert f["train"]["ms_gpt2"] == {"median": 57.0, "min": 54.0, "max": 60.0, "n": 2}
+    assert f["decode"]["ratio"]["n"] == 2 and f["summarize"]["ms_gpt2"] == {"median": 4.0, "min": 4.0, "max": 4.0,
+                                                                            "n": 1}
+    text = printed[0]
+    assert "4 runs of the quick workload" in text and "train ratio" in text and "summarize ratio" in text
+    assert f"{paths[1]}: 2026-12-06 b, AMD EPYC 9654, MatMul 8 GFLOP/s, load 0.20; decode 0.25x, summarize 0.5x" \
+        in text
+    assert f"{paths[3]}: 2026-12-06 d, AMD EPYC 9654, MatMul 8 GFLOP/s, load 0.20; no speed figures" in text
+    printed.clear()
+    bench_summary.summarize(paths[2:3], print_fn=printed.append)  # a figure no run has is left out
+    assert "train ratio" in printed[0] and "decode" not in printed[0] and "summarize ratio" not in printed[0]

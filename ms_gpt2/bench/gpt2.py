@@ -14,6 +14,11 @@ One invocation measures, on the current device:
 * the same workloads under real PyTorch + transformers, when ``--reference-python`` names an
   interpreter that has them (never a project dependency), in the same run.
 
+``--only train,decode,...`` (:data:`PARTS`, :func:`bench`) runs some parts of the full bench alone,
+so one figure can be re-measured without the rest: the report has a section for each part run and
+none for the others, and always the machine and the ceilings (measured on every run: the train and
+decode fractions need them, and they take seconds).
+
 ``--recompute-memory`` measures something else instead: compiled training's peak memory and step
 time without and with recomputation (``training.gradient_checkpointing``), each setting in a fresh
 process (:func:`recompute_memory`; ``scripts/recompute_memory.py`` for other shapes).
@@ -122,7 +127,7 @@ def compiled_decode(spec: dict, device: str) -> dict:
     with torch.no_grad():  # the library's greedy tokens for the same model and prompt
         library = model.generate(prompt.to(device), attention_mask=torch.ones_like(prompt).to(device), do_sample=False,
                                  max_new_tokens=n, min_new_tokens=n, pad_token_id=0, eos_token_id=None)
-    return {"tokens_per_s": n / seconds, "seconds": seconds,
+    return {"tokens_per_s": n / seconds, "seconds": seconds, "params": sum(p.numel() for p in model.parameters()),
             "identical_to_library": ids == [int(t) for t in library[0, prompt.shape[1]:].cpu().numpy()]}
 
 
@@ -143,53 +148,94 @@ def compiled_summarize(spec: dict, device: str, library_tokens: list[int]) -> di
     return {"seconds": seconds, "identical_to_library": ids == library_tokens}
 
 
+# The parts of the full bench, for ``--only`` (in the order they run). The first three are timed in
+# this process beside the reference, and their ratios to the ceilings need them.
+PARTS = ("train", "decode", "summarize", "bert", "memory", "recompute")
+SPEED_PARTS = ("train", "decode", "summarize")
+
+
+def parse_parts(text: str) -> tuple[str, ...]:
+    """``--only train,decode``: the parts named (comma-separated, any order), in :data:`PARTS` order;
+    an unknown or missing name is a one-line UserError naming it and the valid parts."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in PARTS]
+    valid = f"the parts are {','.join(PARTS)}"
+    if unknown:
+        listed = ", ".join(repr(name) for name in unknown)
+        raise UserError(f"--only: unknown part{'s' if len(unknown) > 1 else ''} {listed}; {valid}")
+    if not names:
+        raise UserError(f"--only names no part; {valid}")
+    return tuple(part for part in PARTS if part in names)
+
+
 def bench(quick: bool = False, reference_python: str | None = None, json_path=None, png_path=None,
-          print_fn=print) -> dict:
+          print_fn=print, only=None) -> dict:
+    """The full bench, or with ``only`` (``--only``, a subset of :data:`PARTS`) those parts alone. Every
+    run records the machine (CPU model, cores, load average at start and end) and measures the
+    ceilings; the report has a section for each part it ran and none for the others. ``--quick``
+    without ``only`` leaves out the memory and recompute parts (minutes, even at toy sizes); named in
+    ``only``, they run at the quick sizes."""
     rt = runtime.ensure()
     from ms_gpt2.bench import workloads
 
     spec = QUICK if quick else FULL
+    parts = set(PARTS if only is None else only)
+    speed = [part for part in SPEED_PARTS if part in parts]
     where = machine()
     print_fn(f"== machine: {describe_machine(where)}")
     print_fn(f"== ceilings ({rt.device})")
     ceil = ceilings(1.0 if quick else 4.0)
     reference = None
-    if reference_python:  # first, while this process is small: both sides at once outgrow 24 GB
+    if reference_python and speed:  # first, while this process is small: both sides at once outgrow 24 GB
         print_fn(f"== PyTorch reference ({reference_python})")
         # like for like: on Ascend the reference must be PyTorch on the NPU too (torch_npu)
-        reference = run_reference(reference_python, dict(spec, reference_device=rt.torch_device))
-    print_fn(f"== ms_gpt2 workloads ({'quick' if quick else 'GPT-2 small'})")
-    ours = workloads.run(spec, rt.torch_device)
-    fast = compiled_decode(spec, rt.torch_device)
-    ours["decode"] = {"tokens_per_s": fast["tokens_per_s"], "path": "compiled static-cache decoder",
-                      "hf_generate_tokens_per_s": ours["decode"]["tokens_per_s"],
-                      "identical_to_library": fast["identical_to_library"]}
-    compiled = compiled_train(spec, rt.torch_device)
-    ours["train"] = dict(ours["train"], tokens_per_s=compiled["tokens_per_s"], step_s=compiled["step_s"],
-                         path="compiled training engine", eager_tokens_per_s=ours["train"]["tokens_per_s"],
-                         compile_s=compiled["compile_s"],
-                         peak_rss_mb=max(ours["train"]["peak_rss_mb"], compiled["peak_rss_mb"]))
-    beams = compiled_summarize(spec, rt.torch_device, ours["summarize"]["new_tokens"])
-    ours["summarize"] = {"seconds": beams["seconds"], "path": "compiled beam search",
-                         "hf_generate_seconds": ours["summarize"]["seconds"],
-                         "identical_to_library": beams["identical_to_library"]}
-    where["load_average_end"] = load_average()
+        ref_spec = dict(spec, reference_device=rt.torch_device)
+        if len(speed) < len(SPEED_PARTS):
+            ref_spec["only"] = ",".join(speed)
+        reference = run_reference(reference_python, ref_spec)
+    if speed:
+        print_fn(f"== ms_gpt2 workloads ({'quick' if quick else 'GPT-2 small'})")
+    ours = workloads.run(spec, rt.torch_device, speed)
+    if "decode" in parts:
+        fast = compiled_decode(spec, rt.torch_device)
+        ours["decode"] = {"tokens_per_s": fast["tokens_per_s"], "path": "compiled static-cache decoder",
+                          "hf_generate_tokens_per_s": ours["decode"]["tokens_per_s"],
+                          "identical_to_library": fast["identical_to_library"], "params": fast["params"]}
+    if "train" in parts:
+        compiled = compiled_train(spec, rt.torch_device)
+        ours["train"] = dict(ours["train"], tokens_per_s=compiled["tokens_per_s"], step_s=compiled["step_s"],
+                             path="compiled training engine", eager_tokens_per_s=ours["train"]["tokens_per_s"],
+                             compile_s=compiled["compile_s"],
+                             peak_rss_mb=max(ours["train"]["peak_rss_mb"], compiled["peak_rss_mb"]))
+    if "summarize" in parts:
+        beams = compiled_summarize(spec, rt.torch_device, ours["summarize"]["new_tokens"])
+        ours["summarize"] = {"seconds": beams["seconds"], "path": "compiled beam search",
+                             "hf_generate_seconds": ours["summarize"]["seconds"],
+                             "identical_to_library": beams["identical_to_library"]}
+    if speed:  # the end of the speed figures (the full bench's memory and BERT runs are fresh processes)
+        where["load_average_end"] = load_average()
     result = report(rt.device, spec, ours, reference, ceil, where)
     print_fn(table(result))
-    from ms_gpt2.bench import bert as bench_bert
+    if "bert" in parts:
+        from ms_gpt2.bench import bert as bench_bert
 
-    result["bert_pretraining"] = bench_bert.report(quick, reference_python, rt.device, print_fn=print_fn)
-    if quick:  # the fresh-process memory figures take minutes: the full bench runs them
+        result["bert_pretraining"] = bench_bert.report(quick, reference_python, rt.device, print_fn=print_fn)
+    if quick and only is None:  # the fresh-process memory figures take minutes: the full bench runs them
         print_fn("peak memory above shares this process with every workload; each in its own process, against the "
                  "reference: ms-gpt2 bench --memory (make bench-memory)")
     else:
-        result["memory"] = memory_report(False, reference_python, print_fn=print_fn)
-        print_fn("== recompute memory (GPT-2 small): two fresh processes")
-        result["recompute_memory"] = recompute_memory(spec, print_fn=print_fn)
+        if "memory" in parts:
+            result["memory"] = memory_report(quick, reference_python, print_fn=print_fn)
+        if "recompute" in parts:
+            print_fn(f"== recompute memory ({'quick' if quick else 'GPT-2 small'}): two fresh processes")
+            result["recompute_memory"] = recompute_memory(spec, print_fn=print_fn)
+    if not speed:  # no speed figure ran: the end of the run
+        where["load_average_end"] = load_average()
     write_json(result, json_path, print_fn)
     if png_path or json_path:
         png = chart(result, png_path or Path(json_path).with_suffix(".png"))
-        print_fn(f"wrote {png}")
+        if png:
+            print_fn(f"wrote {png}")
     return result
 
 

@@ -46,51 +46,59 @@ def train_flops_per_token(spec: dict, params: int) -> float:
 
 def report(device: str, spec: dict, ours: dict, reference: dict | None, ceil: dict,
            machine: dict | None = None) -> dict:
-    """The report's JSON shape (see the issue / docs/performance.md); pure, so it is unit-tested."""
+    """The report's JSON shape (see the issue / docs/performance.md); pure, so it is unit-tested.
+    ``ours`` has a section for each workload that ran (``bench --only``: train, decode, summarize),
+    and the report then has those sections only; ``attention`` is training's."""
     ref = reference or {}
-    train_ref = ref.get("train", {}).get("tokens_per_s")
-    decode_ref = ref.get("decode", {}).get("tokens_per_s")
-    summ_ref = ref.get("summarize", {}).get("seconds")
-    params = ours["train"]["params"]
-    train_flops = ours["train"]["tokens_per_s"] * train_flops_per_token(spec, params)
+    result = {"device": device, "machine": machine, "workload": spec}
+    # decoding reads every weight once per token: the parameter count from training, or from decoding's own model
+    params = (ours.get("train") or ours.get("decode") or {}).get("params")
     ms_matmul = ceil.get("mindspore_matmul_gflops")
-    decode_bytes = ours["decode"]["tokens_per_s"] * params * 4
-    return {
-        "device": device,
-        "machine": machine,
-        "workload": spec,
-        "train": {"ms_gpt2": ours["train"]["tokens_per_s"], "reference": train_ref,
-                  "ratio": ratio(ours["train"]["tokens_per_s"], train_ref),
-                  "fraction_of_ceiling": train_flops / (ceil["matmul_gflops"] * 1e9),
-                  "fraction_of_mindspore_matmul": train_flops / (ms_matmul * 1e9) if ms_matmul else None,
-                  "path": ours["train"].get("path", "eager"),
-                  "eager_on_mindtorch": ours["train"].get("eager_tokens_per_s"),
-                  "peak_memory_mb": ours["train"]["peak_rss_mb"],
-                  "reference_peak_memory_mb": ref.get("train", {}).get("peak_rss_mb")},
-        "decode": {"ms_gpt2": ours["decode"]["tokens_per_s"], "reference": decode_ref,
-                   "ratio": ratio(ours["decode"]["tokens_per_s"], decode_ref),
-                   "fraction_of_ceiling": decode_bytes / (ceil["read_gbps"] * 1e9),
-                   "path": ours["decode"].get("path", "hf-generate"),
-                   "hf_generate_on_mindtorch": ours["decode"].get("hf_generate_tokens_per_s"),
-                   "identical_to_library": ours["decode"].get("identical_to_library")},
-        "summarize": {"ms_gpt2": ours["summarize"]["seconds"], "reference": summ_ref,
-                      "ratio": ratio(summ_ref, ours["summarize"]["seconds"]), "fraction_of_ceiling": None,
-                      "path": ours["summarize"].get("path", "hf-generate"),
-                      "hf_generate_on_mindtorch_seconds": ours["summarize"].get("hf_generate_seconds"),
-                      "identical_to_library": ours["summarize"].get("identical_to_library")},
-        "ceilings": ceil,
-        "frameworks": {"ms_gpt2": ours.get("framework"), "reference": ref.get("framework")},
-        "attention": {"ms_gpt2": ours["train"].get("attention"), "reference": ref.get("train", {}).get("attention")},
-    }
+    if "train" in ours:
+        train_ref = ref.get("train", {}).get("tokens_per_s")
+        train_flops = ours["train"]["tokens_per_s"] * train_flops_per_token(spec, params)
+        result["train"] = {"ms_gpt2": ours["train"]["tokens_per_s"], "reference": train_ref,
+                           "ratio": ratio(ours["train"]["tokens_per_s"], train_ref),
+                           "fraction_of_ceiling": train_flops / (ceil["matmul_gflops"] * 1e9),
+                           "fraction_of_mindspore_matmul": train_flops / (ms_matmul * 1e9) if ms_matmul else None,
+                           "path": ours["train"].get("path", "eager"),
+                           "eager_on_mindtorch": ours["train"].get("eager_tokens_per_s"),
+                           "peak_memory_mb": ours["train"]["peak_rss_mb"],
+                           "reference_peak_memory_mb": ref.get("train", {}).get("peak_rss_mb")}
+    if "decode" in ours:
+        decode_ref = ref.get("decode", {}).get("tokens_per_s")
+        decode_bytes = ours["decode"]["tokens_per_s"] * params * 4
+        result["decode"] = {"ms_gpt2": ours["decode"]["tokens_per_s"], "reference": decode_ref,
+                            "ratio": ratio(ours["decode"]["tokens_per_s"], decode_ref),
+                            "fraction_of_ceiling": decode_bytes / (ceil["read_gbps"] * 1e9),
+                            "path": ours["decode"].get("path", "hf-generate"),
+                            "hf_generate_on_mindtorch": ours["decode"].get("hf_generate_tokens_per_s"),
+                            "identical_to_library": ours["decode"].get("identical_to_library")}
+    if "summarize" in ours:
+        summ_ref = ref.get("summarize", {}).get("seconds")
+        result["summarize"] = {"ms_gpt2": ours["summarize"]["seconds"], "reference": summ_ref,
+                               "ratio": ratio(summ_ref, ours["summarize"]["seconds"]), "fraction_of_ceiling": None,
+                               "path": ours["summarize"].get("path", "hf-generate"),
+                               "hf_generate_on_mindtorch_seconds": ours["summarize"].get("hf_generate_seconds"),
+                               "identical_to_library": ours["summarize"].get("identical_to_library")}
+    result["ceilings"] = ceil
+    result["frameworks"] = {"ms_gpt2": ours.get("framework"), "reference": ref.get("framework")}
+    if "train" in ours:
+        result["attention"] = {"ms_gpt2": ours["train"].get("attention"),
+                               "reference": ref.get("train", {}).get("attention")}
+    return result
 
 
 def table(result: dict) -> str:
-    rows = [("train (tokens/s)", "train"), ("decode (tokens/s)", "decode"), ("summarize (s)", "summarize")]
+    """The speed report as text: the machine and ceilings, then a row for each workload it ran."""
+    rows = [(label, key) for label, key in [("train (tokens/s)", "train"), ("decode (tokens/s)", "decode"),
+                                            ("summarize (s)", "summarize")] if key in result]
     ms_matmul = result["ceilings"].get("mindspore_matmul_gflops")
     lines = [f"machine: {describe_machine(result.get('machine'))}",
              f"device: {result['device']}   ceilings: matmul {result['ceilings']['matmul_gflops']:.1f} GFLOP/s "
-             f"(MindSpore's own MatMul {fmt(ms_matmul)} GFLOP/s), read {result['ceilings']['read_gbps']:.1f} GB/s",
-             f"{'figure':<20}{'ms_gpt2':>12}{'reference':>12}{'ratio':>10}{'of ceiling':>12}"]
+             f"(MindSpore's own MatMul {fmt(ms_matmul)} GFLOP/s), read {result['ceilings']['read_gbps']:.1f} GB/s"]
+    if rows:
+        lines.append(f"{'figure':<20}{'ms_gpt2':>12}{'reference':>12}{'ratio':>10}{'of ceiling':>12}")
     for label, key in rows:
         r = result[key]
         ceiling = "-" if r["fraction_of_ceiling"] is None else f"{100 * r['fraction_of_ceiling']:.2f}%"
@@ -98,41 +106,148 @@ def table(result: dict) -> str:
                      f"{ceiling:>12}")
     for key, library_key, unit in [("summarize", "hf_generate_on_mindtorch_seconds", " s"),
                                    ("decode", "hf_generate_on_mindtorch", " tokens/s")]:
-        r = result[key]
+        r = result.get(key, {})
         if r.get(library_key):
             lines.append(f"{key} uses the {r['path']} (same tokens as the library: {r['identical_to_library']}); "
                          f"Hugging Face generate on mindtorch: {fmt(r[library_key])}{unit}")
-    t = result["train"]
+    t = result.get("train", {})
     if t.get("eager_on_mindtorch"):
         share = t.get("fraction_of_mindspore_matmul")
         lines.append(f"train uses the {t['path']} ({'-' if share is None else f'{100 * share:.1f}%'} of MindSpore's "
                      f"own MatMul rate); the eager mindtorch path: {fmt(t['eager_on_mindtorch'])} tokens/s")
-    lines.append("ratio > 1: ms_gpt2 faster (summarize: reference seconds / ms_gpt2 seconds)")
+    if rows:
+        lines.append("ratio > 1: ms_gpt2 faster (summarize: reference seconds / ms_gpt2 seconds)")
     note = busy_note(result.get("machine"))
     if note:
         lines.append(note)
-    lines.append(f"peak memory while training: ms_gpt2 {fmt(result['train']['peak_memory_mb'], ' MB')}, "
-                 f"reference {fmt(result['train']['reference_peak_memory_mb'], ' MB')}")
+    if t:
+        lines.append(f"peak memory while training: ms_gpt2 {fmt(t['peak_memory_mb'], ' MB')}, "
+                     f"reference {fmt(t['reference_peak_memory_mb'], ' MB')}")
     return "\n".join(lines)
 
 
-def chart(result: dict, path) -> Path:
+OURS_COLOR, EAGER_COLOR, REF_COLOR, LIMIT_COLOR = "#c0392b", "#e59866", "#2c3e50", "#bdc3c7"
+# (report key, title, the report's fraction of the limit, the limit's bar label, what the limit is):
+# training against the rate MindSpore's own MatMul allows, greedy decoding against reading every
+# weight once per token at the measured read bandwidth; the beam summary has no limit.
+SPEED_PANELS = [("train", "training tokens/s", "fraction_of_mindspore_matmul", "MatMul limit",
+                 "MindSpore's MatMul rate"),
+                ("decode", "greedy decode tokens/s", "fraction_of_ceiling", "read limit", "the memory-read ceiling"),
+                ("summarize", "beam summary seconds", None, None, None)]
+
+
+def limit_of(section: dict, fraction_key: str | None) -> float | None:
+    """The figure at 100% of its ceiling (the report keeps ms_gpt2's fraction of it): training tokens/s
+    at MindSpore's MatMul rate, decoding tokens/s at the memory-read bandwidth."""
+    fraction = section.get(fraction_key) if fraction_key else None
+    return section["ms_gpt2"] / fraction if fraction else None
+
+
+def _label(value) -> str:
+    """A bar's value: three significant digits, whole numbers from 1,000 (5,210 MB, not 5.21e+03)."""
+    return "n/a" if not value else f"{value:,.0f}" if value >= 1000 else fmt(value)
+
+
+def _bars(ax, labels, values, colors, hatches=None):
+    x = list(range(len(values)))
+    bars = ax.bar(x, [v or 0.0 for v in values], color=colors)
+    for bar, hatch in zip(bars, hatches or []):
+        bar.set_hatch(hatch)
+    ax.set_xticks(x, labels, fontsize=8)
+    for i, v in enumerate(values):
+        ax.annotate(_label(v), (i, v or 0.0), ha="center", va="bottom", fontsize=9)
+    ax.set_ylim(0, 1.15 * max([v or 0.0 for v in values] + [1e-9]))  # room for the labels
+    return bars
+
+
+def _speed_panel(ax, section: dict, title: str, fraction_key, limit_label, limit_name) -> None:
+    labels, values, colors = ["ms_gpt2", "PyTorch ref."], [section["ms_gpt2"], section["reference"]], \
+        [OURS_COLOR, REF_COLOR]
+    limit = limit_of(section, fraction_key)
+    if limit:
+        labels.append(limit_label)
+        values.append(limit)
+        colors.append(LIMIT_COLOR)
+        title += f"\nms_gpt2 at {100 * section['ms_gpt2'] / limit:.0f}% of {limit_name}"
+    _bars(ax, labels, values, colors, [None, None, "//"])
+    ax.set_title(title, fontsize=9)
+
+
+def _memory_panel(ax, memory: dict) -> None:
+    """Peak MB of compiled / eager / reference training per shape, each compiled peak's ratio to the
+    reference, and the target (a dashed line at target x the reference)."""
+    rows, target, width, labelled = memory["shapes"], memory.get("target"), 0.27, False
+    engines = [("compiled", OURS_COLOR), ("eager", EAGER_COLOR), ("reference", REF_COLOR)]
+    for j, (engine, color) in enumerate(engines):
+        x = [i + (j - 1) * width for i in range(len(rows))]
+        peaks = [(row.get(engine) or {}).get("peak_rss_mb") for row in rows]
+        ax.bar(x, [v or 0.0 for v in peaks], width, color=color, label=engine)
+    for i, row in enumerate(rows):
+        compiled = (row.get("compiled") or {}).get("peak_rss_mb") or 0.0
+        ax.annotate(fmt(row.get("ratio"), "x") if row.get("ratio") else "n/a", (i - width, compiled), ha="center",
+                    va="bottom", fontsize=8)
+        reference = (row.get("reference") or {}).get("peak_rss_mb")
+        if reference and target:
+            ax.hlines(reference * target, i - 1.5 * width, i + 1.5 * width, colors="black", linestyles="dashed",
+                      label=None if labelled else f"target {fmt(target, 'x')} ref.")
+            labelled = True
+    ax.set_xticks(range(len(rows)), [f"B{row['batch']} x {row['length']}" for row in rows], fontsize=8)
+    ax.set_title(f"training peak MB (target <= {fmt(target, 'x')} ref.)", fontsize=9)
+    ax.set_ylim(0, 1.45 * max([bar.get_height() for bar in ax.patches] + [1e-9]))  # room for the legend
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
+
+
+def chart_figure(result: dict):
+    """The chart of a report as a matplotlib figure (None when it has nothing to draw): a panel for each
+    speed figure it ran, each with its limit beside it, then training memory (``memory``) and BERT's
+    tokens/s and peak memory (``bert_pretraining``) when the report has them."""
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [("train", "training tokens/s"), ("decode", "greedy decode tokens/s"), ("summarize", "beam summary seconds")]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
-    for ax, (key, title) in zip(axes, keys):
-        values = [result[key]["ms_gpt2"], result[key]["reference"] or 0.0]
-        ax.bar(["ms_gpt2", "PyTorch ref."], values, color=["#c0392b", "#2c3e50"])
-        ax.set_title(title, fontsize=10)
-        for i, v in enumerate(values):
-            ax.annotate(fmt(v) if v else "n/a", (i, v), ha="center", va="bottom", fontsize=9)
+    panels = [(key, lambda ax, key=key, spec=spec: _speed_panel(ax, result[key], *spec))
+              for key, *spec in SPEED_PANELS if key in result]
+    if result.get("memory"):
+        panels.append(("memory", lambda ax: _memory_panel(ax, result["memory"])))
+    bert = result.get("bert_pretraining")
+    if bert:
+        ref = bert.get("reference") or {}
+        for key, field, title, ratio_key, sense in [
+                ("bert_speed", "tokens_per_s", "BERT-base training tokens/s", "ratio", "the speed"),
+                ("bert_memory", "peak_rss_mb", "BERT-base peak MB", "memory_ratio", "the memory")]:
+            def draw(ax, field=field, title=title, ratio_key=ratio_key, sense=sense):
+                _bars(ax, ["ms_gpt2", "PyTorch ref."], [bert["ms_gpt2"][field], ref.get(field)],
+                      [OURS_COLOR, REF_COLOR])
+                ax.set_title(title + (f" ({fmt(bert[ratio_key], 'x')} {sense})" if bert.get(ratio_key) else ""),
+                             fontsize=9)
+            panels.append((key, draw))
+    if not panels:
+        return None
+    cols = min(len(panels), 3)
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(11 * cols / 3 if cols > 1 else 4.5, 3.6 * rows), squeeze=False)
+    axes = [ax for row in axes for ax in row]
+    for ax, (key, draw) in zip(axes, panels):
+        ax.set_label(key)
+        draw(ax)
+    for ax in axes[len(panels):]:
+        fig.delaxes(ax)
     cpu = (result.get("machine") or {}).get("cpu_model") or "CPU model not recorded"
     fig.suptitle(f"ms_gpt2 bench on {result['device']} ({cpu})", fontsize=11)
     fig.tight_layout()
+    return fig
+
+
+def chart(result: dict, path) -> Path | None:
+    """:func:`chart_figure` saved as a PNG at ``path``; None (nothing written) when there is nothing to draw."""
+    fig = chart_figure(result)
+    if fig is None:
+        return None
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

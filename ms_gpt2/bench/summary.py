@@ -40,8 +40,10 @@ def load_runs(paths) -> list[tuple[str, dict]]:
             result = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise UserError(f"{path}: not a readable bench report ({err})") from err
-        keys = ("train", "decode", "summarize", "workload", "ceilings")
-        if not isinstance(result, dict) or not all(isinstance(result.get(k), dict) for k in keys):
+        # a run of some parts (`bench --only`) has the sections of those only; every run has these
+        keys = ("workload", "ceilings")
+        if not isinstance(result, dict) or not all(isinstance(result.get(k), dict) for k in keys) or \
+                not all(isinstance(result[k], dict) for k, _ in FIGURES if k in result):
             raise UserError(f"{path}: not an `ms-gpt2 bench --json` report (no {'/'.join(keys)})")
         runs.append((str(path), result))
     return runs
@@ -79,10 +81,12 @@ def combine(runs: list[tuple[str, dict]], mixed_cpus: bool = False) -> dict:
                "load_average_start": m.get("load_average_start"), "load_average_end": m.get("load_average_end"),
                "mindspore_matmul_gflops": result["ceilings"].get("mindspore_matmul_gflops"),
                "numpy_matmul_gflops": result["ceilings"].get("matmul_gflops")}
-        for key, _ in FIGURES:
-            row[key] = {k: result[key].get(k) for k in ("ms_gpt2", "reference", "ratio")}
+        for key, _ in FIGURES:  # None: this run did not run that part (`bench --only`)
+            row[key] = {k: result[key].get(k) for k in ("ms_gpt2", "reference", "ratio")} if key in result else None
         per_run.append(row)
-    figures = {key: {k: _spread([row[key][k] for row in per_run]) for k in ("ms_gpt2", "reference", "ratio")}
+    # a figure present in only some runs is the spread over those (its "n" says how many)
+    figures = {key: {k: _spread([row[key][k] for row in per_run if row[key]]) for k in ("ms_gpt2", "reference",
+                                                                                          "ratio")}
                for key, _ in FIGURES}
     return {"runs": per_run, "cpu_models": sorted(cpus), "device": first.get("device"),
             "workload": first["workload"], "figures": figures,
@@ -109,6 +113,8 @@ def summary_table(summary: dict) -> str:
              f"MindSpore's own MatMul: median {fmt(ms['median'])} GFLOP/s, {_range(ms)} over the runs",
              f"{'figure':<28}{'median':>10}{'min–max':>18}{'runs':>6}"]
     for key, unit in FIGURES:
+        if not any(row[key] for row in runs):  # no run ran this part
+            continue
         for part, label, suffix in [("ms_gpt2", f"{key} ms_gpt2 ({unit})", ""),
                                     ("reference", f"{key} reference ({unit})", ""), ("ratio", f"{key} ratio", "x")]:
             s = summary["figures"][key][part]
@@ -118,7 +124,8 @@ def summary_table(summary: dict) -> str:
     for row in runs:
         start, end = row["load_average_start"], row["load_average_end"]
         load = "-" if not start else f"{start[0]:.2f}" + (f"→{end[0]:.2f}" if end else "")
-        ratios = ", ".join(f"{key} {fmt(row[key]['ratio'], 'x')}" for key, _ in FIGURES)
+        ratios = ", ".join(f"{key} {fmt(row[key]['ratio'], 'x')}" for key, _ in FIGURES if row[key]) or \
+            "no speed figures"
         lines.append(f"  {row['file']}: {row['started_at'] or 'date not recorded'}, "
                      f"{row['cpu_model'] or 'CPU model not recorded'}, MatMul {fmt(row['mindspore_matmul_gflops'])} "
                      f"GFLOP/s, load {load}; {ratios}")

@@ -134,10 +134,14 @@ def summarize(spec: dict, device: str) -> dict:
     return {"seconds": seconds, "new_tokens": [int(t) for t in out[0, article.shape[1]:].cpu().numpy()]}
 
 
-def run(spec: dict, device: str = "cpu") -> dict:
+def run(spec: dict, device: str = "cpu", parts=None) -> dict:
+    """The workloads named in ``parts`` (``ms-gpt2 bench --only``; default all three), in the order
+    train, decode, summarize; the framework's name and version always."""
     torch.set_num_threads(spec.get("threads") or torch.get_num_threads()) if not IS_MINDTORCH else None
-    return {"train": train(spec, device), "decode": decode(spec, device), "summarize": summarize(spec, device),
-            "framework": f"{'mindtorch' if IS_MINDTORCH else 'torch'} {torch.__version__}"}
+    out = {name: workload(spec, device) for name, workload in (("train", train), ("decode", decode),
+                                                                ("summarize", summarize))
+           if parts is None or name in parts}
+    return dict(out, framework=f"{'mindtorch' if IS_MINDTORCH else 'torch'} {torch.__version__}")
 
 
 if __name__ == "__main__":  # the reference side: python workloads.py '<spec json>'
@@ -147,5 +151,5 @@ if __name__ == "__main__":  # the reference side: python workloads.py '<spec jso
         import torch_npu  # noqa: F401  (PyTorch's Ascend backend, for a like-for-like reference)
     if spec.get("only") == "train":  # one workload's peak memory in a fresh process (ms-gpt2 bench --memory)
         print(json.dumps({"train": train(spec, device), "framework": f"torch {torch.__version__}"}))
-    else:
-        print(json.dumps(run(spec, device)))
+    else:  # all three workloads, or those of ``ms-gpt2 bench --only`` ("train,decode")
+        print(json.dumps(run(spec, device, spec["only"].split(",") if spec.get("only") else None)))

@@ -1,6 +1,10 @@
 """``ms-gpt2 bench``: training/decoding speed against the PyTorch reference and the machine
-(ms_gpt2.bench), or instead peak memory (``--memory``, ``--recompute-memory``), BERT pretraining
-(``--bert``), or the spread of saved reports (``--summarize``)."""
+(ms_gpt2.bench), some parts of it alone (``--only``), or instead peak memory (``--memory``,
+``--recompute-memory``), BERT pretraining (``--bert``), or the spread of saved reports (``--summarize``).
+
+``--only`` picks parts of the full bench and keeps its report's shape (machine, ceilings, a section
+per part run); ``--memory``, ``--bert`` and ``--recompute-memory`` stay what they were, one part with
+a report of its own, so they do not combine with ``--only``."""
 from __future__ import annotations
 
 from ms_gpt2.infra import runtime
@@ -30,6 +34,10 @@ def register(subparsers, common) -> None:
                    help="instead: training's peak memory, each workload in a fresh process (compiled, eager and, with "
                         "--reference-python, the reference; B4x256 and B1x1024; compiled against n_layer 2/4/8/12; "
                         "the full bench includes it)")
+    p.add_argument("--only", metavar="PARTS",
+                   help="run only these parts of the full bench, comma-separated, any order: "
+                        "train,decode,summarize,bert,memory,recompute (the report keeps the machine and the "
+                        "ceilings, and has a section for each part run)")
     p.set_defaults(handler=run)
 
 
@@ -38,6 +46,8 @@ def run(args) -> int:
         if args.quick or args.reference_python or args.png or args.recompute_memory or args.memory:
             raise UserError("--summarize combines saved reports and runs nothing: drop --quick, --reference-python, "
                             "--png, --recompute-memory and --memory")
+        if args.only is not None:
+            raise UserError("--summarize combines saved reports and runs nothing: drop --only")
         from ms_gpt2.bench import summary
 
         summary.summarize(args.summarize, args.mixed_cpus, args.json)
@@ -46,6 +56,15 @@ def run(args) -> int:
         raise UserError("--mixed-cpus only applies to --summarize")
     from ms_gpt2.bench import gpt2 as bench
 
+    if args.only is not None:
+        for flag, on, part in (("--memory", args.memory, "memory"), ("--bert", args.bert, "bert"),
+                               ("--recompute-memory", args.recompute_memory, "recompute")):
+            if on:
+                raise UserError(f"--only and {flag} do not combine: {flag} runs one part with a report of its "
+                                f"own; --only {part} runs it inside the bench's report")
+        only = bench.parse_parts(args.only)
+        bench.bench(args.quick, args.reference_python, args.json, args.png, only=only)
+        return 0
     if args.memory:
         if args.recompute_memory or args.png:
             raise UserError("--memory prints a table: drop --recompute-memory and --png")
