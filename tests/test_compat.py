@@ -315,3 +315,27 @@ def test_a_reported_skip_is_what_the_accelerator_tells_the_trainer():
     assert not accelerator.optimizer_step_was_skipped
     compat.report_skipped_step(optimizer.optimizer, True)   # an unwrapped optimizer has nothing to tell
     assert not accelerator.optimizer_step_was_skipped
+
+
+def test_mindnlp_diffusers_is_imported_only_when_used():
+    """runtime.setup keeps mindnlp 0.5.1's eager ``from . import diffusers`` (1.7 s of start-up) out of
+    a process that never uses it, and a process that does gets the real package. A fresh interpreter:
+    this one imported mindnlp long ago."""
+    import subprocess
+    import sys
+
+    assert not compat.defer_mindnlp_diffusers()          # too late here: mindnlp is imported
+    probe = ("import sys\n"
+             "from ms_gpt2.infra import runtime\n"
+             "runtime.setup('cpu', seed=0)\n"
+             "from mindnlp.transformers import GPT2LMHeadModel\n"
+             "print('diffusers' in sys.modules, 'mindnlp.diffusers.pipelines' in sys.modules)\n"
+             "from mindnlp.diffusers import DiffusionPipeline\n"
+             "import mindnlp\n"
+             "print(DiffusionPipeline.__module__, sys.modules['mindnlp.diffusers'] is mindnlp.diffusers,\n"
+             "      hasattr(mindnlp.diffusers, 'pipelines'))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    before, after = done.stdout.split("\n")[:2]
+    assert before == "False False"
+    assert after == "diffusers.pipelines.pipeline_utils True True"

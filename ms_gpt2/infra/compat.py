@@ -348,6 +348,42 @@ SHIMS: tuple[Shim, ...] = (
 _applied: list[str] = []
 
 
+# --------------------------------------------------------------------------------------------------
+# Before ``import mindnlp``: its diffusers port, loaded only when something asks for it
+# --------------------------------------------------------------------------------------------------
+
+def defer_mindnlp_diffusers(versions: dict[str, str] | None = None) -> bool:
+    """mindnlp 0.5.1's ``__init__`` ends with ``from . import diffusers``, which imports Hugging Face
+    ``diffusers`` and all its pipelines: 1.7 s of every process's 5 s start-up (``python -X importtime``,
+    2-core Xeon), for a package ms_gpt2 never uses. Call before ``import mindnlp``: ``mindnlp.diffusers``
+    becomes a placeholder module whose first attribute access (``mindnlp.diffusers.X``,
+    ``from mindnlp.diffusers import X``) imports the real package, so user code that wants it still gets
+    it. Returns whether the placeholder was installed (only on the versions it was written for, and
+    only before mindnlp is imported)."""
+    import sys
+    import types
+
+    if "mindnlp" in sys.modules or (versions or installed_versions()) != WRITTEN_FOR:
+        return False
+    name = "mindnlp.diffusers"
+
+    class Placeholder(types.ModuleType):
+        def __getattr__(self, attr):
+            if attr.startswith("__") and attr.endswith("__"):
+                raise AttributeError(attr)  # the import system's probes (__spec__, __path__, ...) load nothing
+            import importlib
+
+            parent = sys.modules["mindnlp"]
+            if sys.modules.get(name) is self:
+                del sys.modules[name]
+            real = importlib.import_module(name)
+            parent.diffusers = real
+            return getattr(real, attr)
+
+    sys.modules[name] = Placeholder(name, "placeholder: mindnlp.diffusers is imported on first use (ms_gpt2 compat)")
+    return True
+
+
 def apply(versions: dict[str, str] | None = None) -> list[str]:
     """Install the shims once per process; return the names of those in force.
 

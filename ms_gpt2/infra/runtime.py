@@ -117,9 +117,11 @@ def setup(device: str | None = None, seed: int | None = None) -> Runtime:
         if chosen == "ascend":
             _keep_origin_dtype()
         rank, world_size = _join_msrun_group()
+        from ms_gpt2.infra import compat
+
+        compat.defer_mindnlp_diffusers()
         import mindnlp  # noqa: F401  (binds mindtorch to the device just set)
 
-        from ms_gpt2.infra import compat
 
         shims = tuple(compat.apply())
         _current = Runtime(device=chosen, requested=requested, seed=seed, shims=shims, rank=rank,
