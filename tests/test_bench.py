@@ -307,3 +307,37 @@ def test_a_childs_peak_memory_is_its_own_not_its_parents():
     assert child["ru_maxrss_mb"] > 1400, child  # the defect this guards against: the parent's 1.5 GB shows up here
     assert child["peak_mb"] < 200, child        # a bare interpreter's own peak: tens of MB
     assert bench_bert.peak_rss_mb is peak.peak_rss_mb  # the BERT bench reads this, not ru_maxrss
+
+
+# The real command cannot read its own VmHWM: its parent measures it (ru_maxrss from wait4). That
+# figure too carries the high-water mark of the process it was forked from, so the bench starts it
+# through a small launcher (ms_gpt2/bench/peak.py run by file path) instead of from its own process.
+_FAT_PARENT_LAUNCHING = """
+import json, subprocess, sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import peak
+ballast = np.ones(1500 * 2**20 // 8)  # 1.5 GB, every page touched
+command = [sys.executable, "-c", "block = b'x' * (120 * 2**20)"]  # a command that touches 120 MB
+direct = peak.measure(command)
+out = subprocess.run([sys.executable, peak.__file__, "--", *command], capture_output=True, text=True, check=True)
+print(json.dumps({"direct": direct, "launched": json.loads(out.stdout.strip().splitlines()[-1])}), float(ballast.sum()) > 0)
+"""
+
+
+def test_the_launcher_reports_the_commands_own_peak_not_its_parents():
+    from pathlib import Path
+
+    import ms_gpt2.bench.peak as peak
+
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _FAT_PARENT_LAUNCHING, str(Path(peak.__file__).parent)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = json.loads(done.stdout.strip().splitlines()[-1].rsplit(" ", 1)[0])
+    assert runs["direct"]["peak_rss_mb"] > 1400, runs   # forked from the 1.5 GB parent: its figure shows up
+    launched = runs["launched"]
+    assert launched["returncode"] == 0 and not launched["timed_out"]
+    assert 120 < launched["peak_rss_mb"] < 250, runs    # the command's own 120 MB and a bare interpreter
+    assert launched["launcher_peak_rss_mb"] < 100, runs  # the floor under it: the launcher is small
