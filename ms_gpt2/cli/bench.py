@@ -3,8 +3,15 @@
 (``--bert``), or the spread of saved reports (``--summarize``)."""
 from __future__ import annotations
 
+import sys
+
 from ms_gpt2.infra import runtime
 from ms_gpt2.infra.errors import UserError
+
+
+def train_command() -> list[str]:
+    """How ``ms-gpt2 train`` is started in a fresh process (the memory bench measures the real command)."""
+    return [sys.executable, "-m", "ms_gpt2", "train"]
 
 
 def register(subparsers, common) -> None:
@@ -29,7 +36,8 @@ def register(subparsers, common) -> None:
     p.add_argument("--memory", action="store_true",
                    help="instead: training's peak memory, each workload in a fresh process (compiled, eager and, with "
                         "--reference-python, the reference; B4x256 and B1x1024; compiled against n_layer 2/4/8/12; "
-                        "the full bench includes it)")
+                        "and the real ms-gpt2 train command beside the reference Trainer's; the full bench includes "
+                        "it)")
     p.set_defaults(handler=run)
 
 
@@ -49,7 +57,7 @@ def run(args) -> int:
     if args.memory:
         if args.recompute_memory or args.png:
             raise UserError("--memory prints a table: drop --recompute-memory and --png")
-        bench.memory_report(args.quick, args.reference_python, args.json)
+        bench.memory_report(args.quick, args.reference_python, args.json, train_command=train_command())
         return 0
     if args.recompute_memory:
         if args.reference_python or args.png:
@@ -62,5 +70,5 @@ def run(args) -> int:
 
         write_json(bench_bert.report(args.quick, args.reference_python, runtime.ensure().device), args.json)
         return 0
-    bench.bench(args.quick, args.reference_python, args.json, args.png)
+    bench.bench(args.quick, args.reference_python, args.json, args.png, train_command=train_command())
     return 0
