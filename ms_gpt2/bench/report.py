@@ -208,7 +208,7 @@ def command_lines(command: dict | None, mb) -> list[str]:
     rows = command["rows"]
     if rows and "example_tokens" in rows[0]:
         lines.append("  examples: " + ", ".join(f"B{r['batch']} x {r['length']}: {r['examples']} of "
-                                              f"{r['example_tokens'][0]}-{r['example_tokens'][1]} tokens + [PAD]"
-                                              for r in rows))
+                                              f"{r['example_tokens'][0]}-{r['example_tokens'][1]} tokens (the rest "
+                                              f"[PAD])" for r in rows))
     return lines
 
