@@ -48,7 +48,8 @@ bench: $(STAMP)
 	$(BIN)/ms-gpt2 bench --json $(BENCH_JSON) $(if $(REFERENCE_PYTHON),--reference-python $(REFERENCE_PYTHON),) \
 		$(if $(BENCH_ONLY),--only $(BENCH_ONLY),)
 
-# Training's peak memory, each workload in a fresh process (8 min on 2 cores, with the reference)
+# Training's peak memory, each workload in a fresh process, and the real `ms-gpt2 train` beside the
+# reference Trainer (with the reference: about 20 min on 2 cores)
 bench-memory: $(STAMP)
 	$(BIN)/ms-gpt2 bench --memory --json runs/bench/memory.json $(if $(REFERENCE_PYTHON),--reference-python $(REFERENCE_PYTHON),)
 
@@ -59,7 +60,7 @@ bench-summary: $(STAMP)
 
 reference-venv:
 	test -x $(REF_VENV)/bin/python || $(PYTHON) -m venv $(REF_VENV)
-	$(REF_VENV)/bin/python -m pip install torch==2.13.0 transformers==4.56.2 "tokenizers<0.23" "safetensors<0.8" "numpy<2"
+	$(REF_VENV)/bin/python -m pip install torch==2.13.0 transformers==4.56.2 accelerate==1.10.1 "tokenizers<0.23" "safetensors<0.8" "numpy<2"
 
 clean:
 	rm -rf $(VENV) $(REF_VENV) runs .pytest_cache

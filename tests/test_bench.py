@@ -273,6 +273,63 @@ def test_memory_refuses_what_it_does_not_measure(capsys):
         assert "--memory prints a table" in capsys.readouterr().err
 
 
+def test_the_memory_report_measures_the_real_train_command_beside_the_reference_trainer():
+    """``bench --memory`` runs ``ms-gpt2 train`` (the argv the cli gives, with the tutorial's config, the
+    bundled data, 3 steps, each shape) and the reference Trainer on the same token ids, and sets each
+    ratio against the 1.1x target. Faked runs: this checks what each is asked to do, not the figures."""
+    from pathlib import Path
+
+    from ms_gpt2.bench import train_command
+
+    seen = {}
+
+    def fake(spec, engine, python):
+        if engine == "command":
+            argv = spec["argv"]
+            assert argv[:2] == ["TRAIN", "COMMAND"] and "configs/tutorial.yaml" in argv[argv.index("--config") + 1]
+            sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+            assert "training.max_steps=3" in sets and "data.fraction=1.0" in sets
+            batch = int(next(s for s in sets if s.startswith("training.per_device_train_batch_size=")).split("=")[1])
+            length = int(next(s for s in sets if s.startswith("data.max_seq_len=")).split("=")[1])
+            vocab = Path(argv[argv.index("--tokenizer") + 1]) / "vocab.txt"
+            seen[engine, batch, length] = len(vocab.read_text(encoding="utf-8").splitlines())
+            return {"peak_rss_mb": {256: 1000.0, 1024: 1300.0}[length], "seconds": 1.0}
+        if engine == "command_reference":
+            assert python == "ref"
+            m, t = spec["model"], spec["training"]
+            assert (m["vocab_size"], m["n_positions"], m["n_embd"], m["n_layer"], m["n_head"], m["dropout"]) == \
+                (21128, 1024, 768, 12, 12, 0.1)
+            assert t["max_steps"] == 3 and t["max_grad_norm"] == 1.0 and t["learning_rate"] == 1.5e-4
+            # the command's saving: save_steps "epoch" = 58 examples / batch; the stop at max_steps saves too
+            assert spec["save"] == {"save_strategy": "steps", "save_safetensors": True, "save_total_limit": 3,
+                                    "save_steps": {4: 15, 1: 58}[t["per_device_train_batch_size"]]}
+            examples = json.loads(Path(spec["examples"]).read_text(encoding="utf-8"))
+            ids = np.array(examples["input_ids"])
+            assert ids.shape[0] == 58 and (np.array(examples["labels"])[ids == 0] == -100).all()
+            seen[engine, t["per_device_train_batch_size"], ids.shape[1]] = ids.max() < 21128
+            return {"peak_rss_mb": 1000.0, "seconds": 1.0, "vmhwm_mb": 1000.0}
+        return {"peak_rss_mb": 100.0, "step_s": 1.0}  # the synthetic workloads
+
+    result = bench.memory_report(reference_python="ref", shapes=((4, 256), (1, 1024)), layers=(12,), run=fake,
+                                 print_fn=lambda *a: None, train_command=["TRAIN", "COMMAND"])
+    assert seen == {("command", 4, 256): 21128, ("command", 1, 1024): 21128,   # the tutorial's vocabulary size
+                    ("command_reference", 4, 256): True, ("command_reference", 1, 1024): True}
+    command = result["command"]
+    assert command["target"] == train_command.TARGET == 1.1 and command["steps"] == 3 and command["vocab_size"] == 21128
+    first, second = command["rows"]
+    assert (first["batch"], first["length"], second["batch"], second["length"]) == (4, 256, 1, 1024)
+    assert first["ratio"] == pytest.approx(1.0) and first["target_met"] is True
+    assert second["ratio"] == pytest.approx(1.3) and second["target_met"] is False
+    assert 100 < first["example_tokens"][0] <= first["example_tokens"][1] <= 256
+    assert result["shapes"][0]["target_met"] is True and result["target"] == 1.25   # the synthetic rows keep theirs
+    text = bench_report.memory_table(result)
+    assert "the real command: ms-gpt2 train configs/tutorial.yaml" in text and "target <= 1.1x" in text
+    assert "1.3x  NOT met" in text and "1,300 MB" in text
+    alone = bench.memory_report(shapes=((4, 256),), layers=(12,), run=fake, print_fn=lambda *a: None,
+                                train_command=["TRAIN", "COMMAND"])   # no reference: the command's figure alone
+    assert alone["command"]["rows"][0]["ratio"] is None and "no reference" in bench_report.memory_table(alone)
+
+
 # A parent that has touched ~1.5 GB starts the child the way the bench does (a fresh interpreter
 # running the file by path); the child reads its own peak with what bench/bert.py and
 # bench/workloads.py use. ru_maxrss, which they read before, is carried across exec on Linux: the
@@ -509,3 +566,35 @@ def test_summarize_over_reports_that_ran_different_parts(tmp_path):
     printed.clear()
     bench_summary.summarize(paths[2:3], print_fn=printed.append)  # a figure no run has is left out
     assert "train ratio" in printed[0] and "decode" not in printed[0] and "summarize ratio" not in printed[0]
+# The real command cannot read its own VmHWM: its parent measures it (ru_maxrss from wait4). That
+# figure too carries the high-water mark of the process it was forked from, so the bench starts it
+# through a small launcher (ms_gpt2/bench/peak.py run by file path) instead of from its own process.
+_FAT_PARENT_LAUNCHING = """
+import json, subprocess, sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import peak
+ballast = np.ones(1500 * 2**20 // 8)  # 1.5 GB, every page touched
+command = [sys.executable, "-c", "block = b'x' * (120 * 2**20)"]  # a command that touches 120 MB
+direct = peak.measure(command)
+out = subprocess.run([sys.executable, peak.__file__, "--", *command], capture_output=True, text=True, check=True)
+print(json.dumps({"direct": direct, "launched": json.loads(out.stdout.strip().splitlines()[-1])}), float(ballast.sum()) > 0)
+"""
+
+
+def test_the_launcher_reports_the_commands_own_peak_not_its_parents():
+    from pathlib import Path
+
+    import ms_gpt2.bench.peak as peak
+
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _FAT_PARENT_LAUNCHING, str(Path(peak.__file__).parent)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = json.loads(done.stdout.strip().splitlines()[-1].rsplit(" ", 1)[0])
+    assert runs["direct"]["peak_rss_mb"] > 1400, runs   # forked from the 1.5 GB parent: its figure shows up
+    launched = runs["launched"]
+    assert launched["returncode"] == 0 and not launched["timed_out"]
+    assert 120 < launched["peak_rss_mb"] < 250, runs    # the command's own 120 MB and a bare interpreter
+    assert launched["launcher_peak_rss_mb"] < 100, runs  # the floor under it: the launcher is small

@@ -27,7 +27,9 @@ process (:func:`recompute_memory`; ``scripts/recompute_memory.py`` for other sha
 peak includes another's: the compiled engine, the eager mindtorch path and the reference (with
 ``--reference-python``) at batch 4 x 256 and at the tutorial's 1 x 1024 (GPT-2 small, vocab 21128,
 3 steps), the ratio to the reference against the 1.25x target, and the compiled engine's peak
-against ``n_layer`` (2, 4, 8, 12) with a least-squares fixed + per-layer fit (:func:`memory_report`).
+against ``n_layer`` (2, 4, 8, 12) with a least-squares fixed + per-layer fit (:func:`memory_report`);
+beside them, at the same two shapes, the real ``ms-gpt2 train`` command and the same job on the
+``transformers`` Trainer, against the 1.1x target (:mod:`ms_gpt2.bench.train_command`).
 The training figures of the plain ``ms-gpt2 bench`` share one process with everything else it runs.
 
 The ratios depend on the machine (MindSpore's CPU kernels and PyTorch's do not scale alike), so
@@ -169,12 +171,13 @@ def parse_parts(text: str) -> tuple[str, ...]:
 
 
 def bench(quick: bool = False, reference_python: str | None = None, json_path=None, png_path=None,
-          print_fn=print, only=None) -> dict:
+          print_fn=print, only=None, train_command: list[str] | None = None) -> dict:
     """The full bench, or with ``only`` (``--only``, a subset of :data:`PARTS`) those parts alone. Every
     run records the machine (CPU model, cores, load average at start and end) and measures the
     ceilings; the report has a section for each part it ran and none for the others. ``--quick``
     without ``only`` leaves out the memory and recompute parts (minutes, even at toy sizes); named in
-    ``only``, they run at the quick sizes."""
+    ``only``, they run at the quick sizes. ``train_command``: how to start ``ms-gpt2 train`` (the cli
+    passes it down), for the memory part's real-command rows."""
     rt = runtime.ensure()
     from ms_gpt2.bench import workloads
 
@@ -225,7 +228,7 @@ def bench(quick: bool = False, reference_python: str | None = None, json_path=No
                  "reference: ms-gpt2 bench --memory (make bench-memory)")
     else:
         if "memory" in parts:
-            result["memory"] = memory_report(quick, reference_python, print_fn=print_fn)
+            result["memory"] = memory_report(quick, reference_python, print_fn=print_fn, train_command=train_command)
         if "recompute" in parts:
             print_fn(f"== recompute memory ({'quick' if quick else 'GPT-2 small'}): two fresh processes")
             result["recompute_memory"] = recompute_memory(spec, print_fn=print_fn)
@@ -333,9 +336,14 @@ def eager_train_memory(spec: dict, device: str) -> dict:
 def memory_child(spec: dict, engine: str, python: str | None = None, timeout: float = 3600) -> dict:
     """One training workload in a fresh process; -> its result (``peak_rss_mb`` = the process's VmHWM).
     ``engine``: "compiled" or "eager" (ms_gpt2: this interpreter, ``-m ms_gpt2.bench.gpt2``) or
-    "reference" (``python`` runs :mod:`ms_gpt2.bench.workloads` under real PyTorch)."""
+    "reference" (``python`` runs :mod:`ms_gpt2.bench.workloads` under real PyTorch); or the real
+    command, "command" (``ms-gpt2 train``) and "command_reference" (:mod:`ms_gpt2.bench.train_command`)."""
     import sys
 
+    if engine in ("command", "command_reference"):
+        from ms_gpt2.bench import train_command
+
+        return train_command.run_child(spec, engine, python, timeout)
     if engine == "reference":
         out = run_reference(python, dict(spec, only="train", reference_device=spec.get("reference_device", "cpu")),
                             timeout=timeout)
@@ -362,8 +370,10 @@ def layer_fit(points) -> dict | None:
 
 
 def memory_report(quick: bool = False, reference_python: str | None = None, json_path=None, print_fn=print,
-                  shapes=None, layers=None, run=memory_child) -> dict:
-    """``ms-gpt2 bench --memory``: peak memory of every training workload in its own process."""
+                  shapes=None, layers=None, run=memory_child, train_command: list[str] | None = None) -> dict:
+    """``ms-gpt2 bench --memory``: peak memory of every training workload in its own process; with
+    ``train_command`` (the argv that starts ``ms-gpt2 train``, which the cli gives), also the real
+    command's beside the reference's at the same shapes (:mod:`ms_gpt2.bench.train_command`)."""
     base = QUICK if quick else FULL
     shapes = tuple(shapes or (QUICK_MEMORY["shapes"] if quick else MEMORY_SHAPES))
     layers = tuple(layers or (QUICK_MEMORY["layers"] if quick else MEMORY_LAYERS))
@@ -389,10 +399,21 @@ def memory_report(quick: bool = False, reference_python: str | None = None, json
                                     reference_python)["peak_rss_mb"]
             print_fn(f"   compiled  n_layer {n_layer}: {by_layer[n_layer]:,.0f} MB")
     layer_rows = [{"n_layer": n, "peak_rss_mb": by_layer[n]} for n in layers]
+    command = None
+    if train_command:
+        from ms_gpt2.bench import train_command as real
+
+        print_fn(f"== the real command, {real.STEPS} steps: ms-gpt2 train ({real.QUICK_CONFIG if quick else real.CONFIG}, "
+                 f"bundled data){' and the reference Trainer' if reference_python else ''}, one fresh process each")
+        rt = runtime.ensure()
+        command = real.command_rows(train_command, real.QUICK_SHAPES if quick else shapes, reference_python, run, rt.device, rt.torch_device,
+                                    quick=quick, print_fn=print_fn)
     result = {"device": runtime.ensure().device, "workload": base, "machine": machine(), "shapes": rows,
               "layers": {"batch": full_batch, "length": full_length, "rows": layer_rows,
                          "fit": layer_fit((r["n_layer"], r["peak_rss_mb"]) for r in layer_rows)},
               "target": MEMORY_TARGET, "seconds": time.perf_counter() - start}
+    if command:
+        result["command"] = command
     print_fn(memory_table(result))
     write_json(result, json_path, print_fn)
     return result

@@ -302,6 +302,28 @@ def memory_table(result: dict) -> str:
     fit = layers["fit"]
     if fit:
         lines.append(f"  least-squares fit: {fit['fixed_mb']:,.0f} MB fixed + {fit['per_layer_mb']:,.0f} MB per layer")
+    lines += command_lines(result.get("command"), mb)
     lines.append(f"measured in {result['seconds'] / 60:.1f} min")
     return "\n".join(lines)
+
+
+def command_lines(command: dict | None, mb) -> list[str]:
+    """The real ``ms-gpt2 train`` rows of the memory table (:mod:`ms_gpt2.bench.train_command`)."""
+    if not command:
+        return []
+    lines = [f"the real command: ms-gpt2 train {command['config']} on {command['data']}, {command['steps']} steps, "
+             f"vocab {command['vocab_size']}; the reference: the transformers Trainer on the same token ids; "
+             f"each its own process",
+             f"{'shape':<12}{'ms_gpt2':>12}{'':>12}{'reference':>12}{'ms_gpt2/ref':>14}  target <= {command['target']}x"]
+    for row in command["rows"]:
+        met = {True: "met", False: "NOT met", None: "no reference"}[row["target_met"]]
+        lines.append(f"{'B%d x %d' % (row['batch'], row['length']):<12}{mb(row['ms_gpt2']['peak_rss_mb']):>12}"
+                     f"{'':>12}{mb((row.get('reference') or {}).get('peak_rss_mb')):>12}"
+                     f"{fmt(row['ratio'], 'x'):>14}  {met}")
+    rows = command["rows"]
+    if rows and "example_tokens" in rows[0]:
+        lines.append("  examples: " + ", ".join(f"B{r['batch']} x {r['length']}: {r['examples']} of "
+                                              f"{r['example_tokens'][0]}-{r['example_tokens'][1]} tokens (the rest "
+                                              f"[PAD])" for r in rows))
+    return lines
 

@@ -109,6 +109,40 @@ def train(spec: dict, device: str) -> dict:
             "params": sum(p.numel() for p in model.parameters()), "attention": model.config._attn_implementation}
 
 
+def train_command(spec: dict, device: str) -> dict:
+    """The reference side of ``ms-gpt2 train``'s memory row (:mod:`ms_gpt2.bench.train_command`): the
+    same job as a PyTorch user runs it, ``GPT2LMHeadModel`` trained by the ``transformers`` Trainer
+    with the command's ``TrainingArguments`` on the command's own examples (token ids read from
+    ``spec["examples"]``), saving as the command saves (``spec["save"]``: the Trainer's checkpoint
+    when training stops, then the final model, as the command's ``model/``).
+    Meant for a fresh process: the peak is the process's whole life. Real PyTorch only."""
+    from transformers import Trainer, TrainingArguments
+
+    with open(spec["examples"], encoding="utf-8") as handle:
+        data = json.load(handle)
+    rows = [{key: torch.tensor(data[key][i], dtype=torch.long) for key in ("input_ids", "attention_mask", "labels")}
+            for i in range(len(data["input_ids"]))]
+    del data
+    m = spec["model"]
+    torch.manual_seed(spec["seed"])
+    config = GPT2Config(vocab_size=m["vocab_size"], n_positions=m["n_positions"], n_embd=m["n_embd"],
+                        n_layer=m["n_layer"], n_head=m["n_head"], resid_pdrop=m["dropout"], embd_pdrop=m["dropout"],
+                        attn_pdrop=m["dropout"], bos_token_id=m["bos_token_id"], eos_token_id=m["eos_token_id"],
+                        pad_token_id=m["pad_token_id"])
+    model = GPT2LMHeadModel(config)
+    args = TrainingArguments(output_dir=spec["output_dir"], seed=spec["seed"], report_to=[],
+                             remove_unused_columns=False, dataloader_num_workers=0, use_cpu=device == "cpu",
+                             **spec.get("save", {"save_strategy": "no"}), **spec["training"])
+    start = time.perf_counter()
+    trainer = Trainer(model=model, args=args, train_dataset=rows)
+    out = trainer.train()
+    trainer.save_model(spec["output_dir"] + "/model")
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {"peak_rss_mb": peak_rss_mb(), "seconds": time.perf_counter() - start, "global_step": out.global_step,
+            "losses": losses, "params": sum(p.numel() for p in model.parameters()),
+            "attention": model.config._attn_implementation, "framework": f"torch {torch.__version__}"}
+
+
 def _generate(model, prompt, **kwargs):
     with torch.no_grad():
         return model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
@@ -151,5 +185,10 @@ if __name__ == "__main__":  # the reference side: python workloads.py '<spec jso
         import torch_npu  # noqa: F401  (PyTorch's Ascend backend, for a like-for-like reference)
     if spec.get("only") == "train":  # one workload's peak memory in a fresh process (ms-gpt2 bench --memory)
         print(json.dumps({"train": train(spec, device), "framework": f"torch {torch.__version__}"}))
+    elif spec.get("only") == "train_command":  # the reference of ms-gpt2 train's peak memory (bench --memory)
+        result = train_command(spec, device)
+        with open(spec["result_path"], "w", encoding="utf-8") as handle:
+            json.dump(result, handle)
+        print(json.dumps(result))
     else:  # all three workloads, or those of ``ms-gpt2 bench --only`` ("train,decode")
         print(json.dumps(run(spec, device, spec["only"].split(",") if spec.get("only") else None)))

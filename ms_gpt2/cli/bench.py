@@ -7,8 +7,15 @@ per part run); ``--memory``, ``--bert`` and ``--recompute-memory`` stay what the
 a report of its own, so they do not combine with ``--only``."""
 from __future__ import annotations
 
+import sys
+
 from ms_gpt2.infra import runtime
 from ms_gpt2.infra.errors import UserError
+
+
+def train_command() -> list[str]:
+    """How ``ms-gpt2 train`` is started in a fresh process (the memory bench measures the real command)."""
+    return [sys.executable, "-m", "ms_gpt2", "train"]
 
 
 def register(subparsers, common) -> None:
@@ -33,7 +40,8 @@ def register(subparsers, common) -> None:
     p.add_argument("--memory", action="store_true",
                    help="instead: training's peak memory, each workload in a fresh process (compiled, eager and, with "
                         "--reference-python, the reference; B4x256 and B1x1024; compiled against n_layer 2/4/8/12; "
-                        "the full bench includes it)")
+                        "and the real ms-gpt2 train command beside the reference Trainer's; the full bench includes "
+                        "it)")
     p.add_argument("--only", metavar="PARTS",
                    help="run only these parts of the full bench, comma-separated, any order: "
                         "train,decode,summarize,bert,memory,recompute (the report keeps the machine and the "
@@ -63,12 +71,12 @@ def run(args) -> int:
                 raise UserError(f"--only and {flag} do not combine: {flag} runs one part with a report of its "
                                 f"own; --only {part} runs it inside the bench's report")
         only = bench.parse_parts(args.only)
-        bench.bench(args.quick, args.reference_python, args.json, args.png, only=only)
+        bench.bench(args.quick, args.reference_python, args.json, args.png, only=only, train_command=train_command())
         return 0
     if args.memory:
         if args.recompute_memory or args.png:
             raise UserError("--memory prints a table: drop --recompute-memory and --png")
-        bench.memory_report(args.quick, args.reference_python, args.json)
+        bench.memory_report(args.quick, args.reference_python, args.json, train_command=train_command())
         return 0
     if args.recompute_memory:
         if args.reference_python or args.png:
@@ -81,5 +89,5 @@ def run(args) -> int:
 
         write_json(bench_bert.report(args.quick, args.reference_python, runtime.ensure().device), args.json)
         return 0
-    bench.bench(args.quick, args.reference_python, args.json, args.png)
+    bench.bench(args.quick, args.reference_python, args.json, args.png, train_command=train_command())
     return 0
