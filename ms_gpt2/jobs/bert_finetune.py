@@ -73,7 +73,7 @@ from ms_gpt2.infra.errors import CheckpointError  # noqa: E402
 from ms_gpt2.infra.rundir import atomic_write_text  # noqa: E402
 from ms_gpt2.data.tokenization import training_vocabulary  # noqa: E402
 from ms_gpt2.jobs.fit import HeldOutEvaluation, fit  # noqa: E402
-from ms_gpt2.jobs.run import run_directory, run_seed, start, workdir_for  # noqa: E402
+from ms_gpt2.jobs.run import run_job, workdir_for  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -293,19 +293,17 @@ class FinetuneResult:
 
 def finetune_bert(config: dict, data_path, output_dir, resume=None, overwrite: bool = False) -> FinetuneResult:
     """Fine-tune BertForSequenceClassification on summary-article matching as configured; evaluate; save."""
-    from ms_gpt2.engine import options
+    def checks():
+        check_negatives(config["finetune"]["negatives"])
+        if config["model"]["init_from"] and not resume:  # a bad checkpoint is named before any data work
+            checkpoint_dir(config["model"]["init_from"])
 
-    options.check_config(config, "eager")  # BERT trains on the eager engine; refused before any work
-    check_negatives(config["finetune"]["negatives"])
-    if config["model"]["init_from"] and not resume:  # a bad checkpoint is named before any data work
-        checkpoint_dir(config["model"]["init_from"])
-    with run_directory(output_dir) as output_dir:
-        return _finetune_bert(config, data_path, output_dir, resume, overwrite)
+    # BERT fine-tunes on the eager engine
+    return run_job(_finetune_bert, config, data_path, output_dir, resume, overwrite, outputs=[EVAL_FILE],
+                   engine="eager", checks=checks)
 
 
-def _finetune_bert(config: dict, data_path, output_dir: Path, resume, overwrite: bool) -> FinetuneResult:
-    resume_from = start(output_dir, resume, overwrite, outputs=[EVAL_FILE])
-    seed = run_seed()
+def _finetune_bert(config: dict, data_path, output_dir: Path, resume_from: str | None, seed: int) -> FinetuneResult:
     mcfg, dcfg = config["model"], config["data"]
     max_seq_len = dcfg["max_seq_len"]
     negatives = check_negatives(config["finetune"]["negatives"])

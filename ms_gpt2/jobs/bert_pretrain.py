@@ -71,7 +71,7 @@ from ms_gpt2.infra.errors import UserError  # noqa: E402
 from ms_gpt2.models.bert import bert_config, load_bert  # noqa: E402
 from ms_gpt2.data.tokenization import training_vocabulary  # noqa: E402
 from ms_gpt2.jobs.fit import HeldOutEvaluation, fit  # noqa: E402
-from ms_gpt2.jobs.run import run_directory, run_seed, start  # noqa: E402
+from ms_gpt2.jobs.run import run_job  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -343,16 +343,10 @@ def compiled_graph_fits(config: dict, model) -> bool:
 
 def pretrain_mlm_nsp(config: dict, data_path, output_dir, resume=None, overwrite: bool = False) -> MlmNspResult:
     """Train BertForPreTraining with MLM + NSP on a raw-text corpus as configured; evaluate; save."""
-    from ms_gpt2.engine import options
-
-    options.check_config(config)  # refused before any work
-    with run_directory(output_dir) as output_dir:
-        return _pretrain_mlm_nsp(config, data_path, output_dir, resume, overwrite)
+    return run_job(_pretrain_mlm_nsp, config, data_path, output_dir, resume, overwrite, outputs=[EVAL_FILE])
 
 
-def _pretrain_mlm_nsp(config: dict, data_path, output_dir: Path, resume, overwrite: bool) -> MlmNspResult:
-    resume_from = start(output_dir, resume, overwrite, outputs=[EVAL_FILE])
-    seed = run_seed()
+def _pretrain_mlm_nsp(config: dict, data_path, output_dir: Path, resume_from: str | None, seed: int) -> MlmNspResult:
     mcfg, dcfg, pcfg = config["model"], config["data"], config["pretrain"]
     max_seq_len = dcfg["max_seq_len"]
     check_options(max_seq_len, pcfg["mlm_probability"], pcfg["masking"])

@@ -48,10 +48,10 @@ from ms_gpt2.data.corpus import CorpusSource, parse_document  # noqa: E402
 from ms_gpt2.data.nlpcc import DataError  # noqa: E402
 from ms_gpt2.infra.errors import UserError  # noqa: E402
 from ms_gpt2.models.gpt2 import build_config, generation_config_for, load_model  # noqa: E402
-from ms_gpt2.engine import distributed, options  # noqa: E402
+from ms_gpt2.engine import distributed  # noqa: E402
 from ms_gpt2.infra.rundir import atomic_write_text  # noqa: E402
 from ms_gpt2.jobs.fit import HeldOutEvaluation, fit  # noqa: E402
-from ms_gpt2.jobs.run import data_seed, rank0_first, run_directory, run_seed, start, workdir_for  # noqa: E402
+from ms_gpt2.jobs.run import data_seed, rank0_first, run_job, workdir_for  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -195,14 +195,10 @@ def _pack_split(source: CorpusSource, split: str, tokenizer, block_size: int) ->
 
 def pretrain(config: dict, data_path, output_dir, resume=None, overwrite: bool = False) -> PretrainResult:
     """Causal-LM training on a raw-text corpus as configured; returns where everything was written."""
-    options.check_config(config)  # settings the engine cannot honour: refused before any work
-    with run_directory(output_dir) as output_dir:
-        return _pretrain(config, data_path, output_dir, resume, overwrite)
+    return run_job(_pretrain, config, data_path, output_dir, resume, overwrite, outputs=[EVAL_FILE])
 
 
-def _pretrain(config: dict, data_path, output_dir: Path, resume, overwrite: bool) -> PretrainResult:
-    resume_from = start(output_dir, resume, overwrite, outputs=[EVAL_FILE])
-    seed = run_seed()
+def _pretrain(config: dict, data_path, output_dir: Path, resume_from: str | None, seed: int) -> PretrainResult:
     mcfg, dcfg, pcfg = config["model"], config["data"], config["pretrain"]
     block_size = int(dcfg["max_seq_len"])
 

@@ -106,6 +106,23 @@ def start(output_dir: Path, resume, overwrite: bool, outputs=()) -> str | None:
     return resume_from
 
 
+def run_job(job, config: dict, data_path, output_dir, resume, overwrite: bool, outputs=(), engine: str | None = None,
+            checks=None):
+    """How every training job starts: the settings the engine cannot honour are refused before any
+    work (for ``engine``, default the config's), then the job's own ``checks()``; the output directory
+    is held for the run (:func:`run_directory`), the checkpoint to resume from is found
+    (:func:`start`) and the run's seed read; then ``job(config, data_path, output_dir, resume_from,
+    seed)`` does the work."""
+    from ms_gpt2.engine import options
+
+    options.check_config(config, engine)
+    if checks:
+        checks()
+    with run_directory(output_dir) as output_dir:
+        resume_from = start(output_dir, resume, overwrite, outputs)
+        return job(config, data_path, output_dir, resume_from, run_seed())
+
+
 def workdir_for(output_dir: Path) -> Path:
     """Where clean copies of input files go: ``OUTPUT_DIR/work`` on rank 0, a private one elsewhere."""
     rank = distributed.world()[0]

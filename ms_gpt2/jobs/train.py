@@ -35,12 +35,12 @@ runtime.ensure()
 from ms_gpt2.data.examples import summary_fits, train_pipeline  # noqa: E402
 from ms_gpt2.data.nlpcc import NLPCCSource, records  # noqa: E402
 from ms_gpt2.data.tokenization import training_vocabulary  # noqa: E402
-from ms_gpt2.engine import distributed, options  # noqa: E402
+from ms_gpt2.engine import distributed  # noqa: E402
 from ms_gpt2.infra.config import article_loss_weight  # noqa: E402
 from ms_gpt2.infra.errors import UserError  # noqa: E402
 from ms_gpt2.jobs.evaluate import language_model_loss  # noqa: E402
 from ms_gpt2.jobs.fit import HeldOutEvaluation, fit  # noqa: E402
-from ms_gpt2.jobs.run import rank0_first, run_directory, run_seed, start, workdir_for  # noqa: E402
+from ms_gpt2.jobs.run import rank0_first, run_job, workdir_for  # noqa: E402
 from ms_gpt2.models.gpt2 import GPT2ForSummarization, build_config, generation_config_for, load_model  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -59,14 +59,10 @@ class TrainResult:
 
 def train(config: dict, data_path, output_dir, resume=None, overwrite: bool = False) -> TrainResult:
     """Run the tutorial's fine-tuning as configured; returns where everything was written."""
-    options.check_config(config)  # settings the engine cannot honour: refused before any work
-    with run_directory(output_dir) as output_dir:
-        return _train(config, data_path, output_dir, resume, overwrite)
+    return run_job(_train, config, data_path, output_dir, resume, overwrite)
 
 
-def _train(config: dict, data_path, output_dir: Path, resume, overwrite: bool) -> TrainResult:
-    resume_from = start(output_dir, resume, overwrite)
-    seed = run_seed()
+def _train(config: dict, data_path, output_dir: Path, resume_from: str | None, seed: int) -> TrainResult:
     mcfg, dcfg = config["model"], config["data"]
 
     # Check every line once (format only: the tokenizer may not exist yet), then again with the
