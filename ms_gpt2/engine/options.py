@@ -59,10 +59,6 @@ class Refused:
     allowed: tuple = ()                                 # values accepted besides the default
 
 
-def _on_cpu(value, ctx: Context) -> bool:
-    return ctx.device == "cpu"
-
-
 def _off_cpu(value, ctx: Context) -> bool:
     return ctx.device != "cpu"
 
