@@ -14,7 +14,7 @@ import numpy as np
 import mindspore
 from mindspore import Parameter, Tensor
 
-from ms_gpt2.infra.compat import read_parameter, write_parameter
+from ms_gpt2.infra.compat import parameter_view, read_parameter, write_parameter
 from ms_gpt2.models.graphs import dropout as keyed
 from ms_gpt2.models.graphs import graph_for
 from ms_gpt2.models.graphs.precision import Precision
@@ -115,6 +115,26 @@ class CompiledEngine:
 
     released = False   # the model's copies of the graph's weights are dropped until to_model
 
+    def lend_to_model(self, model) -> bool:
+        """Point the released model's weights at the graph's own buffers (NumPy views, no copy), for
+        a save that reads them before the next step; :meth:`release_model` takes them back. False
+        (and nothing done) where the graph's buffers cannot be viewed (a device): then copy with
+        :meth:`to_model`. Until taken back, the model's weights change with every step."""
+        import torch  # mindtorch
+
+        if not self.released:
+            raise RuntimeError("lend_to_model: the model holds its own weights (nothing was released)")
+        views = {}
+        for name, param in zip(self.step.names, self.step.weights):
+            view = parameter_view(param)
+            if view is None:
+                return False
+            views[name] = view
+        own = dict(model.named_parameters())
+        for name, view in views.items():
+            own[name].data = torch.from_numpy(view)  # shares the buffer: the model reads the graph's weights
+        return True
+
     def release_model(self, model) -> None:
         """Drop the model's copies of the weights the graph holds and updates (one model's size of
         memory during training); :meth:`to_model` restores them. Until then the model must not run."""
@@ -130,12 +150,20 @@ class CompiledEngine:
     def optimizer_steps(self) -> int:
         return int(round(float(self.step.step.asnumpy())))
 
-    def optimizer_state(self) -> dict[str, dict]:
-        """name -> {"step", "exp_avg", "exp_avg_sq"} (NumPy copies), empty before the first step."""
+    def optimizer_state(self, views: bool = False) -> dict[str, dict]:
+        """name -> {"step", "exp_avg", "exp_avg_sq"} (NumPy copies), empty before the first step.
+
+        ``views``: where the graph's buffers can be viewed (CPU), the moments are views of them, not
+        copies (no memory: what a save that writes them before the next step wants); elsewhere copies."""
         steps = self.optimizer_steps
         if steps == 0:
             return {}
-        return {n: {"step": float(steps), "exp_avg": read_parameter(m), "exp_avg_sq": read_parameter(v)}
+
+        def read(param):
+            view = parameter_view(param) if views else None
+            return read_parameter(param) if view is None else view
+
+        return {n: {"step": float(steps), "exp_avg": read(m), "exp_avg_sq": read(v)}
                 for n, m, v in zip(self.step.names, self.step.exp_avg, self.step.exp_avg_sq)}
 
     @property
