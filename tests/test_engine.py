@@ -352,8 +352,8 @@ def test_the_gpt2_graph_refuses_token_type_and_position_ids():
 
 def test_a_save_reads_the_graphs_weights_and_moments_without_copies():
     """optimizer.pt and model.safetensors are written from the graph's own buffers (views on CPU): the
-    optimizer's state_dict refers to the graph's moments as torch's refers to its live state, and a
-    released model is lent the graph's weights for a save, then released again."""
+    optimizer's state_dict refers to the graph's moments as torch's refers to its live state, and
+    to_model(share=True) gives a released model the graph's weights themselves, until released again."""
     import io
     import types
     import zipfile
@@ -388,8 +388,9 @@ def test_a_save_reads_the_graphs_weights_and_moments_without_copies():
         assert a.namelist() == b.namelist()
         assert all(a.read(name) == b.read(name) for name in a.namelist())
 
-    assert engine.lend_to_model(model)
+    engine.to_model(model, share=True)
     own = dict(model.named_parameters())
+    assert not engine.released and model.lm_head.weight is model.transformer.wte.weight
     for name, param in zip(engine.step.names, engine.step.weights):
         assert np.shares_memory(own[name].detach().numpy(), parameter_view(param)), name
         assert np.shares_memory(model.state_dict()[name].numpy(), parameter_view(param)), name
@@ -399,22 +400,29 @@ def test_a_save_reads_the_graphs_weights_and_moments_without_copies():
 
 def test_the_trainer_releases_the_model_before_the_first_step_and_saves_from_the_graph(
         eight, char_vocab_dir, tmp_path, monkeypatch):
-    """The model's weights go before the first step runs (not after it), a checkpoint lends it the
-    graph's weights (no copy kept) and takes them back, and what it writes is the bytes the final
-    model/ (copied back from the graph at the end) has at the same step."""
+    """The model's weights go before the first step runs (not after it); the checkpoint is written
+    with the model holding the graph's own buffers (no copy), which it keeps at the end of training,
+    and what the checkpoint holds is what model/ holds at the same step, byte for byte."""
     from ms_gpt2.engine.compiled import CompiledEngine
+    from ms_gpt2.infra.compat import parameter_view
 
-    events = []
-    for method in ("release_model", "lend_to_model", "to_model", "train_step"):
+    events, synced = [], {}
+    for method in ("release_model", "to_model", "train_step"):
         original = getattr(CompiledEngine, method)
 
         def record(self, *args, _original=original, _method=method, **kwargs):
-            events.append(_method)
+            events.append((_method, kwargs.get("share")) if _method == "to_model" else _method)
+            if _method == "to_model":
+                synced.update(engine=self, model=args[0])
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(CompiledEngine, method, record)
     overrides = TINY + [f"tokenizer.path={char_vocab_dir}", "training.num_train_epochs=1", "training.save_steps=2"]
     _run(overrides, eight, tmp_path / "run", "compiled")
-    assert events == ["release_model", "train_step", "train_step", "lend_to_model", "release_model", "to_model"]
+    # checkpoint-2 is the last step: its sync is the one the end of training needs
+    assert events == ["release_model", "train_step", "train_step", ("to_model", True)]
     run = tmp_path / "run"
     assert (run / "checkpoint-2" / "model.safetensors").read_bytes() == (run / "model" / "model.safetensors").read_bytes()
+    engine, own = synced["engine"], dict(synced["model"].named_parameters())
+    for name, param in zip(engine.step.names, engine.step.weights):
+        assert np.shares_memory(own[name].detach().numpy(), parameter_view(param)), name

@@ -98,15 +98,24 @@ class CompiledEngine:
         """name -> the graph's weight, a NumPy copy (the next step does not change it)."""
         return {n: read_parameter(p) for n, p in zip(self.step.names, self.step.weights)}
 
-    def to_model(self, model) -> None:
+    def to_model(self, model, share: bool = False) -> None:
         """Bring the Hugging Face model up to date with the graph's weights (tied weights included),
-        giving back the storage :meth:`release_model` dropped."""
+        giving back the storage :meth:`release_model` dropped.
+
+        ``share``: where the graph's buffers can be viewed (CPU; :func:`~ms_gpt2.infra.compat.parameter_view`),
+        the model's weights become views of them rather than copies: no memory, the same values, but
+        they would follow the graph's next step, so :meth:`release_model` must come before it (the
+        Trainer's ``training_step`` releases before every step). Elsewhere: copies."""
         import torch  # mindtorch
 
+        views = self._views() if share else None
         own = dict(model.named_parameters())
         with torch.no_grad():
-            for name, param in zip(self.step.names, self.step.weights):  # views: torch.tensor copies
-                value = param.asnumpy()
+            for name, param in zip(self.step.names, self.step.weights):
+                if views is not None:
+                    own[name].data = torch.from_numpy(views[name])  # the graph's buffer itself
+                    continue
+                value = param.asnumpy()    # on CPU a view: torch.tensor copies it
                 if self.released:
                     own[name].data = torch.tensor(value).to(own[name].device)
                 else:
@@ -115,25 +124,14 @@ class CompiledEngine:
 
     released = False   # the model's copies of the graph's weights are dropped until to_model
 
-    def lend_to_model(self, model) -> bool:
-        """Point the released model's weights at the graph's own buffers (NumPy views, no copy), for
-        a save that reads them before the next step; :meth:`release_model` takes them back. False
-        (and nothing done) where the graph's buffers cannot be viewed (a device): then copy with
-        :meth:`to_model`. Until taken back, the model's weights change with every step."""
-        import torch  # mindtorch
-
-        if not self.released:
-            raise RuntimeError("lend_to_model: the model holds its own weights (nothing was released)")
+    def _views(self) -> dict | None:
+        """name -> a NumPy view of the graph's weight, or None where they cannot be viewed."""
         views = {}
         for name, param in zip(self.step.names, self.step.weights):
-            view = parameter_view(param)
-            if view is None:
-                return False
-            views[name] = view
-        own = dict(model.named_parameters())
-        for name, view in views.items():
-            own[name].data = torch.from_numpy(view)  # shares the buffer: the model reads the graph's weights
-        return True
+            views[name] = parameter_view(param)
+            if views[name] is None:
+                return None
+        return views
 
     def release_model(self, model) -> None:
         """Drop the model's copies of the weights the graph holds and updates (one model's size of

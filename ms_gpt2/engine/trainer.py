@@ -246,21 +246,16 @@ class CompiledTrainerMixin:
 
     # -- keeping the Hugging Face model up to date --------------------------------------------------
     def sync_model(self) -> None:
-        """Copy the graph's weights into ``self.model`` if they are newer (or were released)."""
+        """Bring ``self.model`` up to date with the graph's weights if they are newer (or were released).
+
+        On CPU the model is given the graph's own buffers (views: no copy of the weights for a
+        checkpoint, an evaluation or the end of training); ``training_step`` releases them before the
+        next step, so the model never sees a step's update without a sync. Elsewhere: copies."""
         if self._engine is not None and (self._engine_dirty or self._engine.released):
-            self._engine.to_model(self.model)
+            self._engine.to_model(self.model, share=True)
             self._engine_dirty = False
 
     def _save_checkpoint(self, model, trial):
-        engine = self._engine
-        # The model's weights were released after a step: for the save, lend it the graph's own
-        # buffers (no copy of the weights; on CPU) and take them back after, rather than copying
-        # them in and keeping the copy until the next step. Elsewhere: copy, as for evaluation.
-        if engine is not None and engine.released and engine.lend_to_model(self.model):
-            try:
-                return super()._save_checkpoint(model, trial)
-            finally:
-                engine.release_model(self.model)
         self.sync_model()
         return super()._save_checkpoint(model, trial)
 
