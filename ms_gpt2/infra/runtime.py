@@ -175,3 +175,25 @@ def ensure() -> Runtime:
 
 def current() -> Runtime | None:
     return _current
+
+
+def return_freed_memory() -> bool:
+    """Give the memory the process has freed back to the system (glibc's ``malloc_trim(0)``); False
+    where there is no glibc (nothing done).
+
+    Freed host memory is not returned by itself: glibc keeps it in the heap for later ``malloc``
+    calls, so it stays resident. Measured on GPT-2 small (CPU): releasing the Hugging Face model's
+    weights (408 MB) lowered the resident memory by 62 MB, trimming after it by 327 MB more; after
+    the first compiled training step at B4 x 256, trimming lowered it by 250 MB (compilation's and
+    the step's freed memory). Nothing computed depends on it."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True
