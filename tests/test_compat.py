@@ -339,3 +339,64 @@ def test_mindnlp_diffusers_is_imported_only_when_used():
     before, after = done.stdout.split("\n")[:2]
     assert before == "False False"
     assert after == "diffusers.pipelines.pipeline_utils True True"
+
+
+class _CopyingTensor:
+    """A tensor whose asnumpy() returns a fresh copy each time (as on a device), counting the copies alive."""
+
+    live = 0
+    most = 0
+
+    def __init__(self, array):
+        import mindspore
+
+        self.array, self.shape = array, array.shape
+        self.dtype = {np.dtype(np.float32): mindspore.float32, np.dtype(np.float16): mindspore.float16,
+                      np.dtype(np.int64): mindspore.int64}[array.dtype]
+
+    def asnumpy(self):
+        import weakref
+
+        copy = self.array.copy()
+        cls = type(self)
+        cls.live += 1
+        cls.most = max(cls.most, cls.live)
+        weakref.finalize(copy, lambda: setattr(cls, "live", cls.live - 1))
+        return copy
+
+
+def _mixed_tensors():
+    rng = np.random.default_rng(0)
+    return {"transformer.h.0.attn.c_attn.weight": rng.random((8, 24), dtype=np.float32),
+            "a.bias": rng.random(5).astype(np.float16), "ids": np.arange(7, dtype=np.int64),
+            "transformer.wte.weight": rng.random((11, 8), dtype=np.float32), "empty": np.zeros((0, 3), np.float32),
+            "scalar": np.array(2.5, np.float32)}
+
+
+@pytest.mark.parametrize("metadata", [None, {"format": "pt"}])
+def test_streamed_safetensors_save_writes_safetensors_own_bytes(tmp_path, metadata):
+    """The streamed writer (the Trainer's model.safetensors) gives the file safetensors writes, byte
+    for byte: the same header (order by dtype then name, metadata, padding) and data."""
+    from safetensors.numpy import save_file
+
+    tensors = dict(_mixed_tensors(), **{"ü": np.ones(2, np.bool_)})
+    save_file(tensors, str(tmp_path / "library.safetensors"), metadata=metadata)
+    compat.save_safetensors_streamed(tensors, tmp_path / "streamed.safetensors", metadata=metadata)
+    assert (tmp_path / "streamed.safetensors").read_bytes() == (tmp_path / "library.safetensors").read_bytes()
+
+
+def test_save_pretrained_holds_one_tensor_copy_at_a_time(tmp_path, monkeypatch):
+    """transformers' save_pretrained writes through the streamed save: where asnumpy() copies, one copy
+    is alive at a time (mindnlp's save, the original, held every tensor's at once), same bytes."""
+    import transformers.modeling_utils
+
+    arrays = {k: v for k, v in _mixed_tensors().items() if v.ndim}
+    assert transformers.modeling_utils.safe_save_file is not compat.ORIGINALS["safetensors.save_file"]
+    for name, save in (("streamed", transformers.modeling_utils.safe_save_file),
+                       ("original", compat.ORIGINALS["safetensors.save_file"])):
+        monkeypatch.setattr(_CopyingTensor, "live", 0)
+        monkeypatch.setattr(_CopyingTensor, "most", 0)
+        save({k: _CopyingTensor(v) for k, v in arrays.items()}, str(tmp_path / f"{name}.safetensors"),
+             metadata={"format": "pt"})
+        assert _CopyingTensor.most == (1 if name == "streamed" else len(arrays)), name
+    assert (tmp_path / "streamed.safetensors").read_bytes() == (tmp_path / "original.safetensors").read_bytes()

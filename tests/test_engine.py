@@ -348,3 +348,81 @@ def test_the_gpt2_graph_refuses_token_type_and_position_ids():
         with pytest.raises(EngineError, match=f"the batch carries {key}, which the compiled GPT-2 graph does not "
                                               "compute with .*--engine eager"):
             engine.train_step({"input_ids": ids, key: np.zeros_like(ids)}, 1e-3, 1)
+
+
+def test_a_save_reads_the_graphs_weights_and_moments_without_copies():
+    """optimizer.pt and model.safetensors are written from the graph's own buffers (views on CPU): the
+    optimizer's state_dict refers to the graph's moments as torch's refers to its live state, and
+    to_model(share=True) gives a released model the graph's weights themselves, until released again."""
+    import io
+    import types
+    import zipfile
+
+    import torch  # mindtorch
+
+    from ms_gpt2.engine.compiled import CompiledEngine
+    from ms_gpt2.engine.trainer import EngineAdamW
+    from ms_gpt2.infra.compat import parameter_view
+
+    model = _tiny_model()
+    engine = CompiledEngine(model, {}, max_grad_norm=1.0)
+    engine.train_step({"input_ids": np.random.default_rng(1).integers(1, 40, (2, 12))}, 1e-2, 0)
+    engine.release_model(model)
+    optimizer = EngineAdamW(model.parameters(), lr=1e-2).attach(types.SimpleNamespace(model=model, _engine=engine))
+    state = optimizer.state_dict()
+    assert not optimizer.state                                    # nothing kept after the call
+    by_index = dict(zip(range(len(engine.names)), [n for n, _ in model.named_parameters()]))
+    moments = {n: (m, v) for n, m, v in zip(engine.step.names, engine.step.exp_avg, engine.step.exp_avg_sq)}
+    for index, entry in state["state"].items():
+        m, v = moments[by_index[index]]
+        assert np.shares_memory(entry["exp_avg"].numpy(), parameter_view(m))
+        assert np.shares_memory(entry["exp_avg_sq"].numpy(), parameter_view(v))
+        assert float(entry["step"]) == 1.0
+    written = io.BytesIO()
+    torch.save(state, written)
+    optimizer.take_state(engine)                                  # copies, as before: the same records
+    copied = io.BytesIO()
+    torch.save(torch.optim.AdamW.state_dict(optimizer), copied)
+    optimizer.release_state()
+    with zipfile.ZipFile(written) as a, zipfile.ZipFile(copied) as b:
+        assert a.namelist() == b.namelist()
+        assert all(a.read(name) == b.read(name) for name in a.namelist())
+
+    engine.to_model(model, share=True)
+    own = dict(model.named_parameters())
+    assert not engine.released and model.lm_head.weight is model.transformer.wte.weight
+    for name, param in zip(engine.step.names, engine.step.weights):
+        assert np.shares_memory(own[name].detach().numpy(), parameter_view(param)), name
+        assert np.shares_memory(model.state_dict()[name].numpy(), parameter_view(param)), name
+    engine.release_model(model)
+    assert engine.released and all(own[n].numel() == 0 for n in engine.names)
+
+
+def test_the_trainer_releases_the_model_before_the_first_step_and_saves_from_the_graph(
+        eight, char_vocab_dir, tmp_path, monkeypatch):
+    """The model's weights go before the first step runs (not after it); the checkpoint is written
+    with the model holding the graph's own buffers (no copy), which it keeps at the end of training,
+    and what the checkpoint holds is what model/ holds at the same step, byte for byte."""
+    from ms_gpt2.engine.compiled import CompiledEngine
+    from ms_gpt2.infra.compat import parameter_view
+
+    events, synced = [], {}
+    for method in ("release_model", "to_model", "train_step"):
+        original = getattr(CompiledEngine, method)
+
+        def record(self, *args, _original=original, _method=method, **kwargs):
+            events.append((_method, kwargs.get("share")) if _method == "to_model" else _method)
+            if _method == "to_model":
+                synced.update(engine=self, model=args[0])
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(CompiledEngine, method, record)
+    overrides = TINY + [f"tokenizer.path={char_vocab_dir}", "training.num_train_epochs=1", "training.save_steps=2"]
+    _run(overrides, eight, tmp_path / "run", "compiled")
+    # checkpoint-2 is the last step: its sync is the one the end of training needs
+    assert events == ["release_model", "train_step", "train_step", ("to_model", True)]
+    run = tmp_path / "run"
+    assert (run / "checkpoint-2" / "model.safetensors").read_bytes() == (run / "model" / "model.safetensors").read_bytes()
+    engine, own = synced["engine"], dict(synced["model"].named_parameters())
+    for name, param in zip(engine.step.names, engine.step.weights):
+        assert np.shares_memory(own[name].detach().numpy(), parameter_view(param)), name

@@ -229,3 +229,22 @@ def test_the_benchs_pytorch_reference_loads_torch_npu_for_an_npu(tmp_path):
 
     assert reference(runtime.TORCH_DEVICE["ascend"]) == 42
     assert reference("cpu") not in (0, 42)     # no torch_npu: it goes on (and fails on the stand-in torch)
+
+
+def test_freed_memory_goes_back_to_the_system():
+    """glibc keeps freed heap memory resident (what a compiled step freed stayed in the process's
+    figure between steps); runtime.return_freed_memory hands it back."""
+    from ms_gpt2.bench.peak import vm_kib
+
+    if not runtime.return_freed_memory():
+        pytest.skip("no glibc malloc_trim here")
+    blocks = [bytearray(4000) for _ in range(50_000)]   # ~200 MB in the heap, past pymalloc's small objects
+    top = bytearray(4000)                                # keeps the heap's top in use: free() cannot shrink it
+    held = vm_kib("VmRSS")
+    del blocks
+    freed = vm_kib("VmRSS")
+    assert runtime.return_freed_memory()
+    trimmed = vm_kib("VmRSS")
+    assert held - freed < 50 * 1024                      # freed, but still resident
+    assert freed - trimmed > 150 * 1024                  # given back
+    del top

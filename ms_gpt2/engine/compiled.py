@@ -14,7 +14,7 @@ import numpy as np
 import mindspore
 from mindspore import Parameter, Tensor
 
-from ms_gpt2.infra.compat import read_parameter, write_parameter
+from ms_gpt2.infra.compat import parameter_view, read_parameter, write_parameter
 from ms_gpt2.models.graphs import dropout as keyed
 from ms_gpt2.models.graphs import graph_for
 from ms_gpt2.models.graphs.precision import Precision
@@ -98,15 +98,24 @@ class CompiledEngine:
         """name -> the graph's weight, a NumPy copy (the next step does not change it)."""
         return {n: read_parameter(p) for n, p in zip(self.step.names, self.step.weights)}
 
-    def to_model(self, model) -> None:
+    def to_model(self, model, share: bool = False) -> None:
         """Bring the Hugging Face model up to date with the graph's weights (tied weights included),
-        giving back the storage :meth:`release_model` dropped."""
+        giving back the storage :meth:`release_model` dropped.
+
+        ``share``: where the graph's buffers can be viewed (CPU; :func:`~ms_gpt2.infra.compat.parameter_view`),
+        the model's weights become views of them rather than copies: no memory, the same values, but
+        they would follow the graph's next step, so :meth:`release_model` must come before it (the
+        Trainer's ``training_step`` releases before every step). Elsewhere: copies."""
         import torch  # mindtorch
 
+        views = self._views() if share else None
         own = dict(model.named_parameters())
         with torch.no_grad():
-            for name, param in zip(self.step.names, self.step.weights):  # views: torch.tensor copies
-                value = param.asnumpy()
+            for name, param in zip(self.step.names, self.step.weights):
+                if views is not None:
+                    own[name].data = torch.from_numpy(views[name])  # the graph's buffer itself
+                    continue
+                value = param.asnumpy()    # on CPU a view: torch.tensor copies it
                 if self.released:
                     own[name].data = torch.tensor(value).to(own[name].device)
                 else:
@@ -114,6 +123,15 @@ class CompiledEngine:
         self.released = False
 
     released = False   # the model's copies of the graph's weights are dropped until to_model
+
+    def _views(self) -> dict | None:
+        """name -> a NumPy view of the graph's weight, or None where they cannot be viewed."""
+        views = {}
+        for name, param in zip(self.step.names, self.step.weights):
+            views[name] = parameter_view(param)
+            if views[name] is None:
+                return None
+        return views
 
     def release_model(self, model) -> None:
         """Drop the model's copies of the weights the graph holds and updates (one model's size of
@@ -130,12 +148,20 @@ class CompiledEngine:
     def optimizer_steps(self) -> int:
         return int(round(float(self.step.step.asnumpy())))
 
-    def optimizer_state(self) -> dict[str, dict]:
-        """name -> {"step", "exp_avg", "exp_avg_sq"} (NumPy copies), empty before the first step."""
+    def optimizer_state(self, views: bool = False) -> dict[str, dict]:
+        """name -> {"step", "exp_avg", "exp_avg_sq"} (NumPy copies), empty before the first step.
+
+        ``views``: where the graph's buffers can be viewed (CPU), the moments are views of them, not
+        copies (no memory: what a save that writes them before the next step wants); elsewhere copies."""
         steps = self.optimizer_steps
         if steps == 0:
             return {}
-        return {n: {"step": float(steps), "exp_avg": read_parameter(m), "exp_avg_sq": read_parameter(v)}
+
+        def read(param):
+            view = parameter_view(param) if views else None
+            return read_parameter(param) if view is None else view
+
+        return {n: {"step": float(steps), "exp_avg": read(m), "exp_avg_sq": read(v)}
                 for n, m, v in zip(self.step.names, self.step.exp_avg, self.step.exp_avg_sq)}
 
     @property

@@ -82,13 +82,16 @@ class EngineAdamW(torch.optim.AdamW):
     LOSS_SCALE_KEY = "ms_gpt2_loss_scale"
     loaded_loss_scale: dict | None = None
 
-    def take_state(self, engine) -> None:
-        """Copy the graph's moments and step count into ``self.state`` (AdamW's layout)."""
+    def take_state(self, engine, views: bool = False) -> None:
+        """Copy the graph's moments and step count into ``self.state`` (AdamW's layout). ``views``:
+        where the device allows (CPU), the moments are views of the graph's own buffers, not copies
+        (:meth:`CompiledEngine.optimizer_state`): for a save that writes them before the next step."""
         by_name = self._params_by_name()
-        for name, entry in engine.optimizer_state().items():
+        moment = torch.from_numpy if views else torch.tensor  # from_numpy shares the array it is given
+        for name, entry in engine.optimizer_state(views=views).items():
             self.state[by_name[name]] = {"step": torch.tensor(entry["step"], dtype=torch.float32),
-                                         "exp_avg": torch.tensor(entry["exp_avg"]),
-                                         "exp_avg_sq": torch.tensor(entry["exp_avg_sq"])}
+                                         "exp_avg": moment(entry["exp_avg"]),
+                                         "exp_avg_sq": moment(entry["exp_avg_sq"])}
 
     def release_state(self) -> None:
         """Forget ``self.state``: while an engine runs, the graph's Parameters are the moments."""
@@ -101,12 +104,14 @@ class EngineAdamW(torch.optim.AdamW):
             if self.loaded_loss_scale:
                 state[self.LOSS_SCALE_KEY] = dict(self.loaded_loss_scale)
             return state
-        self.take_state(engine)
+        # the moments as views of the graph's buffers (CPU), as torch's own state_dict() refers to the
+        # live state tensors: torch.save writes them one at a time, and no copy of both moments (twice
+        # the model's size) exists during the save. Like torch's, the dict follows the next step.
+        self.take_state(engine, views=True)
         try:
-            # the dict refers to these tensors, so they live as long as the caller (torch.save) holds it
             state = super().state_dict()
         finally:
-            self.release_state()   # not kept: two more copies of the model's size, every save, forever
+            self.release_state()   # not kept: the graph's Parameters are the moments
         scale = engine.loss_scale_state()
         if scale:
             state[self.LOSS_SCALE_KEY] = dict(scale)
@@ -204,7 +209,11 @@ class CompiledTrainerMixin:
         return self._engine
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        self._ensure_engine()
+        if not self._ensure_engine().released:
+            # the graph holds the weights (copied when it was built): the model's copies wait for
+            # sync_model, and go before the step rather than after it, so that the first step's
+            # compilation and activations never share the process with two copies of the weights
+            self._engine.release_model(self.model)
         # the Trainer's torch tensors, or a data-parallel shard's NumPy arrays (and its weights)
         batch = {k: v.cpu().numpy() if hasattr(v, "cpu") else v for k, v in inputs.items()}
         if self.args.gradient_accumulation_steps == 1:  # the one fused graph
@@ -218,8 +227,9 @@ class CompiledTrainerMixin:
             loss, self._engine_grad_norm = self._engine.apply(self._get_learning_rate())
             self._engine_micro = 0
         self._engine_dirty = True
-        if not self._engine.released:  # the graph holds the weights: the model's copies wait for sync_model
-            self._engine.release_model(self.model)
+        # what the step (the first: its compilation) freed goes back to the system: glibc keeps it in
+        # the heap otherwise, and the resident memory between steps stays at the step's high point
+        runtime.return_freed_memory()
         self._engine_last_skipped = self._engine.loss_scaled and not np.isfinite(self._engine_grad_norm)
         compat.report_skipped_step(self.optimizer, self._engine_last_skipped)  # the scheduler waits a step
         if self._engine_last_skipped:
@@ -239,9 +249,13 @@ class CompiledTrainerMixin:
 
     # -- keeping the Hugging Face model up to date --------------------------------------------------
     def sync_model(self) -> None:
-        """Copy the graph's weights into ``self.model`` if they are newer (or were released)."""
+        """Bring ``self.model`` up to date with the graph's weights if they are newer (or were released).
+
+        On CPU the model is given the graph's own buffers (views: no copy of the weights for a
+        checkpoint, an evaluation or the end of training); ``training_step`` releases them before the
+        next step, so the model never sees a step's update without a sync. Elsewhere: copies."""
         if self._engine is not None and (self._engine_dirty or self._engine.released):
-            self._engine.to_model(self.model)
+            self._engine.to_model(self.model, share=True)
             self._engine_dirty = False
 
     def _save_checkpoint(self, model, trial):

@@ -88,6 +88,19 @@ def read_parameter(param):
     return np.array(param.asnumpy(), copy=True)
 
 
+def parameter_view(param):
+    """The NumPy view of a MindSpore ``Parameter``'s live buffer, or None where ``asnumpy()`` copies.
+
+    The other side of :func:`read_parameter`: on CPU (MindSpore 2.7) ``asnumpy()`` is a view of the
+    buffer the compiled graphs update in place, so a save can read the graph's weights and moments
+    with no copy at all; on a device it is a fresh host copy each time (then None: the caller copies).
+    A view changes with the next step: use it before the graph runs again."""
+    view = param.asnumpy()
+    if view.size == 0 or view.ctypes.data == param.asnumpy().ctypes.data:
+        return view
+    return None
+
+
 def report_skipped_step(optimizer, skipped: bool) -> None:
     """Make ``accelerator.optimizer_step_was_skipped`` say whether the last optimizer step was skipped.
 
@@ -326,6 +339,86 @@ def _install_cpu_same_device_move() -> None:
         cls._move_to = _move_to
 
 
+def save_safetensors_streamed(tensors: dict, filename, metadata: dict | None = None) -> None:
+    """The bytes ``safetensors.numpy.save_file`` writes for ``tensors`` (name -> a mindtorch/MindSpore
+    tensor or a NumPy array), written one tensor at a time.
+
+    mindnlp 0.5.1's ``safetensors.torch.save_file`` (which ``transformers``' ``save_pretrained`` calls)
+    converts every tensor with ``asnumpy()`` and hands them to ``safetensors.numpy.save_file``, which
+    first turns *every* tensor into a ``bytes`` copy and only then writes: one whole model's size of
+    transient memory on every save (408 MB for GPT-2 small), the largest part of a checkpoint's peak.
+    Here the header comes from safetensors itself (its ``serialize`` of zero-size stand-ins gives the
+    order, the metadata and the layout; shapes and offsets are then filled in), and each tensor is
+    converted and written in that order, so at most one tensor's host copy exists at a time (none
+    where ``asnumpy()`` is a view, as on CPU). Same file, byte for byte (``tests/test_compat.py``).
+    """
+    import json
+    import sys
+
+    import numpy as np
+    from safetensors import serialize
+
+    def as_array(value) -> np.ndarray:
+        return np.ascontiguousarray(value.asnumpy() if hasattr(value, "asnumpy") else value)
+
+    def dtype_of(value) -> np.dtype:
+        if not hasattr(value, "asnumpy"):
+            return np.asarray(value).dtype
+        import mindspore
+
+        try:
+            return np.dtype(mindspore.dtype_to_nptype(value.dtype))
+        except (KeyError, TypeError):  # a dtype MindSpore does not map (bfloat16): ask the array, one at a time
+            return value.asnumpy().dtype
+
+    info = {name: (dtype_of(value), tuple(int(d) for d in value.shape)) for name, value in tensors.items()}
+    stand_ins = {name: {"dtype": dtype.name, "shape": [0], "data": b""} for name, (dtype, _) in info.items()}
+    layout = bytes(serialize(stand_ins, metadata=metadata))
+    header = json.loads(layout[8:8 + int.from_bytes(layout[:8], "little")])
+    offset = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        dtype, shape = info[name]
+        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        entry["shape"], entry["data_offsets"] = list(shape), [offset, offset + size]
+        offset += size
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # safetensors pads the header to a multiple of 8 with spaces
+    with open(filename, "wb") as out:
+        out.write(len(text).to_bytes(8, "little"))
+        out.write(text)
+        for name in header:
+            if name == "__metadata__":
+                continue
+            array = as_array(tensors[name])
+            if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and sys.byteorder != "little"):
+                array = array.byteswap(inplace=False)  # as safetensors.numpy does: the file is little-endian
+            out.write(array.reshape(-1).view(np.uint8).data)
+            del array
+
+
+def _install_streamed_safetensors_save() -> None:
+    """``save_pretrained(safe_serialization=True)`` writes tensor by tensor (:func:`save_safetensors_streamed`).
+
+    Replaces mindnlp 0.5.1's ``safe_save_file`` where transformers and ``safetensors.torch`` hold it
+    (the Trainer's checkpoints, ``model/``, every ``save_pretrained``); a binding that is not
+    mindnlp's function (a later release's own) is left alone."""
+    import safetensors.torch
+    import transformers.modeling_utils
+    from mindnlp.utils import safetensors_patch
+
+    original = safetensors_patch.safe_save_file
+    ORIGINALS.setdefault("safetensors.save_file", original)
+
+    def safe_save_file(tensor_dict, filename, metadata=None):
+        return save_safetensors_streamed(tensor_dict, filename, metadata)
+
+    for module, name in ((safetensors.torch, "save_file"), (transformers.modeling_utils, "safe_save_file")):
+        if getattr(module, name, None) is original:
+            setattr(module, name, safe_save_file)
+
+
 SHIMS: tuple[Shim, ...] = (
     Shim("cpu.addcdiv", "AdamW's update calls torch.addcdiv; the CPU table has no entry",
          _install_cpu_addcdiv),
@@ -343,6 +436,8 @@ SHIMS: tuple[Shim, ...] = (
          "(GPT-2's position embeddings never trained)", _install_cpu_same_device_move),
     Shim("serialization.safe_globals", "Trainer's resume wraps torch.load in it; mindtorch lacks it",
          _install_serialization_safe_globals),
+    Shim("safetensors.streamed_save", "mindnlp's safetensors save holds a bytes copy of every tensor at once "
+         "(a model's size of memory on every checkpoint)", _install_streamed_safetensors_save),
 )
 
 _applied: list[str] = []

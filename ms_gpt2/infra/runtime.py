@@ -10,6 +10,7 @@ Precedence: explicit argument (``--device``) > ``MS_GPT2_DEVICE`` > ``auto``.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -175,3 +176,31 @@ def ensure() -> Runtime:
 
 def current() -> Runtime | None:
     return _current
+
+
+def return_freed_memory() -> bool:
+    """Give the memory the process has freed back to the system (glibc's ``malloc_trim(0)``); False
+    where there is no glibc (nothing done).
+
+    Freed host memory is not returned by itself: glibc keeps it in the heap for later ``malloc``
+    calls, so it stays resident. Measured on GPT-2 small (CPU): releasing the Hugging Face model's
+    weights (408 MB) lowered the resident memory by 62 MB, trimming after it by 327 MB more; after
+    the first compiled training step at B4 x 256, trimming lowered it by 210-250 MB (compilation's
+    and the step's freed memory). Nothing computed depends on it."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim   # the C library the interpreter runs on (no lookup)
+    except (OSError, AttributeError):          # not glibc (macOS, musl): no such call
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
