@@ -741,7 +741,7 @@ def test_the_chart_draws_the_real_commands_memory_beside_the_reference():
         targets = [seg[0][1] for lines in memory.collections for seg in lines.get_segments()]
         assert targets == pytest.approx([3974.0 * 1.25, 5230.0 * 1.25, 3850.0 * 1.1, 5150.0 * 1.1])
         ticks = [t.get_text() for t in memory.get_xticklabels()]
-        assert ticks == ["B4 x 256", "B1 x 1024", "train B4 x 256", "train B1 x 1024"]
+        assert ticks == ["B4 x 256", "B1 x 1024", "train\nB4 x 256", "train\nB1 x 1024"]
         assert "1.1x" in memory.get_title()
         texts = [t.get_text() for t in memory.texts]
         assert fmt_ratio(6000.0 / 5150.0) in texts
