@@ -598,3 +598,156 @@ def test_the_launcher_reports_the_commands_own_peak_not_its_parents():
     assert launched["returncode"] == 0 and not launched["timed_out"]
     assert 120 < launched["peak_rss_mb"] < 250, runs    # the command's own 120 MB and a bare interpreter
     assert launched["launcher_peak_rss_mb"] < 100, runs  # the floor under it: the launcher is small
+
+
+# --- --summarize over the BERT and memory figures, and standalone `bench --memory` reports -----------
+
+def memory_section(scale=1.0, command=True, cpu="AMD EPYC 9654", name="1"):
+    """A `bench --memory` report (the shape memory_report gives, standalone or as a bench report's
+    "memory" section): the synthetic rows and, with ``command``, the real command's rows, each MB x scale."""
+    def peaks(compiled, eager, reference):
+        return {"compiled": {"peak_rss_mb": compiled * scale, "step_s": 1.0},
+                "eager": {"peak_rss_mb": eager * scale, "step_s": 2.0},
+                "reference": {"peak_rss_mb": reference, "step_s": 1.0}, "ratio": compiled * scale / reference}
+    result = {"device": "cpu", "workload": SPEC, "target": 1.25, "seconds": 60.0,
+              "machine": {"cpu_model": cpu, "cores": 2, "started_at": f"2026-12-0{name}",
+                          "load_average_start": [0.2] * 3},
+              "shapes": [dict(batch=4, length=256, n_layer=12, **peaks(4400.0, 5400.0, 4000.0)),
+                         dict(batch=1, length=1024, n_layer=12, **peaks(6000.0, 6800.0, 5000.0))],
+              "layers": {"batch": 4, "length": 256, "rows": [{"n_layer": 12, "peak_rss_mb": 4400.0 * scale}],
+                         "fit": None}}
+    if command:
+        result["command"] = {"config": "configs/tutorial.yaml", "data": "data", "steps": 3, "vocab_size": 21128,
+                             "target": 1.1, "rows": [
+                                 {"batch": b, "length": n, "ms_gpt2": {"peak_rss_mb": ours * scale},
+                                  "reference": {"peak_rss_mb": ref}, "ratio": ours * scale / ref,
+                                  "target_met": ours * scale / ref <= 1.1}
+                                 for b, n, ours, ref in [(4, 256, 4400.0, 3850.0), (1, 1024, 6000.0, 5150.0)]]}
+    return result
+
+
+def full_report(name, scale, bert_tokens, bert_mb, cpu="AMD EPYC 9654"):
+    """A full bench report (speed, BERT and memory sections) saved as `bench --json` writes it."""
+    result = canned_report()
+    result["machine"].update(cpu_model=cpu, started_at=f"2026-12-0{name[-1]}", load_average_start=[0.2] * 3)
+    result["bert_pretraining"] = {"ms_gpt2": {"tokens_per_s": bert_tokens, "peak_rss_mb": bert_mb},
+                                  "reference": {"tokens_per_s": 120.0, "peak_rss_mb": 4000.0},
+                                  "ratio": bert_tokens / 120.0, "memory_ratio": bert_mb / 4000.0}
+    result["memory"] = memory_section(scale, cpu=cpu, name=name[-1])
+    return result
+
+
+def three_full_runs(tmp_path):
+    paths = []
+    for name, scale, tokens, mb in [("full1", 1.0, 150.0, 5000.0), ("full2", 1.1, 132.0, 4400.0),
+                                    ("full3", 0.9, 138.0, 5200.0)]:
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(full_report(name, scale, tokens, mb)))
+    return paths
+
+
+def test_summarize_gives_the_spread_of_the_bert_and_memory_figures(tmp_path):
+    printed = []
+    summary = bench_summary.summarize(three_full_runs(tmp_path), json_path=tmp_path / "summary.json",
+                                      print_fn=printed.append)
+    bert = summary["figures"]["bert_pretraining"]
+    assert bert["tokens_per_s"]["ms_gpt2"] == {"median": 138.0, "min": 132.0, "max": 150.0, "n": 3}
+    assert bert["tokens_per_s"]["reference"] == {"median": 120.0, "min": 120.0, "max": 120.0, "n": 3}
+    assert (bert["tokens_per_s"]["ratio"]["median"], bert["tokens_per_s"]["ratio"]["min"],
+            bert["tokens_per_s"]["ratio"]["max"]) == pytest.approx((1.15, 1.1, 1.25))
+    assert bert["peak_rss_mb"]["ms_gpt2"] == {"median": 5000.0, "min": 4400.0, "max": 5200.0, "n": 3}
+    assert (bert["peak_rss_mb"]["ratio"]["median"], bert["peak_rss_mb"]["ratio"]["min"],
+            bert["peak_rss_mb"]["ratio"]["max"]) == pytest.approx((1.25, 1.1, 1.3))
+    memory = summary["figures"]["memory"]
+    assert memory["target"] == 1.25 and memory["command_target"] == 1.1
+    first, second = memory["shapes"]
+    assert (first["batch"], first["length"], second["batch"], second["length"]) == (4, 256, 1, 1024)
+    assert (first["compiled"]["median"], first["compiled"]["min"], first["compiled"]["max"]) == \
+        pytest.approx((4400.0, 3960.0, 4840.0))
+    assert (second["eager"]["median"], second["eager"]["min"], second["eager"]["max"]) == \
+        pytest.approx((6800.0, 6120.0, 7480.0))
+    assert second["reference"] == {"median": 5000.0, "min": 5000.0, "max": 5000.0, "n": 3}
+    assert (second["ratio"]["median"], second["ratio"]["min"], second["ratio"]["max"]) == \
+        pytest.approx((1.2, 1.08, 1.32))
+    command = memory["command"]
+    assert [(row["batch"], row["length"]) for row in command] == [(4, 256), (1, 1024)]
+    assert (command[0]["ms_gpt2"]["median"], command[0]["ms_gpt2"]["min"], command[0]["ms_gpt2"]["max"]) == \
+        pytest.approx((4400.0, 3960.0, 4840.0))
+    assert command[1]["reference"]["median"] == 5150.0 and command[1]["ratio"]["n"] == 3
+    assert command[1]["ratio"]["median"] == pytest.approx(6000.0 / 5150.0)
+    saved = json.loads((tmp_path / "summary.json").read_text())  # --json carries them
+    assert saved["figures"]["memory"]["command"][1]["ratio"]["median"] == pytest.approx(6000.0 / 5150.0)
+    assert saved["figures"]["bert_pretraining"]["tokens_per_s"]["ms_gpt2"]["median"] == 138.0
+    text = printed[0]
+    assert "3 runs of the quick workload on cpu; CPU model: AMD EPYC 9654 (2 cores)" in text
+    lines = text.splitlines()
+    assert f"{'BERT ms_gpt2 (tokens/s)':<28}{'138':>10}{'132–150':>18}{3:>6}" in lines
+    assert f"{'BERT ms_gpt2 (peak MB)':<28}{'5,000':>10}{'4,400–5,200':>18}{3:>6}" in lines
+    assert f"{'BERT memory ratio':<28}{'1.25x':>10}{'1.1x–1.3x':>18}{3:>6}" in lines
+    assert f"{'B1x1024 compiled (MB)':<28}{'6,000':>10}{'5,400–6,600':>18}{3:>6}" in lines
+    assert f"{'B1x1024 compiled/ref':<28}{'1.2x':>10}{'1.08x–1.32x':>18}{3:>6}" in lines
+    assert f"{'B4x256 ms_gpt2 (MB)':<28}{'4,400':>10}{'3,960–4,840':>18}{3:>6}" in lines
+    assert "the real command, ms-gpt2 train (target <= 1.1x):" in text
+    assert "train ratio" in text  # the speed figures stay
+
+
+def test_summarize_accepts_a_standalone_memory_report(tmp_path):
+    """`make bench-summary` globs runs/bench/*.json, which holds `make bench-memory`'s memory.json."""
+    standalone = tmp_path / "memory.json"
+    standalone.write_text(json.dumps(memory_section(1.2, name="4")))
+    printed = []
+    summary = bench_summary.summarize(three_full_runs(tmp_path) + [standalone], print_fn=printed.append)
+    memory = summary["figures"]["memory"]
+    assert memory["shapes"][0]["compiled"] == {"median": pytest.approx(4620.0), "min": pytest.approx(3960.0),
+                                               "max": pytest.approx(5280.0), "n": 4}
+    assert memory["command"][0]["ms_gpt2"]["n"] == 4
+    assert summary["figures"]["bert_pretraining"]["tokens_per_s"]["ms_gpt2"]["n"] == 3   # not in memory.json
+    assert summary["figures"]["train"]["ratio"]["n"] == 3
+    assert f"{standalone}: 2026-12-04, AMD EPYC 9654" in printed[0]
+    printed.clear()
+    alone = bench_summary.summarize([standalone], print_fn=printed.append)  # alone, and without command rows
+    assert alone["figures"]["memory"]["shapes"][1]["ratio"]["median"] == pytest.approx(1.44)
+    assert "train ratio" not in printed[0] and "B1x1024 compiled/ref" in printed[0]
+    old = tmp_path / "old_memory.json"
+    old.write_text(json.dumps(memory_section(1.0, command=False)))
+    assert "command" not in bench_summary.summarize([old], print_fn=lambda *a: None)["figures"]["memory"]
+
+
+def test_summarize_still_refuses_a_bert_or_memory_report_from_another_cpu(tmp_path):
+    runs = three_full_runs(tmp_path)
+    other = tmp_path / "memory.json"
+    other.write_text(json.dumps(memory_section(1.0, cpu="Intel Xeon Gold 6248")))
+    with pytest.raises(UserError, match="different CPU models: AMD EPYC 9654 .*; Intel Xeon Gold 6248 .*--mixed-cpus"):
+        bench_summary.summarize(runs + [other], print_fn=lambda *a: None)
+    full_other = tmp_path / "full9.json"
+    full_other.write_text(json.dumps(full_report("full9", 1.0, 100.0, 4000.0, cpu="Intel Xeon Gold 6248")))
+    with pytest.raises(UserError, match="different CPU models"):
+        bench_summary.summarize(runs + [full_other], print_fn=lambda *a: None)
+    summary = bench_summary.summarize(runs + [other, full_other], mixed_cpus=True, print_fn=lambda *a: None)
+    assert summary["figures"]["memory"]["shapes"][0]["compiled"]["n"] == 5
+    assert summary["figures"]["bert_pretraining"]["peak_rss_mb"]["ms_gpt2"]["n"] == 4
+
+
+def test_the_chart_draws_the_real_commands_memory_beside_the_reference():
+    import matplotlib.pyplot as plt
+
+    result = canned_report()
+    result["memory"]["command"] = memory_section()["command"]
+    fig = bench_report.chart_figure(result)
+    try:
+        memory = _panels(fig)["memory"]
+        assert sorted(_heights(memory)) == sorted([4475.0, 6321.0, 5451.0, 6804.0, 3974.0, 5230.0,  # synthetic
+                                                   4400.0, 3850.0, 6000.0, 5150.0])              # the command
+        targets = [seg[0][1] for lines in memory.collections for seg in lines.get_segments()]
+        assert targets == pytest.approx([3974.0 * 1.25, 5230.0 * 1.25, 3850.0 * 1.1, 5150.0 * 1.1])
+        ticks = [t.get_text() for t in memory.get_xticklabels()]
+        assert ticks == ["B4 x 256", "B1 x 1024", "train\nB4 x 256", "train\nB1 x 1024"]
+        assert "1.1x" in memory.get_title()
+        texts = [t.get_text() for t in memory.texts]
+        assert fmt_ratio(6000.0 / 5150.0) in texts
+    finally:
+        plt.close(fig)
+
+
+def fmt_ratio(value):
+    return bench_report.fmt(value, "x")

@@ -175,7 +175,9 @@ def _speed_panel(ax, section: dict, title: str, fraction_key, limit_label, limit
 
 def _memory_panel(ax, memory: dict) -> None:
     """Peak MB of compiled / eager / reference training per shape, each compiled peak's ratio to the
-    reference, and the target (a dashed line at target x the reference)."""
+    reference, and the target (a dashed line at target x the reference); then, when the report has the
+    real ``ms-gpt2 train`` command's rows (``command``), its peak beside the reference Trainer's per
+    shape, hatched, with its ratio and its own target (1.1x)."""
     rows, target, width, labelled = memory["shapes"], memory.get("target"), 0.27, False
     engines = [("compiled", OURS_COLOR), ("eager", EAGER_COLOR), ("reference", REF_COLOR)]
     for j, (engine, color) in enumerate(engines):
@@ -191,8 +193,30 @@ def _memory_panel(ax, memory: dict) -> None:
             ax.hlines(reference * target, i - 1.5 * width, i + 1.5 * width, colors="black", linestyles="dashed",
                       label=None if labelled else f"target {fmt(target, 'x')} ref.")
             labelled = True
-    ax.set_xticks(range(len(rows)), [f"B{row['batch']} x {row['length']}" for row in rows], fontsize=8)
-    ax.set_title(f"training peak MB (target <= {fmt(target, 'x')} ref.)", fontsize=9)
+    command = memory.get("command") or {}
+    command_rows, command_target = command.get("rows") or [], command.get("target")
+    title = f"training peak MB (target <= {fmt(target, 'x')} ref."
+    if command_rows:
+        first, labelled = len(rows), False
+        for j, (key, color, label) in enumerate([("ms_gpt2", OURS_COLOR, "ms-gpt2 train"),
+                                                 ("reference", REF_COLOR, "reference Trainer")]):
+            x = [first + i + (j - 0.5) * width for i in range(len(command_rows))]
+            peaks = [(row.get(key) or {}).get("peak_rss_mb") for row in command_rows]
+            ax.bar(x, [v or 0.0 for v in peaks], width, color=color, hatch="xx", label=label)
+        for i, row in enumerate(command_rows):
+            ours = (row.get("ms_gpt2") or {}).get("peak_rss_mb") or 0.0
+            ax.annotate(fmt(row.get("ratio"), "x") if row.get("ratio") else "n/a", (first + i - 0.5 * width, ours),
+                        ha="center", va="bottom", fontsize=8)
+            reference = (row.get("reference") or {}).get("peak_rss_mb")
+            if reference and command_target:
+                ax.hlines(reference * command_target, first + i - width, first + i + width, colors="black",
+                          linestyles="dotted", label=None if labelled else f"target {fmt(command_target, 'x')} ref.")
+                labelled = True
+        title += f";\nthe real command, hatched: <= {fmt(command_target, 'x')}"
+    ax.set_xticks(range(len(rows) + len(command_rows)),
+                  [f"B{row['batch']} x {row['length']}" for row in rows] +
+                  [f"train\nB{row['batch']} x {row['length']}" for row in command_rows], fontsize=8)
+    ax.set_title(title + ")", fontsize=9)
     ax.set_ylim(0, 1.45 * max([bar.get_height() for bar in ax.patches] + [1e-9]))  # room for the legend
     ax.legend(fontsize=7, ncol=2, loc="upper left")
 

@@ -6,6 +6,12 @@ runs are separate invocations rather than one ``--runs N`` loop inside a process
 its own compilation and starts from a fresh process and memory, as a user's run would, a run that
 fails or is killed costs only itself, runs can be spread over time (the machine's noise is what a
 spread should show), and each run's JSON stays as the evidence behind the figure.
+
+Besides the speed figures it combines BERT's tokens/s and peak memory (a report's
+``bert_pretraining``) and training's peak memory per shape: the synthetic workloads and the real
+``ms-gpt2 train`` command (a report's ``memory``). A standalone ``bench --memory`` report (``make
+bench-memory``'s memory.json, which ``make bench-summary`` globs with the rest) is read as a report
+whose only section is ``memory`` (:func:`as_report`).
 """
 from __future__ import annotations
 
@@ -18,6 +24,9 @@ from ms_gpt2.bench.report import busy_note, fmt, write_json
 from ms_gpt2.infra.errors import UserError
 
 FIGURES = [("train", "tokens/s"), ("decode", "tokens/s"), ("summarize", "s")]
+BERT_PARTS = ("ms_gpt2", "reference", "ratio")          # tokens/s and peak MB; ratio: BERT's ratio, memory_ratio
+SHAPE_PARTS = ("compiled", "eager", "reference", "ratio")  # the synthetic training workload's peak MB per shape
+COMMAND_PARTS = ("ms_gpt2", "reference", "ratio")        # the real `ms-gpt2 train` command's peak MB per shape
 
 
 def _spread(values) -> dict:
@@ -32,14 +41,30 @@ def workload_name(spec: dict) -> str:
     return "GPT-2 small" if spec == FULL else "quick" if spec == QUICK else "custom"
 
 
+def is_memory_report(result) -> bool:
+    """A standalone ``bench --memory`` report (:func:`ms_gpt2.bench.gpt2.memory_report`'s JSON shape)."""
+    return isinstance(result, dict) and "ceilings" not in result and isinstance(result.get("workload"), dict) and \
+        isinstance(result.get("shapes"), list) and isinstance(result.get("layers"), dict)
+
+
+def as_report(result: dict) -> dict:
+    """A standalone ``bench --memory`` report as a bench report that ran only its memory part (``bench
+    --only memory`` gives that shape): the same device, machine and workload, no ceilings measured."""
+    return {"device": result.get("device"), "machine": result.get("machine"), "workload": result["workload"],
+            "ceilings": {}, "memory": result}
+
+
 def load_runs(paths) -> list[tuple[str, dict]]:
-    """(path, report) for each saved ``ms-gpt2 bench --json`` file; a file that is not one is a UserError."""
+    """(path, report) for each saved ``ms-gpt2 bench --json`` or ``bench --memory --json`` file (the
+    latter through :func:`as_report`); a file that is neither is a UserError."""
     runs = []
     for path in paths:
         try:
             result = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise UserError(f"{path}: not a readable bench report ({err})") from err
+        if is_memory_report(result):
+            result = as_report(result)
         # a run of some parts (`bench --only`) has the sections of those only; every run has these
         keys = ("workload", "ceilings")
         if not isinstance(result, dict) or not all(isinstance(result.get(k), dict) for k in keys) or \
@@ -83,23 +108,130 @@ def combine(runs: list[tuple[str, dict]], mixed_cpus: bool = False) -> dict:
                "numpy_matmul_gflops": result["ceilings"].get("matmul_gflops")}
         for key, _ in FIGURES:  # None: this run did not run that part (`bench --only`)
             row[key] = {k: result[key].get(k) for k in ("ms_gpt2", "reference", "ratio")} if key in result else None
+        row.update(_bert_row(result.get("bert_pretraining")), **_memory_row(result.get("memory")))
         per_run.append(row)
     # a figure present in only some runs is the spread over those (its "n" says how many)
     figures = {key: {k: _spread([row[key][k] for row in per_run if row[key]]) for k in ("ms_gpt2", "reference",
                                                                                           "ratio")}
                for key, _ in FIGURES}
+    figures.update(_bert_figures(per_run), **_memory_figures(per_run))
     return {"runs": per_run, "cpu_models": sorted(cpus), "device": first.get("device"),
             "workload": first["workload"], "figures": figures,
             "mindspore_matmul_gflops": _spread([row["mindspore_matmul_gflops"] for row in per_run]),
             "numpy_matmul_gflops": _spread([row["numpy_matmul_gflops"] for row in per_run])}
 
 
-def _range(s: dict, unit: str = "") -> str:
+def _peak(section) -> float | None:
+    return (section or {}).get("peak_rss_mb")
+
+
+def _bert_row(bert: dict | None) -> dict:
+    """A run's BERT figures (None: it did not run BERT)."""
+    if not bert:
+        return {}
+    ours, ref = bert.get("ms_gpt2") or {}, bert.get("reference") or {}
+    return {"bert_pretraining": {
+        "tokens_per_s": {"ms_gpt2": ours.get("tokens_per_s"), "reference": ref.get("tokens_per_s"),
+                         "ratio": bert.get("ratio")},
+        "peak_rss_mb": {"ms_gpt2": ours.get("peak_rss_mb"), "reference": ref.get("peak_rss_mb"),
+                        "ratio": bert.get("memory_ratio")}}}
+
+
+def _memory_row(memory: dict | None) -> dict:
+    """A run's training peak memory per shape: the synthetic rows and the real command's (if it ran them)."""
+    if not memory:
+        return {}
+    row = {"target": memory.get("target"),
+           "shapes": [{"batch": r["batch"], "length": r["length"], "compiled": _peak(r.get("compiled")),
+                       "eager": _peak(r.get("eager")), "reference": _peak(r.get("reference")),
+                       "ratio": r.get("ratio")} for r in memory.get("shapes") or []]}
+    command = memory.get("command")
+    if command:
+        row["command_target"] = command.get("target")
+        row["command"] = [{"batch": r["batch"], "length": r["length"], "ms_gpt2": _peak(r.get("ms_gpt2")),
+                           "reference": _peak(r.get("reference")), "ratio": r.get("ratio")}
+                          for r in command.get("rows") or []]
+    return {"memory": row}
+
+
+def _bert_figures(per_run: list[dict]) -> dict:
+    rows = [row["bert_pretraining"] for row in per_run if row.get("bert_pretraining")]
+    if not rows:
+        return {}
+    return {"bert_pretraining": {figure: {k: _spread([r[figure][k] for r in rows]) for k in BERT_PARTS}
+                                 for figure in ("tokens_per_s", "peak_rss_mb")}}
+
+
+def _by_shape(rows_per_run: list[list[dict]], parts) -> list[dict]:
+    """The spread of each part at each (batch, length), shapes in the order the runs first give them."""
+    shapes = {}
+    for rows in rows_per_run:
+        for r in rows:
+            shapes.setdefault((r["batch"], r["length"]), []).append(r)
+    return [dict(batch=batch, length=length, **{k: _spread([r[k] for r in rows]) for k in parts})
+            for (batch, length), rows in shapes.items()]
+
+
+def _memory_figures(per_run: list[dict]) -> dict:
+    runs = [row["memory"] for row in per_run if row.get("memory")]
+    if not runs:
+        return {}
+    memory = {"target": next((m["target"] for m in runs if m.get("target")), None),
+              "shapes": _by_shape([m["shapes"] for m in runs], SHAPE_PARTS)}
+    commands = [m for m in runs if "command" in m]
+    if commands:
+        memory["command_target"] = next((m["command_target"] for m in commands if m.get("command_target")), None)
+        memory["command"] = _by_shape([m["command"] for m in commands], COMMAND_PARTS)
+    return {"memory": memory}
+
+
+def _range(s: dict, unit: str = "", show=fmt) -> str:
     if not s["n"]:
         return "-"
     if s["min"] == s["max"]:
-        return fmt(s["min"], unit)
-    return f"{fmt(s['min'], unit)}–{fmt(s['max'], unit)}"
+        return show(s["min"], unit)
+    return f"{show(s['min'], unit)}–{show(s['max'], unit)}"
+
+
+def _mb(value, unit=""):
+    """Megabytes as whole numbers (5,210, not 5.21e+03)."""
+    return "-" if value is None else f"{value:,.0f}{unit}"
+
+
+def _line(label: str, s: dict, unit: str = "", show=fmt) -> str:
+    return f"{label:<28}{show(s['median'], unit):>10}{_range(s, unit, show):>18}{s['n']:>6}"
+
+
+def memory_lines(figures: dict) -> list[str]:
+    """The rows of BERT's figures and of training's peak memory per shape (only what some run has)."""
+    lines = []
+    bert = figures.get("bert_pretraining")
+    if bert:
+        speed, peak = bert["tokens_per_s"], bert["peak_rss_mb"]
+        lines += ["BERT-base pretraining (ratio > 1: ms_gpt2 faster; memory ratio < 1: ms_gpt2 smaller):",
+                  _line("BERT ms_gpt2 (tokens/s)", speed["ms_gpt2"]),
+                  _line("BERT reference (tokens/s)", speed["reference"]), _line("BERT ratio", speed["ratio"], "x"),
+                  _line("BERT ms_gpt2 (peak MB)", peak["ms_gpt2"], show=_mb),
+                  _line("BERT reference (peak MB)", peak["reference"], show=_mb),
+                  _line("BERT memory ratio", peak["ratio"], "x")]
+    memory = figures.get("memory")
+    if memory:
+        lines.append(f"training peak memory, the synthetic workload (compiled/ref target <= "
+                     f"{fmt(memory['target'], 'x')}):")
+        for r in memory["shapes"]:
+            shape = f"B{r['batch']}x{r['length']}"
+            lines += [_line(f"{shape} compiled (MB)", r["compiled"], show=_mb),
+                      _line(f"{shape} eager (MB)", r["eager"], show=_mb),
+                      _line(f"{shape} reference (MB)", r["reference"], show=_mb),
+                      _line(f"{shape} compiled/ref", r["ratio"], "x")]
+        if "command" in memory:
+            lines.append(f"the real command, ms-gpt2 train (target <= {fmt(memory['command_target'], 'x')}):")
+            for r in memory["command"]:
+                shape = f"B{r['batch']}x{r['length']}"
+                lines += [_line(f"{shape} ms_gpt2 (MB)", r["ms_gpt2"], show=_mb),
+                          _line(f"{shape} reference (MB)", r["reference"], show=_mb),
+                          _line(f"{shape} ms_gpt2/ref", r["ratio"], "x")]
+    return lines
 
 
 def summary_table(summary: dict) -> str:
@@ -120,6 +252,7 @@ def summary_table(summary: dict) -> str:
             s = summary["figures"][key][part]
             lines.append(f"{label:<28}{fmt(s['median'], suffix):>10}{_range(s, suffix):>18}{s['n']:>6}")
     lines.append("ratio > 1: ms_gpt2 faster (summarize: reference seconds / ms_gpt2 seconds)")
+    lines += memory_lines(summary["figures"])
     lines.append("per run:")
     for row in runs:
         start, end = row["load_average_start"], row["load_average_end"]
