@@ -19,8 +19,8 @@ def cli_process(*args):
 def cli(*args):
     """The command through ``cli.main`` in this process (what ``python -m ms_gpt2`` calls, and
     ``sys.exit``s with): the same exit code, stdout and stderr, without 4 s of interpreter start-up.
-    ``test_help_says_what_the_program_does_for_its_user``, ``test_runtime`` and the README commands
-    run the real process."""
+    A real process still runs here for a user error (the malformed line), ``next-word``, the seeded
+    ``generate`` pair and ``--help``, and in ``test_runtime`` and the README commands."""
     import contextlib
     import io
 
@@ -46,8 +46,8 @@ def assert_user_error(result, *fragments):
 
 def test_train_on_a_malformed_line_names_file_and_line(tmp_path, char_vocab_dir):
     data = write_jsonl(tmp_path / "news.jsonl", [GOOD, GOOD, b'{"article": "x"}', GOOD])
-    result = cli("train", "--config", "configs/smoke.yaml", "--data", str(data), "--tokenizer", str(char_vocab_dir),
-                 "--output-dir", str(tmp_path / "run"))
+    result = cli_process("train", "--config", "configs/smoke.yaml", "--data", str(data), "--tokenizer",
+                         str(char_vocab_dir), "--output-dir", str(tmp_path / "run"))  # a real process: exit 2, one line
     assert_user_error(result, f"{data}:3:", "missing key 'summarization'")
 
 
@@ -91,8 +91,8 @@ def test_model_directory_without_weights(tmp_path, char_vocab_dir):
 
 
 def test_next_word_and_generate_commands_on_a_local_checkpoint():
-    result = cli("next-word", "--model", "tests/fixtures/gpt2-bpe-tiny", "--text", "What is the fastest car in the",
-                 "--top-k", "3")
+    result = cli_process("next-word", "--model", "tests/fixtures/gpt2-bpe-tiny", "--text",
+                         "What is the fastest car in the", "--top-k", "3")  # a real process: nothing else on stdout
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert lines[0].startswith("What is the fastest car in the") and len(lines) == 4

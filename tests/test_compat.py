@@ -329,7 +329,9 @@ def test_mindnlp_diffusers_is_imported_only_when_used():
              "from ms_gpt2.infra import runtime\n"
              "runtime.setup('cpu', seed=0)\n"
              "from mindnlp.transformers import GPT2LMHeadModel\n"
-             "print('diffusers' in sys.modules, 'mindnlp.diffusers.pipelines' in sys.modules)\n"
+             "import importlib.util\n"
+             "print('diffusers' in sys.modules, 'mindnlp.diffusers.pipelines' in sys.modules,\n"
+             "      importlib.util.find_spec('mindnlp.diffusers').origin.endswith('diffusers/__init__.py'))\n"
              "from mindnlp.diffusers import DiffusionPipeline\n"
              "import mindnlp\n"
              "print(DiffusionPipeline.__module__, sys.modules['mindnlp.diffusers'] is mindnlp.diffusers,\n"
@@ -337,7 +339,7 @@ def test_mindnlp_diffusers_is_imported_only_when_used():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     before, after = done.stdout.split("\n")[:2]
-    assert before == "False False"
+    assert before == "False False True"
     assert after == "diffusers.pipelines.pipeline_utils True True"
 
 

@@ -394,8 +394,32 @@ def test_a_save_reads_the_graphs_weights_and_moments_without_copies():
     for name, param in zip(engine.step.names, engine.step.weights):
         assert np.shares_memory(own[name].detach().numpy(), parameter_view(param)), name
         assert np.shares_memory(model.state_dict()[name].numpy(), parameter_view(param)), name
+    before = {n: own[n].detach().numpy().copy() for n in engine.names}
+    engine.train_step({"input_ids": np.random.default_rng(2).integers(1, 40, (2, 12))}, 1e-2, 1)
+    moved = [n for n in engine.names if not np.array_equal(own[n].detach().numpy(), before[n])]
+    assert moved and set(moved) <= set(engine.names)  # shared: the model follows a step, so the Trainer releases first
     engine.release_model(model)
     assert engine.released and all(own[n].numel() == 0 for n in engine.names)
+
+
+def test_off_the_cpu_the_engine_gives_copies_not_views(monkeypatch):
+    """On a device the graph's buffers are not host memory: to_model(share=True) and a save's
+    optimizer state copy (the device branch, forced here on the CPU)."""
+    from ms_gpt2.engine import compiled
+    from ms_gpt2.infra.compat import parameter_view
+
+    model = _tiny_model()
+    engine = compiled.CompiledEngine(model, {}, max_grad_norm=1.0)
+    engine.train_step({"input_ids": np.random.default_rng(1).integers(1, 40, (2, 12))}, 1e-2, 0)
+    engine.release_model(model)
+    monkeypatch.setattr(compiled, "_host_is_device", lambda: False)
+    engine.to_model(model, share=True)
+    own = dict(model.named_parameters())
+    for name, param in zip(engine.step.names, engine.step.weights):
+        assert not np.shares_memory(own[name].detach().numpy(), parameter_view(param)), name
+        np.testing.assert_array_equal(own[name].detach().numpy(), param.asnumpy(), err_msg=name)
+    for entry, m in zip(engine.optimizer_state(views=True).values(), engine.step.exp_avg):
+        assert not np.shares_memory(entry["exp_avg"], parameter_view(m))
 
 
 def test_the_trainer_releases_the_model_before_the_first_step_and_saves_from_the_graph(

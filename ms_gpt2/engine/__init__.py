@@ -4,7 +4,8 @@
   :class:`~ms_gpt2.engine.step.Reduce` hook (data-parallel seam), the mean, global-norm clipping,
   AdamW with PyTorch semantics, fp16's loss scaling, gradient accumulation. It knows no model.
 * :mod:`ms_gpt2.engine.compiled` - :class:`~ms_gpt2.engine.compiled.CompiledEngine`: copies a
-  Hugging Face model's weights in, runs steps, copies weights and AdamW state out.
+  Hugging Face model's weights in, runs steps, gives weights and AdamW state back (views of the
+  graph's buffers on CPU, copies on a device).
 * :mod:`ms_gpt2.engine.trainer` - the Trainer integration: the compiled step replaces the eager
   ``training_step`` and optimizer update, everything else (callbacks, logging, LR schedule,
   checkpoints, ``--resume``) stays the Trainer's.

@@ -3,8 +3,8 @@
 :class:`CompiledEngine` takes a Hugging Face model, asks :func:`ms_gpt2.models.graphs.graph_for` for
 its loss graph (GPT-2's or BERT's; the engine itself knows no model), copies the weights it names
 into MindSpore Parameters that the compiled :class:`~ms_gpt2.engine.step.TrainStep` owns and
-updates, and copies them back (:meth:`CompiledEngine.to_model`) when the model is needed (save,
-evaluation, the end). AdamW's moments and step count travel by Hugging Face name in
+updates, and gives them back (:meth:`CompiledEngine.to_model`) when the model is needed (save,
+evaluation, the end): on CPU as views of the graph's own buffers, on a device as copies. AdamW's moments and step count travel by Hugging Face name in
 ``torch.optim.AdamW``'s own ``state_dict`` layout, so the ``optimizer.pt`` of a checkpoint is the
 same whichever engine wrote it.
 """
@@ -26,6 +26,14 @@ RECURSION_LIMIT = 10_000
 
 def _numpy(tensor) -> np.ndarray:
     return np.ascontiguousarray(tensor.detach().cpu().numpy().astype(np.float32))
+
+
+def _host_is_device() -> bool:
+    """Whether the graph's buffers live in host memory (the CPU backend), so that a NumPy view of a
+    Parameter is the buffer itself. Decided by the runtime's device, not by probing ``asnumpy()``."""
+    from ms_gpt2.infra import runtime
+
+    return runtime.ensure().device == "cpu"
 
 
 class CompiledEngine:
@@ -125,7 +133,10 @@ class CompiledEngine:
     released = False   # the model's copies of the graph's weights are dropped until to_model
 
     def _views(self) -> dict | None:
-        """name -> a NumPy view of the graph's weight, or None where they cannot be viewed."""
+        """name -> a NumPy view of the graph's weight, or None where they cannot be viewed (off the
+        CPU the model's weights live on the device: they get device copies)."""
+        if not _host_is_device():
+            return None
         views = {}
         for name, param in zip(self.step.names, self.step.weights):
             views[name] = parameter_view(param)
@@ -158,7 +169,7 @@ class CompiledEngine:
             return {}
 
         def read(param):
-            view = parameter_view(param) if views else None
+            view = parameter_view(param) if views and _host_is_device() else None
             return read_parameter(param) if view is None else view
 
         return {n: {"step": float(steps), "exp_avg": read(m), "exp_avg_sq": read(v)}

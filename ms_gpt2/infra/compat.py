@@ -453,8 +453,10 @@ def defer_mindnlp_diffusers(versions: dict[str, str] | None = None) -> bool:
     2-core Xeon), for a package ms_gpt2 never uses. Call before ``import mindnlp``: ``mindnlp.diffusers``
     becomes a placeholder module whose first attribute access (``mindnlp.diffusers.X``,
     ``from mindnlp.diffusers import X``) imports the real package, so user code that wants it still gets
-    it. Returns whether the placeholder was installed (only on the versions it was written for, and
-    only before mindnlp is imported)."""
+    it. One difference remains: mindnlp's port is what patches ``diffusers``' ``from_pretrained`` for
+    MindSpore, so a process that imports ``diffusers`` directly must touch ``mindnlp.diffusers`` first.
+    Returns whether the placeholder was installed (only on the versions it was written for, and only
+    before mindnlp is imported)."""
     import sys
     import types
 
@@ -475,7 +477,14 @@ def defer_mindnlp_diffusers(versions: dict[str, str] | None = None) -> bool:
             parent.diffusers = real
             return getattr(real, attr)
 
-    sys.modules[name] = Placeholder(name, "placeholder: mindnlp.diffusers is imported on first use (ms_gpt2 compat)")
+    placeholder = Placeholder(name, "placeholder: mindnlp.diffusers is imported on first use (ms_gpt2 compat)")
+    import importlib.machinery
+    import importlib.util
+
+    parent = importlib.util.find_spec("mindnlp")  # a top-level lookup imports nothing
+    if parent is not None and parent.submodule_search_locations:
+        placeholder.__spec__ = importlib.machinery.PathFinder.find_spec(name, parent.submodule_search_locations)
+    sys.modules[name] = placeholder
     return True
 
 

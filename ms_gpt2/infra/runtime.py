@@ -200,7 +200,7 @@ def _malloc_trim():
 
     try:
         trim = ctypes.CDLL(None).malloc_trim   # the C library the interpreter runs on (no lookup)
-    except (OSError, AttributeError):          # not glibc (macOS, musl): no such call
+    except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl: no such call; Windows: no CDLL(None))
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return trim
