@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=1024)
     parser.add_argument("--config", default=None, help="default: the shipped configs/tutorial.yaml")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=42, help="as the bench's run (default 42)")
     args = parser.parse_args()
     threading.Thread(target=_sample, daemon=True).start()
     mark("interpreter")
@@ -82,11 +83,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ms_gpt2_phases_") as tmp:
         vocab = train_command.padded_vocabulary(load_config(config, sets), resources.demo_data(), Path(tmp) / "vocab")
         mark(f"vocabulary ({vocab['vocab_size']} words)")
-        argv = ["train", "--config", str(config), "--data", str(resources.demo_data()), "--tokenizer",
-                str(vocab["path"]), "--output-dir", str(Path(tmp) / "run"), "--device", args.device]
-        for option in sets:
-            argv += ["--set", option]
-        code = cli.main(argv)
+        code = cli.main(["train", *train_command.options(config, resources.demo_data(), vocab["path"],
+                                                         Path(tmp) / "run", args.device, args.seed, args.batch,
+                                                         args.length)])
         mark("end of the command")
     _state["stop"] = True
     print(f"[phases] exit code {code}; peak (VmHWM) {_mb('VmHWM'):,.0f} MB")

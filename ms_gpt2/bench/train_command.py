@@ -63,6 +63,17 @@ def overrides(batch: int, length: int, steps: int = STEPS) -> list[str]:
             f"data.max_seq_len={length}"]
 
 
+def options(config_path: Path, data, vocab_dir: Path, output_dir: Path, device: str, seed: int,
+            batch: int, length: int) -> list[str]:
+    """The options this job adds to ``ms-gpt2 train`` (the argv after the command itself): the config,
+    the bundled data, the padded vocabulary, the output directory, device, seed and :func:`overrides`."""
+    argv = ["--config", str(config_path), "--data", str(data), "--tokenizer", str(vocab_dir),
+            "--output-dir", str(output_dir), "--device", device, "--seed", str(seed)]
+    for option in overrides(batch, length):
+        argv += ["--set", option]
+    return argv
+
+
 def padded_vocabulary(config: dict, data, out_dir: Path) -> dict:
     """The vocabulary ``ms-gpt2 train`` builds from ``data``'s training split (``tokenizer.vocab_size``),
     padded with :data:`UNUSED` entries to exactly ``tokenizer.vocab_size`` words, in ``out_dir``.
@@ -197,15 +208,12 @@ def command_rows(train_command: list[str], shapes, reference_python: str | None,
         tmp = Path(workdir or tmp)
         vocab = padded_vocabulary(load_config(config_path, overrides(*shapes[0])), data, tmp / "vocab")
         for batch, length in shapes:
-            sets = overrides(batch, length)
-            config = load_config(config_path, sets)
+            config = load_config(config_path, overrides(batch, length))
             here = tmp / f"B{batch}x{length}"
             here.mkdir(parents=True)
             info = write_examples(config, data, vocab["path"], here / "examples.json", here / "work")
-            argv = [*train_command, "--config", str(config_path), "--data", str(data), "--tokenizer",
-                    str(vocab["path"]), "--output-dir", str(here / "ms_gpt2"), "--device", device, "--seed", str(seed)]
-            for option in sets:
-                argv += ["--set", option]
+            argv = [*train_command, *options(config_path, data, vocab["path"], here / "ms_gpt2", device, seed,
+                                             batch, length)]
             row = {"batch": batch, "length": length, "examples": info["examples"],
                    "example_tokens": [info["tokens_min"], info["tokens_max"]]}
             ours = run({"argv": argv, "log": str(here / "ms_gpt2.log")}, "command", reference_python)
