@@ -406,8 +406,8 @@ def memory_report(quick: bool = False, reference_python: str | None = None, json
         print_fn(f"== the real command, {real.STEPS} steps: ms-gpt2 train ({real.QUICK_CONFIG if quick else real.CONFIG}, "
                  f"bundled data){' and the reference Trainer' if reference_python else ''}, one fresh process each")
         rt = runtime.ensure()
-        command = real.command_rows(train_command, real.QUICK_SHAPES if quick else shapes, reference_python, run, rt.device, rt.torch_device,
-                                    quick=quick, print_fn=print_fn)
+        command = real.command_rows(train_command, real.QUICK_SHAPES if quick else shapes, reference_python, run,
+                                    rt.device, rt.torch_device, quick=quick, print_fn=print_fn)
     result = {"device": runtime.ensure().device, "workload": base, "machine": machine(), "shapes": rows,
               "layers": {"batch": full_batch, "length": full_length, "rows": layer_rows,
                          "fit": layer_fit((r["n_layer"], r["peak_rss_mb"]) for r in layer_rows)},

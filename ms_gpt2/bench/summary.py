@@ -249,8 +249,7 @@ def summary_table(summary: dict) -> str:
             continue
         for part, label, suffix in [("ms_gpt2", f"{key} ms_gpt2 ({unit})", ""),
                                     ("reference", f"{key} reference ({unit})", ""), ("ratio", f"{key} ratio", "x")]:
-            s = summary["figures"][key][part]
-            lines.append(f"{label:<28}{fmt(s['median'], suffix):>10}{_range(s, suffix):>18}{s['n']:>6}")
+            lines.append(_line(label, summary["figures"][key][part], suffix))
     lines.append("ratio > 1: ms_gpt2 faster (summarize: reference seconds / ms_gpt2 seconds)")
     lines += memory_lines(summary["figures"])
     lines.append("per run:")
