@@ -173,45 +173,45 @@ def _speed_panel(ax, section: dict, title: str, fraction_key, limit_label, limit
     ax.set_title(title, fontsize=9)
 
 
+def _peak_group(ax, rows, series, first, ratio_of, target, linestyle, hatch=None, labelled=False) -> bool:
+    """One group of peak-MB bars per row of ``rows`` at x = ``first`` + i: a bar per (key, color, label)
+    of ``series``, the ratio over the ``ratio_of`` bar, and the target (``target`` x the reference's
+    peak) as a line; -> whether the target line has been labelled."""
+    width = 0.27
+    offset = (len(series) - 1) / 2
+    for j, (key, color, label) in enumerate(series):
+        x = [first + i + (j - offset) * width for i in range(len(rows))]
+        peaks = [(row.get(key) or {}).get("peak_rss_mb") for row in rows]
+        ax.bar(x, [v or 0.0 for v in peaks], width, color=color, hatch=hatch, label=label)
+    at = [key for key, _, _ in series].index(ratio_of) - offset
+    for i, row in enumerate(rows):
+        ours = (row.get(ratio_of) or {}).get("peak_rss_mb") or 0.0
+        ax.annotate(fmt(row.get("ratio"), "x") if row.get("ratio") else "n/a", (first + i + at * width, ours),
+                    ha="center", va="bottom", fontsize=8)
+        reference = (row.get("reference") or {}).get("peak_rss_mb")
+        if reference and target:
+            half = (offset + 0.5) * width
+            ax.hlines(reference * target, first + i - half, first + i + half, colors="black", linestyles=linestyle,
+                      label=None if labelled else f"target {fmt(target, 'x')} ref.")
+            labelled = True
+    return labelled
+
+
 def _memory_panel(ax, memory: dict) -> None:
     """Peak MB of compiled / eager / reference training per shape, each compiled peak's ratio to the
     reference, and the target (a dashed line at target x the reference); then, when the report has the
     real ``ms-gpt2 train`` command's rows (``command``), its peak beside the reference Trainer's per
-    shape, hatched, with its ratio and its own target (1.1x)."""
-    rows, target, width, labelled = memory["shapes"], memory.get("target"), 0.27, False
-    engines = [("compiled", OURS_COLOR), ("eager", EAGER_COLOR), ("reference", REF_COLOR)]
-    for j, (engine, color) in enumerate(engines):
-        x = [i + (j - 1) * width for i in range(len(rows))]
-        peaks = [(row.get(engine) or {}).get("peak_rss_mb") for row in rows]
-        ax.bar(x, [v or 0.0 for v in peaks], width, color=color, label=engine)
-    for i, row in enumerate(rows):
-        compiled = (row.get("compiled") or {}).get("peak_rss_mb") or 0.0
-        ax.annotate(fmt(row.get("ratio"), "x") if row.get("ratio") else "n/a", (i - width, compiled), ha="center",
-                    va="bottom", fontsize=8)
-        reference = (row.get("reference") or {}).get("peak_rss_mb")
-        if reference and target:
-            ax.hlines(reference * target, i - 1.5 * width, i + 1.5 * width, colors="black", linestyles="dashed",
-                      label=None if labelled else f"target {fmt(target, 'x')} ref.")
-            labelled = True
+    shape, hatched, with its ratio and its own target (1.1x, dotted)."""
+    rows, target = memory["shapes"], memory.get("target")
+    _peak_group(ax, rows, [("compiled", OURS_COLOR, "compiled"), ("eager", EAGER_COLOR, "eager"),
+                           ("reference", REF_COLOR, "reference")], 0, "compiled", target, "dashed")
     command = memory.get("command") or {}
     command_rows, command_target = command.get("rows") or [], command.get("target")
     title = f"training peak MB (target <= {fmt(target, 'x')} ref."
     if command_rows:
-        first, labelled = len(rows), False
-        for j, (key, color, label) in enumerate([("ms_gpt2", OURS_COLOR, "ms-gpt2 train"),
-                                                 ("reference", REF_COLOR, "reference Trainer")]):
-            x = [first + i + (j - 0.5) * width for i in range(len(command_rows))]
-            peaks = [(row.get(key) or {}).get("peak_rss_mb") for row in command_rows]
-            ax.bar(x, [v or 0.0 for v in peaks], width, color=color, hatch="xx", label=label)
-        for i, row in enumerate(command_rows):
-            ours = (row.get("ms_gpt2") or {}).get("peak_rss_mb") or 0.0
-            ax.annotate(fmt(row.get("ratio"), "x") if row.get("ratio") else "n/a", (first + i - 0.5 * width, ours),
-                        ha="center", va="bottom", fontsize=8)
-            reference = (row.get("reference") or {}).get("peak_rss_mb")
-            if reference and command_target:
-                ax.hlines(reference * command_target, first + i - width, first + i + width, colors="black",
-                          linestyles="dotted", label=None if labelled else f"target {fmt(command_target, 'x')} ref.")
-                labelled = True
+        _peak_group(ax, command_rows, [("ms_gpt2", OURS_COLOR, "ms-gpt2 train"),
+                                       ("reference", REF_COLOR, "reference Trainer")],
+                    len(rows), "ms_gpt2", command_target, "dotted", hatch="xx")
         title += f";\nthe real command, hatched: <= {fmt(command_target, 'x')}"
     ax.set_xticks(range(len(rows) + len(command_rows)),
                   [f"B{row['batch']} x {row['length']}" for row in rows] +
