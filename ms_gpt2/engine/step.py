@@ -208,11 +208,14 @@ class TrainStep(nn.Cell):
         loss_sum, count, grads = self.reduce(loss_sum, count, grads)
         count = _floored(count)
         inv_count = ops.div(1.0, count)
-        grads = self.map(ops.partial(_scale, inv_count), grads)              # grads of the mean loss
-        norm = ops.sqrt(ops.addn(self.map(_sq_sum, grads)))                  # torch.nn.utils.clip_grad_norm_
+        # torch.nn.utils.clip_grad_norm_ on the mean loss's gradients (grads * inv_count), whose norm
+        # is inv_count times the sum's: the mean and the clipping then cost one pass over the
+        # gradients (grads * (inv_count * clip factor)), not one each
+        norm = ops.mul(ops.sqrt(ops.addn(self.map(_sq_sum, grads))), inv_count)
+        factor = inv_count
         if self.max_norm > 0:
-            factor = ops.minimum(ops.div(self.max_norm, ops.add(norm, 1e-6)), 1.0)
-            grads = self.map(ops.partial(_scale, factor), grads)
+            factor = ops.mul(inv_count, ops.minimum(ops.div(self.max_norm, ops.add(norm, 1e-6)), 1.0))
+        grads = self.map(ops.partial(_scale, factor), grads)                # grads of the (clipped) mean loss
         beta1, beta2, counted = self.beta1, self.beta2, 1.0
         if self.scaled:
             ok = ops.isfinite(norm)
