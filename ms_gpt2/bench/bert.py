@@ -25,6 +25,8 @@ try:
 except ImportError:  # run by file path in the reference interpreter, which has no ms_gpt2
     from peak import peak_rss_mb  # this file's sibling
 
+SPEED_TARGET = 1.5      # ms_gpt2 tokens/s / the reference's (issue 24)
+MEMORY_TARGET = 1.25    # ms_gpt2 peak / the reference's (issue 24)
 BERT_BASE = dict(seed=0, vocab_size=21128, hidden=768, layers=12, heads=12, intermediate=3072, positions=512,
                  batch=4, length=256, warmup_steps=1, steps=3, mlm_fraction=0.15)
 QUICK = dict(BERT_BASE, vocab_size=500, hidden=64, layers=2, heads=4, intermediate=128, positions=64, length=32,
@@ -98,16 +100,26 @@ def ms_gpt2(spec: dict, device: str = "cpu") -> dict:
     model.train()
     engine = CompiledEngine(model, {n: 0.01 for n, _ in model.named_parameters()}, max_grad_norm=1.0,
                             seed=spec["seed"])
-    del model
+    # as the Trainer (ms-gpt2 pretrain-bert) runs it: the model kept with its weights released (the
+    # graph holds them), and on CPU the memory a step freed handed back after it. (A bare `del model`
+    # left its weights resident: 155 MB more at 2 and 4 layers.)
+    engine.release_model(model)
+    trim = runtime.ensure().device == "cpu"
+
+    def step_at(index):
+        engine.train_step(data, 1e-4, index)
+        if trim:
+            runtime.return_freed_memory()
+
     data = batch(spec)
     start = time.perf_counter()
     for step in range(spec["warmup_steps"]):
-        engine.train_step(data, 1e-4, step)
+        step_at(step)
     first = time.perf_counter() - start
     times = []
     for step in range(spec["steps"]):
         start = time.perf_counter()
-        engine.train_step(data, 1e-4, spec["warmup_steps"] + step)
+        step_at(spec["warmup_steps"] + step)
         times.append(time.perf_counter() - start)
     return dict(_result(spec, times, first), engine=engine.graph.describe())
 
@@ -133,14 +145,15 @@ def report(quick: bool = False, reference_python: str | None = None, device: str
     ref = _run(reference_python, "reference", spec, timeout) if reference_python else None
     result = {"workload": spec, "ms_gpt2": ours, "reference": ref,
               "ratio": ours["tokens_per_s"] / ref["tokens_per_s"] if ref else None,
-              "memory_ratio": ours["peak_rss_mb"] / ref["peak_rss_mb"] if ref else None}
+              "memory_ratio": ours["peak_rss_mb"] / ref["peak_rss_mb"] if ref else None,
+              "speed_target": SPEED_TARGET, "memory_target": MEMORY_TARGET}
     rows = [("ms_gpt2 (compiled)", ours)] + ([("HF + PyTorch " + ref.get("torch", ""), ref)] if ref else [])
     print_fn(f"{'':<28}{'tokens/s':>10}{'step (s)':>10}{'peak RSS':>12}")
     for name, r in rows:
         print_fn(f"{name:<28}{r['tokens_per_s']:>10.1f}{r['step_s']:>10.2f}{r['peak_rss_mb']:>9,.0f} MB")
     if ref:
-        print_fn(f"ms_gpt2 / reference: {result['ratio']:.2f}x the speed (target >= 1.0), "
-                 f"{result['memory_ratio']:.2f}x the memory (target <= 1.25)")
+        print_fn(f"ms_gpt2 / reference: {result['ratio']:.2f}x the speed (target >= {SPEED_TARGET}), "
+                 f"{result['memory_ratio']:.2f}x the memory (target <= {MEMORY_TARGET})")
     return result
 
 
