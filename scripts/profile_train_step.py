@@ -1,11 +1,19 @@
 #!/usr/bin/env python
-"""Where one GPT-2-small training step's time goes on ms_gpt2 (mindtorch on MindSpore).
+"""Where one GPT-2-small training step's time goes on ms_gpt2.
 
-Splits a step (the bench's workload: batch 4 x 256, AdamW, clipping) into forward+backward,
-gradient clipping and the optimizer update, then lists the functions that took the most time
-under cProfile. Used for docs/performance.md:
+``--engine compiled`` (the default, what ``ms-gpt2 train`` runs): the bench's workload (batch 4 x 256,
+dropout 0.1, AdamW with weight decay 0.01, clipping 1.0) on :class:`~ms_gpt2.engine.compiled.CompiledEngine`,
+split into the host's share (the batch converted, the dropout keep-masks drawn), the forward graph
+alone, forward + backward as a graph of its own, and the whole compiled step; the update (the
+gradients' mean, norm, clipping and AdamW) is the step less the other two. Each part is timed
+``--steps`` times after a warm-up (its own compilation) and the median printed.
 
-    .venv/bin/python scripts/profile_train_step.py [--steps 2] [--batch 4] [--length 256]
+``--engine eager`` (the tutorial's mindtorch path): forward+backward, gradient clipping and the
+optimizer update, then the functions that took the most time under cProfile.
+
+Used for docs/performance.md:
+
+    .venv/bin/python scripts/profile_train_step.py [--engine compiled] [--steps 3] [--batch 4] [--length 256]
 """
 import argparse
 import cProfile
@@ -18,12 +26,16 @@ from ms_gpt2.infra import runtime
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--engine", choices=("compiled", "eager"), default="compiled")
+    parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--length", type=int, default=256)
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
     runtime.setup(args.device, seed=0)
+    if args.engine == "compiled":
+        compiled(args)
+        return
 
     import torch
     from mindtorch import autograd
@@ -65,6 +77,60 @@ def main() -> None:
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(12)
     print(out.getvalue())
+
+
+def compiled(args) -> None:
+    import statistics
+
+    import mindspore
+    from mindspore import Tensor, ops
+
+    from ms_gpt2.bench import gpt2 as bench, workloads
+    from ms_gpt2.engine.compiled import CompiledEngine
+
+    spec = dict(bench.FULL, train_batch=args.batch, train_len=args.length)
+    model = workloads.build_model(spec, runtime.ensure().torch_device)
+    model.train()
+    engine = CompiledEngine(model, {n: 0.01 for n, _ in model.named_parameters()}, max_grad_norm=1.0, seed=0)
+    engine.release_model(model)  # as the Trainer does: one copy of the weights
+    batch = {"input_ids": workloads.tokens(spec, (args.batch, args.length)).numpy()}
+    net, grad_fn = engine.step.net, engine.step.grad_fn
+
+    @mindspore.jit
+    def forward(*inputs):
+        return net(*inputs)[0]
+
+    @mindspore.jit
+    def forward_backward(*inputs):   # every gradient summed, so that none is pruned (one extra read)
+        (loss_sum, _), grads = grad_fn(*inputs)
+        return loss_sum, ops.addn([ops.reduce_sum(g) for g in grads])
+
+    def host(step):
+        return engine._inputs(batch, step, 0)
+
+    def timed(fn):
+        times = []
+        for step in range(args.steps + 1):   # the first: compilation
+            inputs = host(step)
+            start = time.perf_counter()
+            fn(inputs, step)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times[1:])
+
+    parts = {
+        "host (batch, keep-masks)": timed(lambda inputs, step: host(step)),
+        "forward": timed(lambda inputs, step: forward(*inputs).asnumpy()),
+        "forward+backward": timed(lambda inputs, step: [t.asnumpy() for t in forward_backward(*inputs)]),
+        "whole step": timed(lambda inputs, step: engine.train_step(batch, 1e-4, step)),
+    }
+    host_s, fwd, fwd_bwd, whole = parts.values()
+    update = whole - host_s - fwd_bwd
+    print(f"compiled step, batch {args.batch} x {args.length}, median of {args.steps}:")
+    for name, seconds in parts.items():
+        print(f"  {name:26s} {seconds:6.2f}s")
+    print(f"  {'backward (f+b - forward)':26s} {fwd_bwd - fwd:6.2f}s  ({(fwd_bwd - fwd) / fwd:.2f}x the forward)")
+    print(f"  {'update (step - host - f+b)':26s} {update:6.2f}s  ({update / whole:.0%} of the step)")
+    print(f"  {args.batch * args.length / whole:.1f} tokens/s")
 
 
 if __name__ == "__main__":
