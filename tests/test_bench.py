@@ -54,6 +54,7 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     assert saved["train"]["peak_memory_mb"] > 0
     assert saved["train"]["path"] == "compiled training engine" and saved["train"]["eager_on_mindtorch"] > 0
     assert saved["ceilings"]["mindspore_matmul_gflops"] > 0 and 0 < saved["train"]["fraction_of_mindspore_matmul"]
+    assert bench_machine.matmul_mode(saved["ceilings"]) == "graph" and saved["ceilings"]["mindspore_matmul_pynative_gflops"] > 0
     assert saved["decode"]["path"] == "compiled static-cache decoder"
     assert saved["decode"]["hf_generate_on_mindtorch"] > 0 and saved["decode"]["identical_to_library"] is True
     assert out.with_suffix(".png").stat().st_size > 1000
@@ -95,15 +96,18 @@ def test_a_busy_start_is_flagged():
     assert "busy" in bench_report.table(bench_report.report("cpu", SPEC, OURS, REF, CEIL, busy))
 
 
-def saved_run(tmp_path, name, train, decode, summarize, matmul, cpu="AMD EPYC 9654", spec=SPEC, device="cpu"):
+def saved_run(tmp_path, name, train, decode, summarize, matmul, cpu="AMD EPYC 9654", spec=SPEC, device="cpu",
+              mode="graph"):
     """A report as `ms-gpt2 bench --json` saves it, with these ms_gpt2 figures against REF (50 tokens/s,
-    40 tokens/s, 2 s) and this MindSpore MatMul rate."""
+    40 tokens/s, 2 s) and this MindSpore MatMul rate, timed in a graph (the one-op-at-a-time rate
+    beside it), or with ``mode=None`` as reports before 2026-12-06 timed it (one op at a time, alone)."""
     ours = {"train": dict(OURS["train"], tokens_per_s=train), "decode": {"tokens_per_s": decode},
             "summarize": {"seconds": summarize}, "framework": "mindtorch"}
     where = None if cpu is None else {"cpu_model": cpu, "cores": 2, "usable_cores": 2,
                                       "started_at": f"2026-12-0{name[-1]}",
                                       "load_average_start": [0.2, 0.2, 0.2], "load_average_end": [1.8, 1.0, 0.5]}
-    result = bench_report.report(device, spec, ours, REF, dict(CEIL, mindspore_matmul_gflops=matmul), where)
+    ceil = dict(CEIL, mindspore_matmul_gflops=matmul, **({} if mode is None else {"mindspore_matmul_pynative_gflops": 50.0}))
+    result = bench_report.report(device, spec, ours, REF, ceil, where)
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(result))
     return path
@@ -130,7 +134,7 @@ def test_summarize_gives_median_and_min_max_of_every_figure(tmp_path):
     assert summary["cpu_models"] == ["AMD EPYC 9654"]
     text = printed[0]
     assert "3 runs of the quick workload on cpu; CPU model: AMD EPYC 9654 (2 cores)" in text
-    assert "MindSpore's own MatMul: median 127 GFLOP/s, 101–212 over the runs" in text
+    assert "MindSpore's own MatMul (graph): median 127 GFLOP/s, 101–212 over the runs" in text
     assert "1.18x" in text and "1.08x–1.2x" in text
     assert "MatMul 212 GFLOP/s, load 0.20→1.80; train 1.2x, decode 1.1x, summarize 1.33x" in text
     assert "at least three" not in text and "busy" not in text
@@ -145,6 +149,18 @@ def test_summarize_refuses_to_mix_cpu_models_unless_asked(tmp_path):
     assert summary["cpu_models"] == ["AMD EPYC 9654", "Intel Xeon Gold 6248"]
     assert summary["figures"]["train"]["ratio"]["n"] == 4
     assert "different CPU models (--mixed-cpus)" in printed[0]
+
+
+def test_summarize_refuses_to_mix_matmul_rates_timed_differently(tmp_path):
+    """Reports before 2026-12-06 timed MindSpore's MatMul one op at a time (about half the graph's
+    rate): a spread over both kinds, and the fractions of it, would mean nothing."""
+    old = saved_run(tmp_path, "run4", 59.0, 42.0, 1.25, 105.0, mode=None)
+    with pytest.raises(UserError, match=r"timed MindSpore's MatMul differently: graph \(.*run1.json.*\); "
+                                        r"one op at a time \(.*run4.json\)"):
+        bench_summary.summarize(three_runs(tmp_path) + [old], print_fn=lambda *a: None)
+    printed = []
+    bench_summary.summarize([old], print_fn=printed.append)
+    assert "MindSpore's own MatMul (one op at a time): median 105 GFLOP/s" in printed[0]
 
 
 def test_a_run_that_did_not_record_its_cpu_is_a_model_of_its_own(tmp_path):

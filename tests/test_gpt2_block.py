@@ -117,17 +117,19 @@ def _gelu_new_float64(x):
 
 def test_both_gelu_forms_are_gelu_new_with_its_gradient():
     """The fused kernel (devices) and the sigmoid form with its written-out gradient (CPU, where the
-    kernel is slow) both compute gelu_new, forward and backward, inside a compiled graph: to 2e-6
-    absolute on values up to 8 in magnitude (measured: 6e-7 and 6e-6 for the gradient of the sum
-    weighted by dy), whichever the device would pick."""
+    kernel is slow) both compute gelu_new, forward and backward, inside a compiled graph, on
+    inputs up to 8 in magnitude and saturated ones (+-50, +-1e4): values to 2e-6 absolute, the
+    gradient of the sum weighted by dy to 2e-5 (measured: 6e-7 and 6e-6). The written-out bprop is
+    also checked called directly, so that a graph which differentiated ``construct`` instead would
+    not hide a wrong one."""
     from mindspore import nn, ops
 
     from ms_gpt2.models.graphs.ops import SigmoidGelu, gelu_new
 
     assert isinstance(gelu_new(fused=False), SigmoidGelu) and isinstance(gelu_new(fused=True), ops.GeLU)
-    assert isinstance(gelu_new(), SigmoidGelu if mindspore.get_context("device_target") == "CPU" else ops.GeLU)
     rng = np.random.default_rng(0)
-    x = np.concatenate([np.linspace(-8, 8, 2001), rng.standard_normal(3999) * 3]).astype(np.float32).reshape(3, -1)
+    x = np.concatenate([np.linspace(-8, 8, 2001), rng.standard_normal(3993) * 3,
+                        [50, -50, 1e4, -1e4, 0, 0]]).astype(np.float32).reshape(3, -1)
     dy = rng.standard_normal(x.shape).astype(np.float32)
     value, slope = _gelu_new_float64(x.astype(np.float64))
 
@@ -145,3 +147,5 @@ def test_both_gelu_forms_are_gelu_new_with_its_gradient():
         grad = mindspore.jit(mindspore.grad(Weighted(gelu), grad_position=0))(Tensor(x), Tensor(dy)).asnumpy()
         np.testing.assert_allclose(forward, value, atol=2e-6, rtol=0, err_msg=f"fused={fused}")
         np.testing.assert_allclose(grad, dy * slope, atol=2e-5, rtol=0, err_msg=f"fused={fused}")
+    written_out = SigmoidGelu().bprop(Tensor(x), None, Tensor(dy))[0].asnumpy()
+    np.testing.assert_allclose(written_out, dy * slope, atol=2e-5, rtol=0)

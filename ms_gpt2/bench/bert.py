@@ -9,7 +9,11 @@ The workload, the same on both sides: ``BertConfig`` of bert-base (12 layers, 76
 3072, 512 positions, dropout 0.1) with vocabulary 21128 (bert-base-chinese's), batch 4 × 256 random
 ids, 15% of positions MLM-labelled, random NSP labels, AdamW (lr 1e-4, weight decay 0.01 on every
 weight, as ``torch.optim.AdamW``'s default group), clipping at 1.0; one warm-up step (ms_gpt2:
-the graph's compile), then the median of the timed steps.
+the graph's compile), then the median of the timed steps. Each side runs as its own trainer
+does: ms_gpt2's as the Trainer of ``ms-gpt2 pretrain-bert`` (the model kept with its weights
+released, since the graph holds them; on CPU, the memory a step freed handed back after it, inside
+the timed step as in the Trainer's), the reference as a PyTorch loop. (The GPT-2 speed bench's
+training, whose peak is one process's over every workload, does neither.)
 """
 from __future__ import annotations
 

@@ -57,7 +57,9 @@ def machine() -> dict:
 
 
 def ceilings(seconds: float = 3.0) -> dict:
-    """fp32 matmul GFLOP/s and memory read GB/s of this machine, best of repeated runs."""
+    """fp32 matmul GFLOP/s and memory read GB/s of this machine (NumPy), best of repeated runs, and
+    MindSpore's own MatMul GFLOP/s inside a compiled graph (``mindspore_matmul_gflops``, the compiled
+    engine's limit) and one op at a time (``mindspore_matmul_pynative_gflops``, the eager path's)."""
     rng = np.random.default_rng(0)
     n = 2048
     a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
@@ -73,8 +75,18 @@ def ceilings(seconds: float = 3.0) -> dict:
         big.sum()
         best_read = max(best_read, big.nbytes / (time.perf_counter() - start) / 1e9)
     return {"matmul_gflops": best_mm, "read_gbps": best_read,
+            # the rate the compiled engine's fraction is of; reports before 2026-12-06 timed it one op at a
+            # time and had no PyNative key beside it (matmul_mode), which `bench --summarize` will not mix
             "mindspore_matmul_gflops": mindspore_matmul_gflops(seconds / 4),
             "mindspore_matmul_pynative_gflops": mindspore_matmul_gflops(seconds / 4, compiled=False)}
+
+
+def matmul_mode(ceil: dict) -> str | None:
+    """How a report's ``mindspore_matmul_gflops`` was timed: "graph" when the report also has the
+    one-op-at-a-time rate beside it (from 2026-12-06), "one op at a time" before; None: not measured."""
+    if ceil.get("mindspore_matmul_gflops") is None:
+        return None
+    return "graph" if "mindspore_matmul_pynative_gflops" in ceil else "one op at a time"
 
 
 def mindspore_matmul_gflops(seconds: float = 1.0, shape=(1024, 768, 3072), compiled: bool = True) -> float:

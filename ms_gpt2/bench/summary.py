@@ -20,6 +20,7 @@ import statistics
 from pathlib import Path
 
 from ms_gpt2.bench.gpt2 import FULL, QUICK
+from ms_gpt2.bench.machine import matmul_mode
 from ms_gpt2.bench.report import busy_note, fmt, write_json
 from ms_gpt2.infra.errors import UserError
 
@@ -98,6 +99,14 @@ def combine(runs: list[tuple[str, dict]], mixed_cpus: bool = False) -> dict:
         listed = "; ".join(f"{cpu} ({', '.join(paths)})" for cpu, paths in cpus.items())
         raise UserError(f"runs from different CPU models: {listed}; ratios depend on the machine "
                         f"(pass --mixed-cpus to combine them anyway)")
+    modes = {}
+    for path, result in runs:
+        if matmul_mode(result["ceilings"]):
+            modes.setdefault(matmul_mode(result["ceilings"]), []).append(path)
+    if len(modes) > 1:
+        listed = "; ".join(f"{mode} ({', '.join(paths)})" for mode, paths in modes.items())
+        raise UserError(f"runs that timed MindSpore's MatMul differently: {listed}; the fractions of it do not "
+                        f"combine (re-run the older ones)")
     per_run = []
     for path, result in runs:
         m = result.get("machine") or {}
@@ -105,6 +114,7 @@ def combine(runs: list[tuple[str, dict]], mixed_cpus: bool = False) -> dict:
                "cores": m.get("cores"),
                "load_average_start": m.get("load_average_start"), "load_average_end": m.get("load_average_end"),
                "mindspore_matmul_gflops": result["ceilings"].get("mindspore_matmul_gflops"),
+               "mindspore_matmul_pynative_gflops": result["ceilings"].get("mindspore_matmul_pynative_gflops"),
                "numpy_matmul_gflops": result["ceilings"].get("matmul_gflops")}
         for key, _ in FIGURES:  # None: this run did not run that part (`bench --only`)
             row[key] = {k: result[key].get(k) for k in ("ms_gpt2", "reference", "ratio")} if key in result else None
@@ -117,7 +127,9 @@ def combine(runs: list[tuple[str, dict]], mixed_cpus: bool = False) -> dict:
     figures.update(_bert_figures(per_run), **_memory_figures(per_run))
     return {"runs": per_run, "cpu_models": sorted(cpus), "device": first.get("device"),
             "workload": first["workload"], "figures": figures,
+            "mindspore_matmul_mode": next(iter(modes), None),
             "mindspore_matmul_gflops": _spread([row["mindspore_matmul_gflops"] for row in per_run]),
+            "mindspore_matmul_pynative_gflops": _spread([row["mindspore_matmul_pynative_gflops"] for row in per_run]),
             "numpy_matmul_gflops": _spread([row["numpy_matmul_gflops"] for row in per_run])}
 
 
@@ -242,7 +254,11 @@ def summary_table(summary: dict) -> str:
     lines = [f"{n} run{'s' if n != 1 else ''} of the {workload_name(summary['workload'])} workload on "
              f"{summary['device']}; CPU model: {', '.join(summary['cpu_models'])}"
              f"{'' if not cores else ' (' + '/'.join(map(str, cores)) + ' cores)'}",
-             f"MindSpore's own MatMul: median {fmt(ms['median'])} GFLOP/s, {_range(ms)} over the runs",
+             f"MindSpore's own MatMul ({summary.get('mindspore_matmul_mode') or 'not measured'}): median "
+             f"{fmt(ms['median'])} GFLOP/s, {_range(ms)} over the runs"
+             + ("" if not summary.get("mindspore_matmul_pynative_gflops", {}).get("n") else
+                f"; one op at a time: median {fmt(summary['mindspore_matmul_pynative_gflops']['median'])} GFLOP/s, "
+                f"{_range(summary['mindspore_matmul_pynative_gflops'])}"),
              f"{'figure':<28}{'median':>10}{'min–max':>18}{'runs':>6}"]
     for key, unit in FIGURES:
         if not any(row[key] for row in runs):  # no run ran this part
