@@ -507,7 +507,8 @@ def canned_report(parts=("train", "decode", "summarize", "memory", "bert")):
     if "bert" in parts:
         result["bert_pretraining"] = {"ms_gpt2": {"tokens_per_s": 139.0, "peak_rss_mb": 5210.0},
                                       "reference": {"tokens_per_s": 120.0, "peak_rss_mb": 3302.0},
-                                      "ratio": 139 / 120, "memory_ratio": 5210 / 3302}
+                                      "ratio": 139 / 120, "memory_ratio": 5210 / 3302,
+                                      "speed_target": 1.5, "memory_target": 1.25}
     return result
 
 
@@ -543,6 +544,9 @@ def test_the_chart_draws_each_figure_beside_its_limit_and_the_memory_and_bert_pa
         assert _heights(panels["bert_speed"]) == pytest.approx([139.0, 120.0])
         assert _heights(panels["bert_memory"]) == pytest.approx([5210.0, 3302.0])
         assert "1.58x the memory" in panels["bert_memory"].get_title()
+        # issue 24's BERT targets as lines at 1.5x the reference's tokens/s and 1.25x its memory
+        assert [line.get_ydata()[0] for line in panels["bert_speed"].get_lines()] == pytest.approx([120.0 * 1.5])
+        assert [line.get_ydata()[0] for line in panels["bert_memory"].get_lines()] == pytest.approx([3302.0 * 1.25])
     finally:
         plt.close(fig)
 

@@ -197,3 +197,34 @@ def test_a_twelve_layer_bert_compiles():
              "next_sentence_label": np.array([0, 1])}
     loss, norm = CompiledEngine(model, {}, max_grad_norm=1.0).train_step(batch, 1e-3, 0)
     assert np.isfinite(loss) and np.isfinite(norm)
+
+
+def test_exact_gelu_and_its_written_out_gradient_against_float64():
+    """ExactGelu (BERT's "gelu", whose bprop keeps only its input) against float64 NumPy, value and
+    gradient, inside a compiled graph and with the bprop called directly: 1e-6 absolute in value on
+    inputs up to 8 in magnitude and saturated ones, 1e-5 in the gradient weighted by dy."""
+    import math
+
+    from ms_gpt2.models.graphs.ops import ExactGelu
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.linspace(-8, 8, 2001), rng.standard_normal(993) * 3,
+                        [50, -50, 1e4, -1e4, 0, 0]]).astype(np.float32).reshape(3, -1)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    x64 = x.astype(np.float64)
+    cdf = 0.5 * (1 + np.vectorize(math.erf)(x64 / math.sqrt(2)))
+    value, slope = x64 * cdf, cdf + x64 * np.exp(-x64 ** 2 / 2) / math.sqrt(2 * math.pi)
+
+    class Weighted(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.gelu = ExactGelu()
+
+        def construct(self, v, d):
+            return ops.reduce_sum(ops.mul(self.gelu(v), d))
+
+    np.testing.assert_allclose(mindspore.jit(ExactGelu())(Tensor(x)).asnumpy(), value, atol=1e-6, rtol=1e-6)
+    grad = mindspore.jit(mindspore.grad(Weighted(), grad_position=0))(Tensor(x), Tensor(dy)).asnumpy()
+    np.testing.assert_allclose(grad, dy * slope, atol=1e-5, rtol=0)
+    direct = ExactGelu().bprop(Tensor(x), None, Tensor(dy))[0].asnumpy()
+    np.testing.assert_allclose(direct, dy * slope, atol=1e-5, rtol=0)

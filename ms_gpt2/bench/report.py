@@ -244,12 +244,17 @@ def chart_figure(result: dict):
     bert = result.get("bert_pretraining")
     if bert:
         ref = bert.get("reference") or {}
-        for key, field, title, ratio_key, sense in [
-                ("bert_speed", "tokens_per_s", "BERT-base training tokens/s", "ratio", "the speed"),
-                ("bert_memory", "peak_rss_mb", "BERT-base peak MB", "memory_ratio", "the memory")]:
-            def draw(ax, field=field, title=title, ratio_key=ratio_key, sense=sense):
+        for key, field, title, ratio_key, sense, target_key in [
+                ("bert_speed", "tokens_per_s", "BERT-base training tokens/s", "ratio", "the speed", "speed_target"),
+                ("bert_memory", "peak_rss_mb", "BERT-base peak MB", "memory_ratio", "the memory", "memory_target")]:
+            def draw(ax, field=field, title=title, ratio_key=ratio_key, sense=sense, target_key=target_key):
                 _bars(ax, ["ms_gpt2", "PyTorch ref."], [bert["ms_gpt2"][field], ref.get(field)],
                       [OURS_COLOR, REF_COLOR])
+                target = bert.get(target_key)  # issue 24's, as a multiple of the reference (older reports: none)
+                if target and ref.get(field):
+                    ax.axhline(ref[field] * target, color="black", linestyle="dotted",
+                               label=f"target {fmt(target, 'x')} ref.")
+                    ax.legend(fontsize=7, loc="lower right")
                 ax.set_title(title + (f" ({fmt(bert[ratio_key], 'x')} {sense})" if bert.get(ratio_key) else ""),
                              fontsize=9)
             panels.append((key, draw))

@@ -27,7 +27,8 @@ the attention probabilities, the attention output, the FFN output; each kept val
 Only MindSpore's functional ops are used (see :mod:`ms_gpt2.models.attention`: once mindnlp is imported,
 Tensor methods and operators mean mindtorch's). Two ops are composed rather than taken from
 MindSpore, to match what the eager path computes on CPU: GELU as ``x/2 * (1 + erf(x/sqrt 2))``
-(mindtorch's CPU GELU; ``ops.gelu`` uses Tensor operators) and tanh as ``expm1(2x) / (expm1(2x) + 2)``
+(mindtorch's CPU GELU; ``ops.gelu`` uses Tensor operators; :class:`~ms_gpt2.models.graphs.ops.ExactGelu`,
+with its gradient written out so that the backward pass keeps only its input) and tanh as ``expm1(2x) / (expm1(2x) + 2)``
 (:mod:`ms_gpt2.infra.compat`'s accurate tanh; MindSpore's CPU kernel errs by 1e-4).
 """
 from __future__ import annotations
@@ -41,7 +42,8 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from ms_gpt2.models.attention import merge_heads, split_heads
 from ms_gpt2.models.graphs import dropout as keyed
-from ms_gpt2.models.graphs.ops import FLOAT32_MIN, DenseLinear, ScoresMatMul, Softmax, WeightedSum, layer_norm, scale
+from ms_gpt2.models.graphs.ops import (FLOAT32_MIN, DenseLinear, ExactGelu, ScoresMatMul, Softmax, WeightedSum,
+                                      layer_norm, scale)
 from ms_gpt2.models.graphs.base import ModelGraph
 from ms_gpt2.models.graphs.precision import Precision
 
@@ -153,11 +155,6 @@ def _scale(p: float) -> float:
     return 1.0 / (1.0 - p)
 
 
-def _gelu(x):
-    """Exact GELU, x/2 * (1 + erf(x / sqrt 2)): Hugging Face's "gelu", as mindtorch computes it on CPU."""
-    return ops.mul(ops.mul(x, 0.5), ops.add(ops.erf(ops.mul(x, 1.0 / math.sqrt(2.0))), 1.0))
-
-
 def _tanh(x):
     """tanh to float32 accuracy (ms_gpt2.infra.compat's: MindSpore's CPU tanh kernel errs by 1e-4)."""
     e = ops.expm1(ops.mul(ops.maximum(ops.minimum(x, 20.0), -20.0), 2.0))
@@ -187,7 +184,7 @@ class _Layer(nn.Cell):
         # MatMul cells with their gradients spelt out and no broadcasting kernels (ms_gpt2.models.graphs.ops:
         # MindSpore's CPU kernels keep per-element index tables for those)
         self.linear, self.scores, self.weighted_sum = DenseLinear(dt, em), ScoresMatMul(dt, em), WeightedSum(dt, em)
-        self.softmax = Softmax()
+        self.softmax, self.gelu = Softmax(), ExactGelu()
         self.use_dropout = cfg.use_dropout
         self.attn_scale, self.hidden_scale = _scale(cfg.attention_dropout), _scale(cfg.hidden_dropout)
 
@@ -204,7 +201,7 @@ class _Layer(nn.Cell):
         if self.use_dropout:
             attended = keyed.apply_keep(attended, masks[1], self.hidden_scale)
         x = self.layer_norm(ops.add(attended, x), self.ln1_w, self.ln1_b)[0]
-        ffn = self.linear(_gelu(self.linear(x, self.i_w, self.i_b)), self.o_w, self.o_b)
+        ffn = self.linear(self.gelu(self.linear(x, self.i_w, self.i_b)), self.o_w, self.o_b)
         if self.use_dropout:
             ffn = keyed.apply_keep(ffn, masks[2], self.hidden_scale)
         return self.layer_norm(ops.add(ffn, x), self.ln2_w, self.ln2_b)[0]
@@ -237,6 +234,7 @@ class BertPreTrainingLoss(nn.Cell):
          self.transform_ln_b, self.nsp_w, self.nsp_b) = (params[n] for n in HEAD_PARAMS)
         self.layer_norm = layer_norm(cfg.layer_norm_eps)
         self.linear = DenseLinear(cfg.precision.dtype if cfg.precision.low else None, cfg.precision.emulate)
+        self.gelu = ExactGelu()
         self.use_dropout = cfg.use_dropout
         self.hidden_scale = _scale(cfg.hidden_dropout)
         self.on_device = cfg.dropout_source == "device"
@@ -274,7 +272,7 @@ class BertPreTrainingLoss(nn.Cell):
             layer_masks = (masks[1 + 3 * i], masks[2 + 3 * i], masks[3 + 3 * i]) if self.use_dropout else ()
             x = layer(x, additive_mask, layer_masks)
         # MLM: every position scored against its label (-100: not scored)
-        h = _gelu(self.linear(ops.reshape(x, (B * T, C)), self.transform_w, self.transform_b))
+        h = self.gelu(self.linear(ops.reshape(x, (B * T, C)), self.transform_w, self.transform_b))
         h = self.layer_norm(h, self.transform_ln_w, self.transform_ln_b)[0]
         mlm_logits = self.linear(h, self.word, self.decoder_b)            # (B*T, V): the decoder, tied to the embeddings
         mlm_sum, mlm_count = _masked_token_loss(mlm_logits, ops.reshape(mlm_labels, (B * T,)))

@@ -94,6 +94,25 @@ class SigmoidGelu(nn.Cell):
         return (ops.mul(dout, ops.add(s, slope)),)
 
 
+class ExactGelu(nn.Cell):
+    """Hugging Face's "gelu" (BERT's), ``x/2 * (1 + erf(x / sqrt 2))`` as mindtorch computes it on CPU,
+    with its gradient written out from ``x``: ``(1 + erf(x / sqrt 2)) / 2 + x exp(-x^2 / 2) / sqrt(2 pi)``.
+    Autodiff of the formula keeps three tensors of the input's size for the backward pass (``x/2``,
+    ``1 + erf``, ``x / sqrt 2``); this keeps ``x``."""
+
+    def construct(self, x):
+        return ops.mul(ops.mul(x, 0.5), ops.add(ops.erf(ops.mul(x, _SQRT_HALF)), 1.0))
+
+    def bprop(self, x, out, dout):
+        cdf = ops.mul(ops.add(ops.erf(ops.mul(x, _SQRT_HALF)), 1.0), 0.5)
+        pdf = ops.mul(ops.exp(ops.mul(ops.mul(x, x), -0.5)), _INV_SQRT_2PI)
+        return (ops.mul(dout, ops.add(cdf, ops.mul(x, pdf))),)
+
+
+_SQRT_HALF = float(1.0 / np.sqrt(2.0))
+_INV_SQRT_2PI = float(1.0 / np.sqrt(2.0 * np.pi))
+
+
 class _Casts(nn.Cell):
     """``low(t)``: a MatMul input in the compute dtype (rounded and back to float32 when emulating);
     ``high(t)``: a MatMul output back in float32 (rounded to the compute dtype first when emulating)."""
