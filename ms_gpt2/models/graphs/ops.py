@@ -77,9 +77,9 @@ class SigmoidGelu(nn.Cell):
     its gradient written out from ``x``: ``s + x s (1 - s) 2C (1 + 3 A x^2)``, ``s`` the sigmoid.
 
     Memory: MindSpore's common-subexpression pass may share the backward's ``x * x`` and sigmoid
-    with the forward's rather than recompute them; measured on GPT-2 small at B4 x 256 the
-    training peak moved by +22 MB (4,397 -> 4,419 MB, ``bench --memory``, fresh processes), within
-    a run's spread. Inputs are float32 here (``_Casts.high`` brings every MatMul output back up):
+    with the forward's rather than recompute them; measured on GPT-2 small the training peak rose
+    by 22 MB at B4 x 256 and 56 MB at B1 x 1024 (4,397 -> 4,419 and 6,215 -> 6,271 MB, bench
+    memory runs in fresh processes, 0.5-0.9%). Inputs are float32 here (``_Casts.high`` brings every MatMul output back up):
     in float16 ``x * x`` would overflow for ``|x| >= 256``."""
 
     def construct(self, x):
