@@ -3,8 +3,7 @@ bar chart, the tables of the memory runs, and writing a report where ``--json`` 
 
 Ratios are oriented so that > 1 means ms_gpt2 is faster. Fractions of ceiling: training FLOP/s
 (6·params + attention per token) over matmul GFLOP/s (NumPy's, and MindSpore's own MatMul inside a
-graph); decoding
-bytes/s (all weights read once per token) over read bandwidth.
+graph); decoding bytes/s (all weights read once per token) over read bandwidth.
 """
 from __future__ import annotations
 
