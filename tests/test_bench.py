@@ -547,6 +547,7 @@ def test_the_chart_draws_each_figure_beside_its_limit_and_the_memory_and_bert_pa
         # issue 24's BERT targets as lines at 1.5x the reference's tokens/s and 1.25x its memory
         assert [line.get_ydata()[0] for line in panels["bert_speed"].get_lines()] == pytest.approx([120.0 * 1.5])
         assert [line.get_ydata()[0] for line in panels["bert_memory"].get_lines()] == pytest.approx([3302.0 * 1.25])
+        assert panels["bert_speed"].get_ylim()[1] > 120.0 * 1.5  # above the bars, still drawn inside the panel
     finally:
         plt.close(fig)
 

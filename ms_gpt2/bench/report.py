@@ -254,6 +254,7 @@ def chart_figure(result: dict):
                 if target and ref.get(field):
                     ax.axhline(ref[field] * target, color="black", linestyle="dotted",
                                label=f"target {fmt(target, 'x')} ref.")
+                    ax.set_ylim(top=max(ax.get_ylim()[1], ref[field] * target * 1.1))  # a target above the bars shows
                     ax.legend(fontsize=7, loc="lower right")
                 ax.set_title(title + (f" ({fmt(bert[ratio_key], 'x')} {sense})" if bert.get(ratio_key) else ""),
                              fontsize=9)
