@@ -53,6 +53,8 @@ def layer_norm(eps: float):
 
 _GELU_C = float(np.sqrt(2.0 / np.pi))   # gelu_new: 0.5 x (1 + tanh(C (x + A x^3)))
 _GELU_A = 0.044715
+_SQRT_HALF = float(1.0 / np.sqrt(2.0))          # the exact GELU: x/2 * (1 + erf(x / sqrt 2))
+_INV_SQRT_2PI = float(1.0 / np.sqrt(2.0 * np.pi))
 
 
 def gelu_new(fused: bool | None = None):
@@ -72,6 +74,16 @@ def gelu_new(fused: bool | None = None):
     return ops.GeLU() if fused else SigmoidGelu()
 
 
+def _gelu_new_argument(x, x2):
+    """``2 C (x + A x^3)`` from ``x`` and ``x2 = x * x``: gelu_new is ``x * sigmoid`` of it."""
+    return ops.mul(ops.add(x, ops.mul(ops.mul(x2, x), _GELU_A)), 2.0 * _GELU_C)
+
+
+def _one_plus_erf(x):
+    """``1 + erf(x / sqrt 2)``: twice the standard normal CDF, the exact GELU's factor."""
+    return ops.add(ops.erf(ops.mul(x, _SQRT_HALF)), 1.0)
+
+
 class SigmoidGelu(nn.Cell):
     """``gelu_new`` as ``x * sigmoid(2 C (x + A x^3))`` (``(1 + tanh(u)) / 2 = sigmoid(2u)``), with
     its gradient written out from ``x``: ``s + x s (1 - s) 2C (1 + 3 A x^2)``, ``s`` the sigmoid.
@@ -79,16 +91,15 @@ class SigmoidGelu(nn.Cell):
     Memory: MindSpore's common-subexpression pass may share the backward's ``x * x`` and sigmoid
     with the forward's rather than recompute them; measured on GPT-2 small the training peak rose
     by 22 MB at B4 x 256 and 56 MB at B1 x 1024 (4,397 -> 4,419 and 6,215 -> 6,271 MB, bench
-    memory runs in fresh processes, 0.5-0.9%). Inputs are float32 here (``_Casts.high`` brings every MatMul output back up):
-    in float16 ``x * x`` would overflow for ``|x| >= 256``."""
+    memory runs in fresh processes, 0.5-0.9%). Inputs are float32 here (``_Casts.high`` brings
+    every MatMul output back up): in float16 ``x * x`` would overflow for ``|x| >= 256``."""
 
     def construct(self, x):
-        return ops.mul(x, ops.sigmoid(ops.mul(ops.add(x, ops.mul(ops.mul(ops.mul(x, x), x), _GELU_A)),
-                                              2.0 * _GELU_C)))
+        return ops.mul(x, ops.sigmoid(_gelu_new_argument(x, ops.mul(x, x))))
 
     def bprop(self, x, out, dout):
         x2 = ops.mul(x, x)
-        s = ops.sigmoid(ops.mul(ops.add(x, ops.mul(ops.mul(x2, x), _GELU_A)), 2.0 * _GELU_C))
+        s = ops.sigmoid(_gelu_new_argument(x, x2))
         slope = ops.mul(ops.mul(ops.mul(x, s), ops.sub(1.0, s)), ops.add(ops.mul(x2, 6.0 * _GELU_A * _GELU_C),
                                                                         2.0 * _GELU_C))
         return (ops.mul(dout, ops.add(s, slope)),)
@@ -101,16 +112,12 @@ class ExactGelu(nn.Cell):
     ``1 + erf``, ``x / sqrt 2``); this keeps ``x``."""
 
     def construct(self, x):
-        return ops.mul(ops.mul(x, 0.5), ops.add(ops.erf(ops.mul(x, _SQRT_HALF)), 1.0))
+        return ops.mul(ops.mul(x, 0.5), _one_plus_erf(x))
 
     def bprop(self, x, out, dout):
-        cdf = ops.mul(ops.add(ops.erf(ops.mul(x, _SQRT_HALF)), 1.0), 0.5)
+        cdf = ops.mul(_one_plus_erf(x), 0.5)
         pdf = ops.mul(ops.exp(ops.mul(ops.mul(x, x), -0.5)), _INV_SQRT_2PI)
         return (ops.mul(dout, ops.add(cdf, ops.mul(x, pdf))),)
-
-
-_SQRT_HALF = float(1.0 / np.sqrt(2.0))
-_INV_SQRT_2PI = float(1.0 / np.sqrt(2.0 * np.pi))
 
 
 class _Casts(nn.Cell):
