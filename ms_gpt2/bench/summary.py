@@ -92,21 +92,14 @@ def combine(runs: list[tuple[str, dict]], mixed_cpus: bool = False) -> dict:
         if result.get("device") != first.get("device"):
             raise UserError(f"{path} ran on {result.get('device')}, {first_path} on {first.get('device')}; "
                             f"their figures do not combine")
-    cpus = {}
-    for path, result in runs:
-        cpus.setdefault((result.get("machine") or {}).get("cpu_model") or "not recorded", []).append(path)
+    cpus = _grouped(runs, lambda result: (result.get("machine") or {}).get("cpu_model") or "not recorded")
     if len(cpus) > 1 and not mixed_cpus:
-        listed = "; ".join(f"{cpu} ({', '.join(paths)})" for cpu, paths in cpus.items())
-        raise UserError(f"runs from different CPU models: {listed}; ratios depend on the machine "
+        raise UserError(f"runs from different CPU models: {_listed(cpus)}; ratios depend on the machine "
                         f"(pass --mixed-cpus to combine them anyway)")
-    modes = {}
-    for path, result in runs:
-        if matmul_mode(result["ceilings"]):
-            modes.setdefault(matmul_mode(result["ceilings"]), []).append(path)
+    modes = _grouped(runs, lambda result: matmul_mode(result["ceilings"]))  # a run without the rate: no mode
     if len(modes) > 1:
-        listed = "; ".join(f"{mode} ({', '.join(paths)})" for mode, paths in modes.items())
-        raise UserError(f"runs that timed MindSpore's MatMul differently: {listed}; the fractions of it do not "
-                        f"combine (re-run the older ones)")
+        raise UserError(f"runs that timed MindSpore's MatMul differently: {_listed(modes)}; the fractions of it "
+                        f"do not combine (re-run the older ones)")
     per_run = []
     for path, result in runs:
         m = result.get("machine") or {}
@@ -131,6 +124,20 @@ def combine(runs: list[tuple[str, dict]], mixed_cpus: bool = False) -> dict:
             "mindspore_matmul_gflops": _spread([row["mindspore_matmul_gflops"] for row in per_run]),
             "mindspore_matmul_pynative_gflops": _spread([row["mindspore_matmul_pynative_gflops"] for row in per_run]),
             "numpy_matmul_gflops": _spread([row["numpy_matmul_gflops"] for row in per_run])}
+
+
+def _grouped(runs, key) -> dict:
+    """``key(result)`` -> the paths of the runs that have it, in order; runs whose key is None left out."""
+    groups = {}
+    for path, result in runs:
+        value = key(result)
+        if value is not None:
+            groups.setdefault(value, []).append(path)
+    return groups
+
+
+def _listed(groups: dict) -> str:
+    return "; ".join(f"{value} ({', '.join(paths)})" for value, paths in groups.items())
 
 
 def _peak(section) -> float | None:
