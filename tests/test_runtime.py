@@ -248,3 +248,16 @@ def test_freed_memory_goes_back_to_the_system():
     assert held - freed < 50 * 1024                      # freed, but still resident
     assert freed - trimmed > 150 * 1024                  # given back
     del top
+
+
+def test_a_step_returns_host_memory_only_on_the_cpu_backend(monkeypatch):
+    """After each compiled step the Trainer (and the BERT bench, as the Trainer does) hands freed
+    host memory back on CPU; on a device the step's memory is the device's and nothing is trimmed."""
+    import types
+
+    trims = []
+    monkeypatch.setattr(runtime, "return_freed_memory", lambda: trims.append(1) or True)
+    for device, expected in (("ascend", False), ("gpu", False), ("cpu", True)):
+        monkeypatch.setattr(runtime, "ensure", lambda device=device: types.SimpleNamespace(device=device))
+        assert runtime.return_step_memory() is expected
+    assert trims == [1]   # once, on the CPU backend only

@@ -108,12 +108,10 @@ def ms_gpt2(spec: dict, device: str = "cpu") -> dict:
     # graph holds them), and on CPU the memory a step freed handed back after it. (A bare `del model`
     # left its weights resident: 155 MB more at 2 and 4 layers.)
     engine.release_model(model)
-    trim = runtime.ensure().device == "cpu"
 
     def step_at(index):
         engine.train_step(data, 1e-4, index)
-        if trim:
-            runtime.return_freed_memory()
+        runtime.return_step_memory()
 
     data = batch(spec)
     start = time.perf_counter()

@@ -227,11 +227,7 @@ class CompiledTrainerMixin:
             loss, self._engine_grad_norm = self._engine.apply(self._get_learning_rate())
             self._engine_micro = 0
         self._engine_dirty = True
-        # on CPU, what the step (the first: its compilation) freed goes back to the system: glibc keeps
-        # it in the heap otherwise, and the resident memory between steps stays at the step's high
-        # point. On a device the step's memory is the device's: nothing to trim on the host each step
-        if runtime.ensure().device == "cpu":
-            runtime.return_freed_memory()
+        runtime.return_step_memory()   # on CPU, what the step freed goes back to the system
         self._engine_last_skipped = self._engine.loss_scaled and not np.isfinite(self._engine_grad_norm)
         compat.report_skipped_step(self.optimizer, self._engine_last_skipped)  # the scheduler waits a step
         if self._engine_last_skipped:

@@ -194,6 +194,14 @@ def return_freed_memory() -> bool:
     return True
 
 
+def return_step_memory() -> bool:
+    """After a training step: on the CPU backend, what the step (the first: its compilation) freed
+    goes back to the system (:func:`return_freed_memory`); glibc keeps it in the heap otherwise,
+    and the resident memory between steps stays at the step's high point. On a device the step's
+    memory is the device's: nothing to trim on the host each step. -> whether memory was returned."""
+    return ensure().device == "cpu" and return_freed_memory()
+
+
 @functools.lru_cache(maxsize=1)
 def _malloc_trim():
     import ctypes
