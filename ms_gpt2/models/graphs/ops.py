@@ -32,7 +32,8 @@ float32) and the emulation flag, and cast exactly where autodiff of ``cast -> ma
 would: inputs down, product up, and in the gradient ``dy`` down, the products up.
 
 Also here, for every graph: :func:`layer_norm` as one fused kernel, :func:`gelu_new` (one fused
-kernel, or on CPU, where that kernel is slow, vectorised ones with their own gradient), and
+kernel, or on CPU, where that kernel is slow, vectorised ones with their own gradient),
+:class:`ExactGelu` (BERT's erf GELU, its gradient written out), and
 :data:`FLOAT32_MIN`, the fill of masked attention scores.
 """
 from __future__ import annotations
