@@ -81,6 +81,19 @@ def _library_beams(model, prompt, beams, new, eos, ngram, scope_from, early_stop
     return [int(t) for t in out[0, len(prompt):].numpy()]
 
 
+@pytest.fixture(scope="module")
+def peaked():
+    """The beam-parity cases' model and prompts, built once: a peaked random model, four prompts, and for
+    each the token the library's greedy decoding puts third (the cases' "likely" eos)."""
+    runtime.seed_everything(5)
+    config = GPT2Config(vocab_size=40, n_positions=64, n_embd=32, n_layer=2, n_head=4, initializer_range=0.6)
+    model = GPT2LMHeadModel(config).eval()
+    rng = np.random.default_rng(1)
+    prompts = [rng.integers(0, 40, size=int(rng.integers(3, 12))) for _ in range(4)]
+    likely = [_library_beams(model, prompt, 1, 6, None, 0, 0, False, 0, 1.0)[2] for prompt in prompts]
+    return model, prompts, likely
+
+
 @pytest.mark.parametrize("beams,eos,ngram,scope,early_stopping,min_new,length_penalty", [
     (5, "likely", 2, "summary", True, 0, 1.0),     # the tutorial's summarize call
     (5, "likely", 2, "sequence", False, 0, 1.0),   # the library's own whole-sequence ban, default stopping
@@ -88,19 +101,16 @@ def _library_beams(model, prompt, beams, new, eos, ngram, scope_from, early_stop
     (4, "likely", 0, None, False, 0, 0.5),
     (2, None, 3, "sequence", False, 0, 1.0),
 ])
-def test_beam_search_matches_library_generate(beams, eos, ngram, scope, early_stopping, min_new, length_penalty):
+def test_beam_search_matches_library_generate(peaked, beams, eos, ngram, scope, early_stopping, min_new,
+                                              length_penalty):
     """Peaked random models, with eos set to a token the model is about to produce, so that eos,
     n-gram bans, min length and early stops all happen (the assertions below check they did)."""
-    runtime.seed_everything(5)
-    config = GPT2Config(vocab_size=40, n_positions=64, n_embd=32, n_layer=2, n_head=4, initializer_range=0.6)
-    model = GPT2LMHeadModel(config).eval()
-    rng = np.random.default_rng(1)
+    model, prompts, likely = peaked
     decoder = CompiledDecoder.from_model(model, max_len=64, batch=beams)
     finished_early = 0
-    for _ in range(4):
-        prompt = rng.integers(0, 40, size=int(rng.integers(3, 12)))
+    for prompt, third in zip(prompts, likely):
         scope_from = len(prompt) if scope == "summary" else 0
-        end = _library_beams(model, prompt, 1, 6, None, 0, 0, False, 0, 1.0)[2] if eos == "likely" else eos
+        end = third if eos == "likely" else eos
         want = _library_beams(model, prompt, beams, 16, end, ngram, scope_from, early_stopping, min_new,
                               length_penalty)
         got = beam_search(decoder, prompt, 16, eos_token_id=end, no_repeat_ngram_size=ngram,
