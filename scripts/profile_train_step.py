@@ -28,10 +28,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", choices=("compiled", "eager"), default="compiled")
     parser.add_argument("--steps", type=_positive, default=3)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--length", type=int, default=256)
+    parser.add_argument("--batch", type=_positive, default=4)
+    parser.add_argument("--length", type=_positive, default=256)
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
+    from ms_gpt2.bench.gpt2 import FULL
+
+    if args.length > FULL["n_positions"]:
+        parser.error(f"--length {args.length} is longer than GPT-2 small's {FULL['n_positions']} positions")
     runtime.setup(args.device, seed=0)
     if args.engine == "compiled":
         compiled(args)
@@ -86,14 +90,6 @@ def _positive(text: str) -> int:
     return value
 
 
-def _wait(outputs) -> None:
-    """Block until a graph's outputs (a loss and a tuple of gradients) are computed."""
-    loss, grads = outputs
-    loss.asnumpy()
-    for grad in grads:
-        grad.asnumpy()   # on CPU a view of the output buffer, no copy
-
-
 def compiled(args) -> None:
     import statistics
 
@@ -101,6 +97,7 @@ def compiled(args) -> None:
 
     from ms_gpt2.bench import gpt2 as bench, workloads
     from ms_gpt2.engine.compiled import CompiledEngine
+    from ms_gpt2.infra import compat
 
     spec = dict(bench.FULL, train_batch=args.batch, train_len=args.length)
     model = workloads.build_model(spec, runtime.ensure().torch_device)
@@ -120,7 +117,7 @@ def compiled(args) -> None:
         return loss_sum, grads
 
     def host(step):
-        return engine._inputs(batch, step, 0)
+        return engine.graph_inputs(batch, step)
 
     def timed(fn):
         times = []
@@ -128,13 +125,14 @@ def compiled(args) -> None:
             inputs = host(step)
             start = time.perf_counter()
             fn(inputs, step)
+            compat.synchronize()   # the graph has run (copying its outputs to the host would add time)
             times.append(time.perf_counter() - start)
         return statistics.median(times[1:])
 
     parts = {
         "host (batch, keep-masks)": timed(lambda inputs, step: host(step)),
-        "forward": timed(lambda inputs, step: forward(*inputs).asnumpy()),
-        "forward+backward": timed(lambda inputs, step: _wait(forward_backward(*inputs))),
+        "forward": timed(lambda inputs, step: forward(*inputs)),
+        "forward+backward": timed(lambda inputs, step: forward_backward(*inputs)),
         "whole step": timed(lambda inputs, step: engine.train_step(batch, 1e-4, step)),
     }
     host_s, fwd, fwd_bwd, whole = parts.values()

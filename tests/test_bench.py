@@ -1,5 +1,6 @@
 """The benchmark's report: shape, ratio orientation and ceiling fractions (never its speed)."""
 import json
+import os
 import sys
 
 import numpy as np
@@ -67,6 +68,15 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     assert text.startswith(f"machine: {machine['cpu_model']}, {machine['cores']} cores, load average ")
 
 
+def test_mindspore_matmul_rates_wait_for_the_kernel():
+    """One op at a time, MindSpore's CPU kernels run asynchronously: a clock stopped at the launch gave
+    ~2,000,000 "GFLOP/s" (2026-12-07, 2-core Xeon). Both rates must be of finished work: two cores
+    cannot pass ~400 GFLOP/s in fp32 (2 cores x 2 FMA units x 16 lanes x 2 flops x 3 GHz)."""
+    for compiled in (True, False):
+        rate = bench_machine.mindspore_matmul_gflops(0.1, compiled=compiled)
+        assert 0 < rate < 400 * (os.cpu_count() or 1) / 2, (compiled, rate)
+
+
 def test_a_reference_interpreter_without_torch_is_a_clear_error():
     # this venv has no real torch: mindtorch only stands in after `import mindnlp`
     with pytest.raises(UserError, match="needs torch \\+ transformers"):
@@ -107,7 +117,10 @@ def saved_run(tmp_path, name, train, decode, summarize, matmul, cpu="AMD EPYC 96
     where = None if cpu is None else {"cpu_model": cpu, "cores": 2, "usable_cores": 2,
                                       "started_at": f"2026-12-0{name[-1]}",
                                       "load_average_start": [0.2, 0.2, 0.2], "load_average_end": [1.8, 1.0, 0.5]}
-    ceil = dict(CEIL, mindspore_matmul_gflops=matmul, **({} if mode is None else {"mindspore_matmul_pynative_gflops": 50.0}))
+    ceil = dict(CEIL, mindspore_matmul_gflops=matmul)
+    if mode is not None:   # "graph": as reports are saved now; "copied": 2026-12-06's graph timing
+        ceil.update(mindspore_matmul_pynative_gflops=50.0, **({"mindspore_matmul_wait": "synchronize"}
+                                                              if mode == "graph" else {}))
     result = bench_report.report(device, spec, ours, REF, ceil, where)
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(result))
@@ -162,6 +175,10 @@ def test_summarize_refuses_to_mix_matmul_rates_timed_differently(tmp_path):
     printed = []
     bench_summary.summarize([old], print_fn=printed.append)
     assert "MindSpore's own MatMul (one op at a time): median 105 GFLOP/s" in printed[0]
+    # 2026-12-06's reports timed it in a graph but ended each call with asnumpy(), a copy of the product
+    copied = saved_run(tmp_path, "run5", 59.0, 42.0, 1.25, 198.0, mode="copied")
+    with pytest.raises(UserError, match=r"graph, product copied to the host \(.*run5.json\)"):
+        bench_summary.summarize(three_runs(tmp_path) + [copied], print_fn=lambda *a: None)
 
 
 def test_a_run_that_did_not_record_its_cpu_is_a_model_of_its_own(tmp_path):

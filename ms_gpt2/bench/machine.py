@@ -75,18 +75,31 @@ def ceilings(seconds: float = 3.0) -> dict:
         big.sum()
         best_read = max(best_read, big.nbytes / (time.perf_counter() - start) / 1e9)
     return {"matmul_gflops": best_mm, "read_gbps": best_read,
-            # the rate the compiled engine's fraction is of; reports before 2026-12-06 timed it one op at a
-            # time and had no PyNative key beside it (matmul_mode), which `bench --summarize` will not mix
+            # the rate the compiled engine's fraction is of; earlier reports timed it differently (see
+            # matmul_mode), and `bench --summarize` will not mix the kinds
             "mindspore_matmul_gflops": mindspore_matmul_gflops(seconds / 4),
-            "mindspore_matmul_pynative_gflops": mindspore_matmul_gflops(seconds / 4, compiled=False)}
+            "mindspore_matmul_pynative_gflops": mindspore_matmul_gflops(seconds / 4, compiled=False),
+            "mindspore_matmul_wait": MATMUL_WAIT}
+
+
+#: How each MindSpore MatMul timing ends (``ceilings``' ``mindspore_matmul_wait``): the device is
+#: synchronised, nothing is copied. Reports without the key copied the product to the host.
+MATMUL_WAIT = "synchronize"
 
 
 def matmul_mode(ceil: dict) -> str | None:
-    """How a report's ``mindspore_matmul_gflops`` was timed: "graph" when the report also has the
-    one-op-at-a-time rate beside it (from 2026-12-06), "one op at a time" before; None: not measured."""
+    """How a report's ``mindspore_matmul_gflops`` was timed; None: not measured.
+
+    "graph": in a compiled graph, each call waited for by synchronising the device (reports with
+    ``mindspore_matmul_wait``, from 2026-12-07). "graph, product copied to the host": in a graph,
+    each call ended by ``asnumpy()``, whose copy of the 12.6 MB product took ~20% of the call
+    (reports of 2026-12-06 with the one-op-at-a-time rate beside it). "one op at a time": PyNative,
+    ended by ``asnumpy()`` (earlier reports)."""
     if ceil.get("mindspore_matmul_gflops") is None:
         return None
-    return "graph" if "mindspore_matmul_pynative_gflops" in ceil else "one op at a time"
+    if "mindspore_matmul_pynative_gflops" not in ceil:
+        return "one op at a time"
+    return "graph" if ceil.get("mindspore_matmul_wait") == MATMUL_WAIT else "graph, product copied to the host"
 
 
 def mindspore_matmul_gflops(seconds: float = 1.0, shape=(1024, 768, 3072), compiled: bool = True) -> float:
@@ -102,6 +115,8 @@ def mindspore_matmul_gflops(seconds: float = 1.0, shape=(1024, 768, 3072), compi
     import mindspore
     from mindspore import ops
 
+    from ms_gpt2.infra import compat
+
     m, k, n = shape
     rng = np.random.default_rng(0)
     a = mindspore.Tensor(rng.random((m, k), dtype=np.float32))
@@ -113,10 +128,12 @@ def mindspore_matmul_gflops(seconds: float = 1.0, shape=(1024, 768, 3072), compi
 
     if compiled:
         matmul = mindspore.jit(matmul)
-    matmul(a, b).asnumpy()  # warm-up (kernel selection; the graph's compilation)
+    matmul(a, b)  # warm-up (kernel selection; the graph's compilation)
+    compat.synchronize()
     best, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline or best == 0:
         start = time.perf_counter()
-        matmul(a, b).asnumpy()
+        matmul(a, b)
+        compat.synchronize()  # the kernel has run; the product is not copied to the host (asnumpy would)
         best = max(best, 2 * m * k * n / (time.perf_counter() - start) / 1e9)
     return best

@@ -79,7 +79,7 @@ class CompiledEngine:
     def train_step(self, batch: dict, lr: float, step_index: int):
         """One optimizer step on one batch; -> (mean loss, grad norm) as Python floats (fp16: a
         skipped step's norm is not finite). ``step_index`` (the global step) keys the dropout masks."""
-        loss, norm = self.step(Tensor(np.float32(lr)), *self._inputs(batch, step_index, 0))
+        loss, norm = self.step(Tensor(np.float32(lr)), *self.graph_inputs(batch, step_index, 0))
         return float(loss.asnumpy()), float(norm.asnumpy())
 
     def accumulate(self, batch: dict, step_index: int, micro: int) -> None:
@@ -87,7 +87,7 @@ class CompiledEngine:
         to the accumulated gradients, loss sum and count; needs ``accumulation > 1``."""
         if not hasattr(self.step, "acc_grads"):
             raise ValueError("this engine was built without accumulators (accumulation=1)")
-        self.step.accumulate(*self._inputs(batch, step_index, micro))
+        self.step.accumulate(*self.graph_inputs(batch, step_index, micro))
 
     def apply(self, lr: float):
         """The optimizer step on everything accumulated since the last one; -> (mean loss over the
@@ -95,7 +95,10 @@ class CompiledEngine:
         loss, norm = self.step.apply(Tensor(np.float32(lr)))
         return float(loss.asnumpy()), float(norm.asnumpy())
 
-    def _inputs(self, batch: dict, step_index: int, micro: int) -> tuple:
+    def graph_inputs(self, batch: dict, step_index: int, micro: int = 0) -> tuple:
+        """What the step graph is called with for micro-batch ``micro`` of step ``step_index``: the
+        batch as tensors and its dropout keep-masks (the host's share of a step; profiled by
+        scripts/profile_train_step.py)."""
         drop = self.graph.drop(batch, self.seed, step_index, micro)
         # jit treats a plain tuple argument as a constant: new masks would mean a new graph every
         # step (recompiled, and the old one kept). mutable() makes it an ordinary input.
