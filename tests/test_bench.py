@@ -70,7 +70,7 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
 
 def test_mindspore_matmul_rates_wait_for_the_kernel():
     """One op at a time, MindSpore's CPU kernels run asynchronously: a clock stopped at the launch gave
-    ~2,000,000 "GFLOP/s" (2026-12-07, 2-core Xeon). Both rates must be of finished work: two cores
+    ~2,000,000 "GFLOP/s" (2026-12-06, 2-core Xeon). Both rates must be of finished work: two cores
     cannot pass ~400 GFLOP/s in fp32 (2 cores x 2 FMA units x 16 lanes x 2 flops x 3 GHz)."""
     for compiled in (True, False):
         rate = bench_machine.mindspore_matmul_gflops(0.1, compiled=compiled)
@@ -110,15 +110,16 @@ def test_a_busy_start_is_flagged():
 def saved_run(tmp_path, name, train, decode, summarize, matmul, cpu="AMD EPYC 9654", spec=SPEC, device="cpu",
               mode="graph"):
     """A report as `ms-gpt2 bench --json` saves it, with these ms_gpt2 figures against REF (50 tokens/s,
-    40 tokens/s, 2 s) and this MindSpore MatMul rate, timed in a graph (the one-op-at-a-time rate
-    beside it), or with ``mode=None`` as reports before 2026-12-06 timed it (one op at a time, alone)."""
+    40 tokens/s, 2 s) and this MindSpore MatMul rate, timed as ``mode`` says (bench_machine.matmul_mode):
+    "graph" as reports are saved now, "copied" in a graph ended by a copy to the host, None one op at a
+    time, alone (the oldest reports)."""
     ours = {"train": dict(OURS["train"], tokens_per_s=train), "decode": {"tokens_per_s": decode},
             "summarize": {"seconds": summarize}, "framework": "mindtorch"}
     where = None if cpu is None else {"cpu_model": cpu, "cores": 2, "usable_cores": 2,
                                       "started_at": f"2026-12-0{name[-1]}",
                                       "load_average_start": [0.2, 0.2, 0.2], "load_average_end": [1.8, 1.0, 0.5]}
     ceil = dict(CEIL, mindspore_matmul_gflops=matmul)
-    if mode is not None:   # "graph": as reports are saved now; "copied": 2026-12-06's graph timing
+    if mode is not None:   # "graph": as reports are saved now; "copied": the first graph timing
         ceil.update(mindspore_matmul_pynative_gflops=50.0, **({"mindspore_matmul_wait": "synchronize"}
                                                               if mode == "graph" else {}))
     result = bench_report.report(device, spec, ours, REF, ceil, where)
@@ -130,6 +131,20 @@ def saved_run(tmp_path, name, train, decode, summarize, matmul, cpu="AMD EPYC 96
 def three_runs(tmp_path):
     return [saved_run(tmp_path, "run1", 60.0, 44.0, 1.5, 212.0), saved_run(tmp_path, "run2", 54.0, 48.0, 1.6, 127.0),
             saved_run(tmp_path, "run3", 59.0, 42.0, 1.25, 101.0)]
+
+
+def test_cpu_reports_carry_issue_24s_speed_targets_and_print_them():
+    """Set on the project's 2-core CPU: saved with (and printed from) a CPU report of the parts that
+    ran, and not in a device's report."""
+    full = bench_report.report("cpu", SPEC, OURS, REF, CEIL, None)
+    assert full["targets"] == {"train": {"ratio": 1.5, "fraction_of_mindspore_matmul": 0.75},
+                               "decode": {"fraction_of_ceiling": 0.8}}
+    assert ("targets (issue 24): train >= 1.5x the reference; train >= 75% of MindSpore's own MatMul rate in a "
+            "graph; decode >= 80% of the read ceiling") in bench_report.table(full)
+    decode_only = bench_report.report("cpu", SPEC, {"decode": dict(OURS["decode"], params=1000)}, REF, CEIL, None)
+    assert decode_only["targets"] == {"decode": {"fraction_of_ceiling": 0.8}}
+    on_a_device = bench_report.report("ascend", SPEC, OURS, REF, CEIL, None)
+    assert "targets" not in on_a_device and "targets (issue 24)" not in bench_report.table(on_a_device)
 
 
 def test_summarize_gives_median_and_min_max_of_every_figure(tmp_path):
@@ -151,6 +166,13 @@ def test_summarize_gives_median_and_min_max_of_every_figure(tmp_path):
     assert "MindSpore's own MatMul (graph): median 127 GFLOP/s, 101–212 over the runs" in text
     assert "1.18x" in text and "1.08x–1.2x" in text
     assert "MatMul 212 GFLOP/s, load 0.20→1.80; train 1.2x, decode 1.1x, summarize 1.33x" in text
+    # each speed figure's fraction of its limit (the reports': training FLOP/s over each run's MatMul rate)
+    fractions = [json.loads(path.read_text())["train"]["fraction_of_mindspore_matmul"] for path in three_runs(tmp_path)]
+    assert f["train"]["fraction"] == {"median": pytest.approx(sorted(fractions)[1]), "min": pytest.approx(min(fractions)),
+                                      "max": pytest.approx(max(fractions)), "n": 3}
+    assert f"train of MindSpore's MatMul{100 * sorted(fractions)[1]:>10.3g}%" in text
+    assert f["decode"]["fraction"]["n"] == 3 and "decode of the read ceiling" in text
+    assert "targets (issue 24): train >= 1.5x the reference" in text
     assert "at least three" not in text and "busy" not in text
 
 
@@ -552,6 +574,12 @@ def test_the_chart_draws_each_figure_beside_its_limit_and_the_memory_and_bert_pa
         decode_limit = 2e9 / (1000 * 4)  # read bandwidth / bytes of weights read per token
         assert _heights(panels["decode"]) == pytest.approx([10.0, 40.0, decode_limit])
         assert "read limit" in [t.get_text() for t in panels["decode"].get_xticklabels()]
+        # issue 24's speed targets: training 1.5x the reference (dotted) and 75% of its limit (dashed),
+        # decoding 80% of the read limit; the beam summary has none
+        assert [(line.get_ydata()[0], line.get_linestyle()) for line in panels["train"].get_lines()] == \
+            [(pytest.approx(50.0 * 1.5), ":"), (pytest.approx(train_limit * 0.75), "--")]
+        assert [line.get_ydata()[0] for line in panels["decode"].get_lines()] == pytest.approx([decode_limit * 0.8])
+        assert panels["summarize"].get_lines() == []
         assert _heights(panels["summarize"]) == pytest.approx([4.0, 2.0])  # no limit to draw
         memory = panels["memory"]  # compiled, eager, reference per shape, and the target over each reference
         assert sorted(_heights(memory)) == sorted([4475.0, 6321.0, 5451.0, 6804.0, 3974.0, 5230.0])

@@ -91,10 +91,10 @@ def matmul_mode(ceil: dict) -> str | None:
     """How a report's ``mindspore_matmul_gflops`` was timed; None: not measured.
 
     "graph": in a compiled graph, each call waited for by synchronising the device (reports with
-    ``mindspore_matmul_wait``, from 2026-12-07). "graph, product copied to the host": in a graph,
-    each call ended by ``asnumpy()``, whose copy of the 12.6 MB product took ~20% of the call
-    (reports of 2026-12-06 with the one-op-at-a-time rate beside it). "one op at a time": PyNative,
-    ended by ``asnumpy()`` (earlier reports)."""
+    ``mindspore_matmul_wait``). "graph, product copied to the host": in a graph, each call ended by
+    ``asnumpy()``, whose copy of the 12.6 MB product took ~20% of the call (reports with the
+    one-op-at-a-time rate beside it but no ``mindspore_matmul_wait``: the first of 2026-12-06).
+    "one op at a time": PyNative, ended by ``asnumpy()`` (reports before those)."""
     if ceil.get("mindspore_matmul_gflops") is None:
         return None
     if "mindspore_matmul_pynative_gflops" not in ceil:

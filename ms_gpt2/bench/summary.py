@@ -21,10 +21,13 @@ from pathlib import Path
 
 from ms_gpt2.bench.gpt2 import FULL, QUICK
 from ms_gpt2.bench.machine import matmul_mode
-from ms_gpt2.bench.report import busy_note, fmt, write_json
+from ms_gpt2.bench.report import busy_note, fmt, target_text, write_json
 from ms_gpt2.infra.errors import UserError
 
 FIGURES = [("train", "tokens/s"), ("decode", "tokens/s"), ("summarize", "s")]
+# each speed figure's fraction of its limit, as a report keeps it, and the summary's label for it
+FRACTIONS = {"train": ("fraction_of_mindspore_matmul", "of MindSpore's MatMul"),
+             "decode": ("fraction_of_ceiling", "of the read ceiling")}
 BERT_PARTS = ("ms_gpt2", "reference", "ratio")          # tokens/s and peak MB; ratio: BERT's ratio, memory_ratio
 SHAPE_PARTS = ("compiled", "eager", "reference", "ratio")  # the synthetic training workload's peak MB per shape
 COMMAND_PARTS = ("ms_gpt2", "reference", "ratio")        # the real `ms-gpt2 train` command's peak MB per shape
@@ -108,22 +111,28 @@ def combine(runs: list[tuple[str, dict]], mixed_cpus: bool = False) -> dict:
                "load_average_start": m.get("load_average_start"), "load_average_end": m.get("load_average_end"),
                "mindspore_matmul_gflops": result["ceilings"].get("mindspore_matmul_gflops"),
                "mindspore_matmul_pynative_gflops": result["ceilings"].get("mindspore_matmul_pynative_gflops"),
-               "numpy_matmul_gflops": result["ceilings"].get("matmul_gflops")}
+               "numpy_matmul_gflops": result["ceilings"].get("matmul_gflops"),
+               "read_gbps": result["ceilings"].get("read_gbps")}
         for key, _ in FIGURES:  # None: this run did not run that part (`bench --only`)
             row[key] = {k: result[key].get(k) for k in ("ms_gpt2", "reference", "ratio")} if key in result else None
+            if row[key] and key in FRACTIONS:
+                row[key]["fraction"] = result[key].get(FRACTIONS[key][0])
         row.update(_bert_row(result.get("bert_pretraining")), **_memory_row(result.get("memory")))
         per_run.append(row)
     # a figure present in only some runs is the spread over those (its "n" says how many)
-    figures = {key: {k: _spread([row[key][k] for row in per_run if row[key]]) for k in ("ms_gpt2", "reference",
-                                                                                          "ratio")}
+    figures = {key: {k: _spread([row[key].get(k) for row in per_run if row[key]])
+                     for k in ("ms_gpt2", "reference", "ratio") + (("fraction",) if key in FRACTIONS else ())}
                for key, _ in FIGURES}
     figures.update(_bert_figures(per_run), **_memory_figures(per_run))
     return {"runs": per_run, "cpu_models": sorted(cpus), "device": first.get("device"),
             "workload": first["workload"], "figures": figures,
             "mindspore_matmul_mode": next(iter(modes), None),
+            # issue 24's speed targets, as the newest run that carries them saved them
+            "targets": next((result["targets"] for _, result in reversed(runs) if result.get("targets")), None),
             "mindspore_matmul_gflops": _spread([row["mindspore_matmul_gflops"] for row in per_run]),
             "mindspore_matmul_pynative_gflops": _spread([row["mindspore_matmul_pynative_gflops"] for row in per_run]),
-            "numpy_matmul_gflops": _spread([row["numpy_matmul_gflops"] for row in per_run])}
+            "numpy_matmul_gflops": _spread([row["numpy_matmul_gflops"] for row in per_run]),
+            "read_gbps": _spread([row["read_gbps"] for row in per_run])}
 
 
 def _grouped(runs, key) -> dict:
@@ -217,6 +226,10 @@ def _mb(value, unit=""):
     return "-" if value is None else f"{value:,.0f}{unit}"
 
 
+def _percent(value, unit=""):
+    return "-" if value is None else f"{100 * value:.3g}%"
+
+
 def _line(label: str, s: dict, unit: str = "", show=fmt) -> str:
     return f"{label:<28}{show(s['median'], unit):>10}{_range(s, unit, show):>18}{s['n']:>6}"
 
@@ -265,7 +278,11 @@ def summary_table(summary: dict) -> str:
              f"{fmt(ms['median'])} GFLOP/s, {_range(ms)} over the runs"
              + ("" if not summary.get("mindspore_matmul_pynative_gflops", {}).get("n") else
                 f"; one op at a time: median {fmt(summary['mindspore_matmul_pynative_gflops']['median'])} GFLOP/s, "
-                f"{_range(summary['mindspore_matmul_pynative_gflops'])}"),
+                f"{_range(summary['mindspore_matmul_pynative_gflops'])}")
+             + ("" if not summary.get("read_gbps", {}).get("n") else
+                f"; NumPy's: median {fmt(summary['numpy_matmul_gflops']['median'])} GFLOP/s, "
+                f"{_range(summary['numpy_matmul_gflops'])}; read ceiling: median {fmt(summary['read_gbps']['median'])} "
+                f"GB/s, {_range(summary['read_gbps'])}"),
              f"{'figure':<28}{'median':>10}{'min–max':>18}{'runs':>6}"]
     for key, unit in FIGURES:
         if not any(row[key] for row in runs):  # no run ran this part
@@ -273,7 +290,11 @@ def summary_table(summary: dict) -> str:
         for part, label, suffix in [("ms_gpt2", f"{key} ms_gpt2 ({unit})", ""),
                                     ("reference", f"{key} reference ({unit})", ""), ("ratio", f"{key} ratio", "x")]:
             lines.append(_line(label, summary["figures"][key][part], suffix))
+        if summary["figures"][key].get("fraction", {}).get("n"):
+            lines.append(_line(f"{key} {FRACTIONS[key][1]}", summary["figures"][key]["fraction"], show=_percent))
     lines.append("ratio > 1: ms_gpt2 faster (summarize: reference seconds / ms_gpt2 seconds)")
+    if summary.get("targets"):
+        lines.append("targets (issue 24): " + target_text(summary["targets"]))
     lines += memory_lines(summary["figures"])
     lines.append("per run:")
     for row in runs:
