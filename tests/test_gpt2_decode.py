@@ -103,7 +103,7 @@ def peaked():
 ])
 def test_beam_search_matches_library_generate(peaked, beams, eos, ngram, scope, early_stopping, min_new,
                                               length_penalty):
-    """Peaked random models, with eos set to a token the model is about to produce, so that eos,
+    """A peaked random model, with eos set to a token the model is about to produce, so that eos,
     n-gram bans, min length and early stops all happen (the assertions below check they did)."""
     model, prompts, likely = peaked
     decoder = CompiledDecoder.from_model(model, max_len=64, batch=beams)

@@ -93,8 +93,9 @@ def report(device: str, spec: dict, ours: dict, reference: dict | None, ceil: di
     if "train" in ours:
         result["attention"] = {"ms_gpt2": ours["train"].get("attention"),
                                "reference": ref.get("train", {}).get("attention")}
-    if device == "cpu":
-        result["targets"] = {key: dict(targets) for key, targets in SPEED_TARGETS.items() if key in result}
+    targets = {key: dict(targets) for key, targets in SPEED_TARGETS.items() if key in result}
+    if device == "cpu" and targets:
+        result["targets"] = targets
     return result
 
 
@@ -146,7 +147,7 @@ _TARGET_WORDS = {("train", "ratio"): "train >= {}x the reference",
 
 def target_text(targets: dict) -> str:
     """A report's ``targets`` in words: "train >= 1.5x the reference; ..."."""
-    return "; ".join(_TARGET_WORDS[section, key].format(value)
+    return "; ".join(_TARGET_WORDS.get((section, key), f"{section} {key} >= {{}}").format(value)
                      for section, figures in targets.items() for key, value in figures.items())
 
 
@@ -196,6 +197,8 @@ def _speed_panel(ax, section: dict, targets: dict, title: str, fraction_key, lim
         colors.append(LIMIT_COLOR)
         title += f"\nms_gpt2 at {100 * section['ms_gpt2'] / limit:.0f}% of {limit_name}"
     _bars(ax, labels, values, colors, [None, None, "//"])
+    # a ratio target is of a rate (tokens/s: ms_gpt2 >= ratio x the reference's); a figure in seconds
+    # (summarize) would need reference / ratio, and has no target
     lines = [(section["reference"] * targets["ratio"], "dotted", f"target {fmt(targets['ratio'], 'x')} ref.")
              if section["reference"] and targets.get("ratio") else None,
              (limit * targets[fraction_key], "dashed", f"target {targets[fraction_key]:.0%} of the limit")

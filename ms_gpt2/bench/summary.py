@@ -127,8 +127,8 @@ def combine(runs: list[tuple[str, dict]], mixed_cpus: bool = False) -> dict:
     return {"runs": per_run, "cpu_models": sorted(cpus), "device": first.get("device"),
             "workload": first["workload"], "figures": figures,
             "mindspore_matmul_mode": next(iter(modes), None),
-            # issue 24's speed targets, as the newest run that carries them saved them
-            "targets": next((result["targets"] for _, result in reversed(runs) if result.get("targets")), None),
+            # issue 24's speed targets, of every section some run saved them for (a later run's win)
+            "targets": {key: value for _, result in runs for key, value in (result.get("targets") or {}).items()},
             "mindspore_matmul_gflops": _spread([row["mindspore_matmul_gflops"] for row in per_run]),
             "mindspore_matmul_pynative_gflops": _spread([row["mindspore_matmul_pynative_gflops"] for row in per_run]),
             "numpy_matmul_gflops": _spread([row["numpy_matmul_gflops"] for row in per_run]),

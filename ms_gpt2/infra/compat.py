@@ -108,8 +108,9 @@ def synchronize() -> None:
     logs "CPU device is not supported" and returns without waiting, then waits on every later call.
     Its C++ function (``mindspore._c_expression.synchronize``) waits on every backend, CPU included,
     where one-op-at-a-time (PyNative) kernels run asynchronously too. ``tensor.asnumpy()`` is no
-    substitute for a timer: it also copies the tensor to a new host buffer (at a 1024 x 3072 float32
-    MatMul's output, ~20% of the op's time on a 2-core Xeon)."""
+    substitute for a timer: its first call on a fresh graph output takes time of its own (4-8 ms on a
+    1024 x 3072 float32 MatMul's product, ~20% of the op, on a 2-core Xeon; later calls on the same
+    tensor ~1 ms, and the arrays they return share one buffer)."""
     from mindspore._c_expression import synchronize as _synchronize
 
     _synchronize()
