@@ -90,7 +90,7 @@ def test_attention_walkthrough_prints_every_step_and_a_tiny_difference():
 # -- branches that run only on a device, forced on CPU ----------------------------------------------
 def _pretend_setup(monkeypatch, device):
     """runtime.setup(device) on this CPU machine with MindSpore's device calls recorded, not made:
-    -> the calls (set_device, and Ascend's op precision mode)."""
+    -> the calls (set_device, Ascend's op precision mode, the CPU's inline launches)."""
     import mindspore
     from mindspore.device_context.ascend import op_precision
 
@@ -102,6 +102,7 @@ def _pretend_setup(monkeypatch, device):
     monkeypatch.setattr(mindspore, "get_context", lambda key: runtime.MINDSPORE_TARGET[device]
                         if key == "device_target" else real_get_context(key))
     monkeypatch.setattr(op_precision, "precision_mode", lambda mode: calls.append(("precision_mode", mode)))
+    monkeypatch.setattr(mindspore.runtime, "launch_blocking", lambda: calls.append(("launch_blocking",)))
     rt = runtime.setup(device)
     return rt, calls
 
@@ -109,14 +110,22 @@ def _pretend_setup(monkeypatch, device):
 @pytest.mark.parametrize("device,torch_device,expected", [
     ("ascend", "npu", [("set_device", "Ascend"), ("precision_mode", "must_keep_origin_dtype")]),
     ("gpu", "cuda", [("set_device", "GPU")]),
+    ("cpu", "cpu", [("set_device", "CPU"), ("launch_blocking",)]),
 ])
 def test_setup_on_a_device_requests_its_backend_and_on_ascend_keeps_each_ops_dtype(monkeypatch, device, torch_device,
                                                                                     expected):
-    """runtime.setup's Ascend-only branch: float32 stays float32 on a 910A (force_fp16 by default)."""
+    """runtime.setup's Ascend-only branch: float32 stays float32 on a 910A (force_fp16 by default);
+    on the CPU, and only there, ops launch in the calling thread (devices keep asynchronous dispatch)."""
     rt, calls = _pretend_setup(monkeypatch, device)
     assert calls == expected
     assert (rt.device, rt.torch_device, rt.mindspore_target) == (device, torch_device,
                                                                  runtime.MINDSPORE_TARGET[device])
+
+
+def test_this_cpu_process_launches_its_ops_inline():
+    from mindspore._c_expression import RuntimeConf
+
+    assert runtime.ensure().device == "cpu" and RuntimeConf.get_instance().is_launch_blocking()
 
 
 def test_ascend_soc_is_asked_of_mindspore_only_on_ascend(monkeypatch):
