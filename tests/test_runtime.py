@@ -1,4 +1,5 @@
 """Device policy, the CLI's device errors, seeding, and the attention walkthrough command."""
+import os
 import subprocess
 import sys
 
@@ -110,22 +111,35 @@ def _pretend_setup(monkeypatch, device):
 @pytest.mark.parametrize("device,torch_device,expected", [
     ("ascend", "npu", [("set_device", "Ascend"), ("precision_mode", "must_keep_origin_dtype")]),
     ("gpu", "cuda", [("set_device", "GPU")]),
-    ("cpu", "cpu", [("set_device", "CPU"), ("launch_blocking",)]),
+    ("cpu", "cpu", [("set_device", "CPU")]),
 ])
+@pytest.mark.parametrize("launch", ["async", "inline"])
 def test_setup_on_a_device_requests_its_backend_and_on_ascend_keeps_each_ops_dtype(monkeypatch, device, torch_device,
-                                                                                    expected):
+                                                                                    expected, launch):
     """runtime.setup's Ascend-only branch: float32 stays float32 on a 910A (force_fp16 by default);
-    on the CPU, and only there, ops launch in the calling thread (devices keep asynchronous dispatch)."""
+    MS_GPT2_CPU_LAUNCH=inline launches ops in the calling thread on the CPU only (devices keep
+    asynchronous dispatch)."""
+    monkeypatch.setenv(runtime.LAUNCH_ENV, launch)
+    if device == "cpu" and launch == "inline":
+        expected = expected + [("launch_blocking",)]
     rt, calls = _pretend_setup(monkeypatch, device)
     assert calls == expected
     assert (rt.device, rt.torch_device, rt.mindspore_target) == (device, torch_device,
                                                                  runtime.MINDSPORE_TARGET[device])
 
 
-def test_this_cpu_process_launches_its_ops_inline():
+def test_cpu_ops_launch_inline_unless_asked_and_a_misspelt_launch_is_a_user_error(monkeypatch):
     from mindspore._c_expression import RuntimeConf
 
-    assert runtime.ensure().device == "cpu" and RuntimeConf.get_instance().is_launch_blocking()
+    if runtime.LAUNCH_ENV not in os.environ:    # this process: set up by tests/conftest.py with the default
+        assert runtime.ensure().device == "cpu" and RuntimeConf.get_instance().is_launch_blocking()
+    monkeypatch.delenv(runtime.LAUNCH_ENV, raising=False)
+    assert runtime.cpu_launch() == "inline"
+    monkeypatch.setenv(runtime.LAUNCH_ENV, " Async ")
+    assert runtime.cpu_launch() == "async"
+    monkeypatch.setenv(runtime.LAUNCH_ENV, "blocking")
+    with pytest.raises(UserError, match="MS_GPT2_CPU_LAUNCH='blocking': expected one of async, inline"):
+        runtime.cpu_launch()
 
 
 def test_ascend_soc_is_asked_of_mindspore_only_on_ascend(monkeypatch):

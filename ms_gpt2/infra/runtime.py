@@ -117,7 +117,7 @@ def setup(device: str | None = None, seed: int | None = None) -> Runtime:
         mindspore.set_device(MINDSPORE_TARGET[chosen])
         if chosen == "ascend":
             _keep_origin_dtype()
-        if chosen == "cpu":
+        if chosen == "cpu" and cpu_launch() == "inline":
             _launch_inline()
         rank, world_size = _join_msrun_group()
         from ms_gpt2.infra import compat
@@ -138,17 +138,34 @@ def setup(device: str | None = None, seed: int | None = None) -> Runtime:
     return _current
 
 
+LAUNCH_ENV = "MS_GPT2_CPU_LAUNCH"
+LAUNCH_CHOICES = ("async", "inline")
+
+
+def cpu_launch() -> str:
+    """How the CPU backend launches ops: ``MS_GPT2_CPU_LAUNCH``, "inline" (the default, see
+    :func:`_launch_inline`) or "async" (MindSpore's own default); anything else is a UserError
+    naming the variable."""
+    value = os.environ.get(LAUNCH_ENV, "inline").strip().lower() or "inline"
+    if value not in LAUNCH_CHOICES:
+        raise UserError(f"{LAUNCH_ENV}={os.environ[LAUNCH_ENV]!r}: expected one of {', '.join(LAUNCH_CHOICES)}")
+    return value
+
+
 def _launch_inline() -> None:
     """On the CPU backend, run each op and graph in the calling thread (``launch_blocking``, formerly
-    the ``pynative_synchronize`` context) rather than handing it to MindSpore's dispatch threads.
+    the ``pynative_synchronize`` context) rather than handing it to MindSpore's dispatch threads;
+    ``MS_GPT2_CPU_LAUNCH=async`` keeps MindSpore's asynchronous dispatch. The same numbers come out:
+    only where the work runs changes.
 
     MindSpore 2.7's asynchronous dispatch pays a thread hand-off per launch, and its threads keep a
-    core busy waiting: on a 2-core Xeon (2026-12-06, a 6-layer 384-wide GPT-2, fresh processes) the
-    eager mindtorch training step went from 3.8-4.7 s to 2.1-2.4 s, Hugging Face ``generate`` from
-    7.5-8.2 s to 3.8 s, the compiled greedy decoder from 0.75 to 0.61-0.63 s for 64 tokens, and the
-    compiled training step stayed within its noise (0.73-0.74 against 0.76-0.79 s). The results are
-    the same numbers: only where the op runs changes. Devices keep asynchronous dispatch, which
-    there overlaps the host's work with the device's."""
+    core busy waiting. On a 2-core Xeon (2026-12-06, fresh processes): the eager mindtorch training
+    step of a 6-layer 384-wide GPT-2 went from 3.8-4.7 s to 2.1-2.4 s, Hugging Face ``generate`` on
+    it from 7.5-8.2 s to 3.8 s, MindSpore's MatMul one op at a time from 161-176 to 286-297 GFLOP/s,
+    and the test suite from 14-15 to 10.6 minutes. GPT-2 small's compiled graphs, whose kernels
+    dwarf their launches, neither gain nor lose: training steps of 6.81 s (async) against 6.88 s,
+    greedy decoding 27.9-30.4 against 29.1-30.6 tokens/s. Devices keep asynchronous dispatch,
+    which there overlaps the host's work with the device's."""
     import mindspore
 
     mindspore.runtime.launch_blocking()
