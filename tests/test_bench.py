@@ -47,6 +47,7 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     machine = saved["machine"]  # the ratios depend on the machine: the report says which
     assert machine["cpu_model"] and machine["cpu_model"] == bench_machine.cpu_model()
     assert machine["cores"] >= 1 and machine["started_at"]
+    assert machine["cpu_launch"] == "inline"   # MindSpore's CPU ops ran in the calling thread (the default)
     assert len(machine["load_average_start"]) == 3 and len(machine["load_average_end"]) == 3
     for key in ("train", "decode", "summarize"):
         assert set(saved[key]) >= {"ms_gpt2", "reference", "ratio", "fraction_of_ceiling"}
@@ -233,6 +234,19 @@ def test_summarize_refuses_to_mix_matmul_rates_timed_differently(tmp_path):
     ceil = dict(CEIL, mindspore_matmul_gflops=1.0, mindspore_matmul_pynative_gflops=1.0)
     assert bench_machine.matmul_mode(dict(ceil, mindspore_matmul_wait="event")) == "graph, event"  # a later kind
     assert bench_machine.matmul_mode(CEIL) is None
+
+
+def test_summarize_refuses_to_mix_cpu_launch_modes(tmp_path):
+    """Reports before MS_GPT2_CPU_LAUNCH ran MindSpore's asynchronous dispatch (no key: "async"): its
+    one-op MatMul rate and eager figures differ from an inline run's, so the two do not combine."""
+    inline = saved_run(tmp_path, "run4", 59.0, 42.0, 1.25, 127.0)
+    result = json.loads(inline.read_text())
+    result["machine"]["cpu_launch"] = "inline"
+    inline.write_text(json.dumps(result))
+    with pytest.raises(UserError, match=r"launched differently \(MS_GPT2_CPU_LAUNCH\): async \(.*run1.json.*\); "
+                                        r"inline \(.*run4.json\)"):
+        bench_summary.summarize(three_runs(tmp_path) + [inline], print_fn=lambda *a: None)
+    assert bench_summary.summarize([inline], print_fn=lambda *a: None)["figures"]["train"]["ms_gpt2"]["n"] == 1
 
 
 def test_a_run_that_did_not_record_its_cpu_is_a_model_of_its_own(tmp_path):

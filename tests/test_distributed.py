@@ -109,6 +109,19 @@ def test_nproc_below_one_is_a_user_error(capsys):
     assert exit_.value.code == 2 and "--nproc must be at least 1" in capsys.readouterr().err
 
 
+def test_a_misspelt_cpu_launch_is_refused_before_msrun_starts(monkeypatch, capsys):
+    from ms_gpt2 import cli
+    from ms_gpt2.cli import launch
+
+    monkeypatch.setenv("MS_GPT2_CPU_LAUNCH", "threads")
+    monkeypatch.setattr(launch, "launch", lambda *a, **k: pytest.fail("msrun was started"))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--data", "x.jsonl", "--output-dir", "out", "--nproc", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and err == ["ms-gpt2: error: MS_GPT2_CPU_LAUNCH='threads': expected one of async, "
+                                             "inline"], err
+
+
 # --------------------------------------------------------------------------------------------------
 # Real msrun jobs (2 CPU workers)
 # --------------------------------------------------------------------------------------------------

@@ -104,6 +104,8 @@ def _pretend_setup(monkeypatch, device):
                         if key == "device_target" else real_get_context(key))
     monkeypatch.setattr(op_precision, "precision_mode", lambda mode: calls.append(("precision_mode", mode)))
     monkeypatch.setattr(mindspore.runtime, "launch_blocking", lambda: calls.append(("launch_blocking",)))
+    join = runtime._join_msrun_group
+    monkeypatch.setattr(runtime, "_join_msrun_group", lambda: calls.append(("join msrun group",)) or join())
     rt = runtime.setup(device)
     return rt, calls
 
@@ -123,12 +125,15 @@ def test_setup_on_a_device_requests_its_backend_and_on_ascend_keeps_each_ops_dty
     if device == "cpu" and launch == "inline":
         expected = expected + [("launch_blocking",)]
     rt, calls = _pretend_setup(monkeypatch, device)
+    expected = expected + [("join msrun group",)]   # the device's settings come first (before any op)
     assert calls == expected
     assert (rt.device, rt.torch_device, rt.mindspore_target) == (device, torch_device,
                                                                  runtime.MINDSPORE_TARGET[device])
 
 
 def test_cpu_ops_launch_inline_unless_asked_and_a_misspelt_launch_is_a_user_error(monkeypatch):
+    """This CPU process (set up by tests/conftest.py) launches inline; MS_GPT2_CPU_LAUNCH is read with
+    spaces and case forgiven, and anything but async or inline is refused by every setup call."""
     from mindspore._c_expression import RuntimeConf
 
     if runtime.LAUNCH_ENV not in os.environ:    # this process: set up by tests/conftest.py with the default
@@ -139,7 +144,7 @@ def test_cpu_ops_launch_inline_unless_asked_and_a_misspelt_launch_is_a_user_erro
     assert runtime.cpu_launch() == "async"
     monkeypatch.setenv(runtime.LAUNCH_ENV, "blocking")
     with pytest.raises(UserError, match="MS_GPT2_CPU_LAUNCH='blocking': expected one of async, inline"):
-        runtime.cpu_launch()
+        runtime.setup("cpu")   # already set up: still checked
 
 
 def test_ascend_soc_is_asked_of_mindspore_only_on_ascend(monkeypatch):

@@ -50,8 +50,12 @@ def machine() -> dict:
     """What the figures were measured on. ``load_average_start`` is [1, 5, 15]-minute load as the
     run starts: other work on the machine. ``load_average_end`` (set by :func:`ms_gpt2.bench.gpt2.bench`) includes the
     bench's own load, so on an idle machine it ends near the core count."""
+    from ms_gpt2.infra import runtime
+
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {"cpu_model": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable,
+            # how MindSpore's CPU ops launched (runtime.cpu_launch); reports without it: "async"
+            "cpu_launch": runtime.cpu_launch(),
             "platform": platform.platform(), "started_at": datetime.now().astimezone().isoformat(timespec="seconds"),
             "load_average_start": load_average(), "load_average_end": None}
 

@@ -131,6 +131,7 @@ def run(parser: argparse.ArgumentParser, args, argv: list[str] | None) -> int:
 
             if args.nproc < 1:
                 raise UserError(f"--nproc must be at least 1, got {args.nproc}")
+            runtime.cpu_launch()  # a misspelt MS_GPT2_CPU_LAUNCH: one line here, not N failed workers
             if not distributed.launched_by_msrun():  # re-run this command on N workers; they skip this
                 return launch.launch(args.nproc, list(sys.argv[1:] if argv is None else argv),
                                      Path(args.output_dir) / "msrun_logs")

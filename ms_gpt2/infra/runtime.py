@@ -101,6 +101,7 @@ def setup(device: str | None = None, seed: int | None = None) -> Runtime:
     global _current
     import mindspore
 
+    launch = cpu_launch()   # a misspelt MS_GPT2_CPU_LAUNCH is refused on any device, and on every call
     requested, chosen = resolve_device(device, available_devices())
     if _current is not None:
         if chosen != _current.device:
@@ -117,8 +118,8 @@ def setup(device: str | None = None, seed: int | None = None) -> Runtime:
         mindspore.set_device(MINDSPORE_TARGET[chosen])
         if chosen == "ascend":
             _keep_origin_dtype()
-        if chosen == "cpu" and cpu_launch() == "inline":
-            _launch_inline()
+        if chosen == "cpu" and launch == "inline":
+            _launch_inline()   # before the first op (MindSpore decides some of it once, at that op)
         rank, world_size = _join_msrun_group()
         from ms_gpt2.infra import compat
 
@@ -153,13 +154,14 @@ def cpu_launch() -> str:
 
 
 def _launch_inline() -> None:
-    """On the CPU backend, run each op and graph in the calling thread (``launch_blocking``, formerly
-    the ``pynative_synchronize`` context) rather than handing it to MindSpore's dispatch threads;
+    """On the CPU backend, run each op in the calling thread and launch each graph synchronously
+    (``launch_blocking``, formerly the ``pynative_synchronize`` context) rather than handing them to
+    MindSpore's dispatch threads;
     ``MS_GPT2_CPU_LAUNCH=async`` keeps MindSpore's asynchronous dispatch. The same numbers come out:
     only where the work runs changes.
 
-    MindSpore 2.7's asynchronous dispatch pays a thread hand-off per launch, and its threads keep a
-    core busy waiting. On a 2-core Xeon (2026-12-06, fresh processes): the eager mindtorch training
+    MindSpore 2.7's asynchronous dispatch pays a thread hand-off per launch (and, likely, its waiting
+    threads keep a core busy: CPU time was about twice wall time in these runs). On a 2-core Xeon (2026-12-06, fresh processes): the eager mindtorch training
     step of a 6-layer 384-wide GPT-2 went from 3.8-4.7 s to 2.1-2.4 s, Hugging Face ``generate`` on
     it from 7.5-8.2 s to 3.8 s, MindSpore's MatMul one op at a time from 161-176 to 286-297 GFLOP/s,
     and the test suite from 14-15 to 10.6 minutes. GPT-2 small's compiled graphs, whose kernels
