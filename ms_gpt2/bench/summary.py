@@ -21,13 +21,13 @@ from pathlib import Path
 
 from ms_gpt2.bench.gpt2 import FULL, QUICK
 from ms_gpt2.bench.machine import matmul_mode
-from ms_gpt2.bench.report import busy_note, fmt, target_text, write_json
+from ms_gpt2.bench.report import SPEED_PANELS, busy_note, fmt, target_text, write_json
 from ms_gpt2.infra.errors import UserError
 
 FIGURES = [("train", "tokens/s"), ("decode", "tokens/s"), ("summarize", "s")]
-# each speed figure's fraction of its limit, as a report keeps it, and the summary's label for it
-FRACTIONS = {"train": ("fraction_of_mindspore_matmul", "of MindSpore's MatMul"),
-             "decode": ("fraction_of_ceiling", "of the read ceiling")}
+# each speed figure's fraction of its limit (the report's key, as the chart reads it) and its label here
+_FRACTION_LABELS = {"train": "of MindSpore's MatMul", "decode": "of the read ceiling"}
+FRACTIONS = {key: (fraction_key, _FRACTION_LABELS[key]) for key, _, fraction_key, *_ in SPEED_PANELS if fraction_key}
 BERT_PARTS = ("ms_gpt2", "reference", "ratio")          # tokens/s and peak MB; ratio: BERT's ratio, memory_ratio
 SHAPE_PARTS = ("compiled", "eager", "reference", "ratio")  # the synthetic training workload's peak MB per shape
 COMMAND_PARTS = ("ms_gpt2", "reference", "ratio")        # the real `ms-gpt2 train` command's peak MB per shape
