@@ -125,7 +125,7 @@ def compiled(args) -> None:
             inputs = host(step)
             start = time.perf_counter()
             fn(inputs, step)
-            compat.synchronize()   # the graph has run (copying its outputs to the host would add time)
+            compat.synchronize()   # the graph has run (asnumpy() of its outputs would add time of its own)
             times.append(time.perf_counter() - start)
         return statistics.median(times[1:])
 

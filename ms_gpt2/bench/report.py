@@ -93,7 +93,7 @@ def report(device: str, spec: dict, ours: dict, reference: dict | None, ceil: di
     if "train" in ours:
         result["attention"] = {"ms_gpt2": ours["train"].get("attention"),
                                "reference": ref.get("train", {}).get("attention")}
-    targets = {key: dict(targets) for key, targets in SPEED_TARGETS.items() if key in result}
+    targets = {key: dict(figures) for key, figures in SPEED_TARGETS.items() if key in result}
     if device == "cpu" and targets:
         result["targets"] = targets
     return result

@@ -156,15 +156,15 @@ def cpu_launch() -> str:
 def _launch_inline() -> None:
     """On the CPU backend, run each op in the calling thread and launch each graph synchronously
     (``launch_blocking``, formerly the ``pynative_synchronize`` context) rather than handing them to
-    MindSpore's dispatch threads;
-    ``MS_GPT2_CPU_LAUNCH=async`` keeps MindSpore's asynchronous dispatch. The same numbers come out:
-    only where the work runs changes.
+    MindSpore's dispatch threads; ``MS_GPT2_CPU_LAUNCH=async`` keeps MindSpore's asynchronous
+    dispatch. The same numbers come out: only where the work runs changes.
 
     MindSpore 2.7's asynchronous dispatch pays a thread hand-off per launch (and, likely, its waiting
-    threads keep a core busy: CPU time was about twice wall time in these runs). On a 2-core Xeon (2026-12-06, fresh processes): the eager mindtorch training
-    step of a 6-layer 384-wide GPT-2 went from 3.8-4.7 s to 2.1-2.4 s, Hugging Face ``generate`` on
-    it from 7.5-8.2 s to 3.8 s, MindSpore's MatMul one op at a time from 161-176 to 286-297 GFLOP/s,
-    and the test suite from 14-15 to 10.6 minutes. GPT-2 small's compiled graphs, whose kernels
+    threads keep a core busy: CPU time was about twice wall time in these runs). On a 2-core Xeon
+    (2026-12-06, fresh processes): the eager mindtorch training step of a 6-layer 384-wide GPT-2
+    went from 3.8-4.7 s to 2.1-2.4 s, Hugging Face ``generate`` on it from 7.5-8.2 s to 3.8 s,
+    MindSpore's MatMul one op at a time from 161-176 to 286-297 GFLOP/s, and the test suite from
+    14-15 to 10.6 minutes. GPT-2 small's compiled graphs, whose kernels
     dwarf their launches, neither gain nor lose: training steps of 6.81 s (async) against 6.88 s,
     greedy decoding 27.9-30.4 against 29.1-30.6 tokens/s. Devices keep asynchronous dispatch,
     which there overlaps the host's work with the device's."""
