@@ -1,5 +1,7 @@
 """The benchmark's report: shape, ratio orientation and ceiling fractions (never its speed)."""
 import json
+import os
+import subprocess
 import sys
 import time
 
@@ -47,7 +49,9 @@ def test_quick_bench_writes_a_complete_report(tmp_path):
     machine = saved["machine"]  # the ratios depend on the machine: the report says which
     assert machine["cpu_model"] and machine["cpu_model"] == bench_machine.cpu_model()
     assert machine["cores"] >= 1 and machine["started_at"]
-    assert machine["cpu_launch"] == "inline"   # MindSpore's CPU ops ran in the calling thread (the default)
+    from mindspore._c_expression import RuntimeConf   # how this process's CPU ops did launch
+
+    assert machine["cpu_launch"] == ("inline" if RuntimeConf.get_instance().is_launch_blocking() else "async")
     assert len(machine["load_average_start"]) == 3 and len(machine["load_average_end"]) == 3
     for key in ("train", "decode", "summarize"):
         assert set(saved[key]) >= {"ms_gpt2", "reference", "ratio", "fraction_of_ceiling"}
@@ -83,6 +87,21 @@ def test_mindspore_matmul_rates_wait_for_the_kernel():
     for compiled in (True, False):
         rate = bench_machine.mindspore_matmul_gflops(0.1, compiled=compiled)
         assert 0 < rate < 3 * numpy_best, (compiled, rate, numpy_best)
+    # inline launches (this process) wait for every op anyway: the wait matters with MindSpore's own
+    # asynchronous dispatch, so there, in a process of its own, and once without it to show the difference
+    code = """if True:
+        import json, sys
+        from ms_gpt2.infra import compat, runtime
+        runtime.setup("cpu")
+        from ms_gpt2.bench import machine
+        waited = machine.mindspore_matmul_gflops(0.1, compiled=False)
+        compat.synchronize = lambda: None
+        print(json.dumps([waited, machine.mindspore_matmul_gflops(0.1, compiled=False)]))"""
+    env = dict(os.environ, MS_GPT2_CPU_LAUNCH="async")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    waited, not_waited = json.loads(done.stdout.strip().splitlines()[-1])
+    assert 0 < waited < 3 * numpy_best < not_waited, (waited, not_waited, numpy_best)
 
 
 def test_a_reference_interpreter_without_torch_is_a_clear_error():
@@ -247,6 +266,12 @@ def test_summarize_refuses_to_mix_cpu_launch_modes(tmp_path):
                                         r"inline \(.*run4.json\)"):
         bench_summary.summarize(three_runs(tmp_path) + [inline], print_fn=lambda *a: None)
     assert bench_summary.summarize([inline], print_fn=lambda *a: None)["figures"]["train"]["ms_gpt2"]["n"] == 1
+    # a device has no CPU launch mode (None), and its reports from before the key combine with new ones
+    old, new = (saved_run(tmp_path, f"npu{i}", 59.0, 42.0, 1.25, 127.0, device="ascend") for i in (1, 2))
+    result = json.loads(new.read_text())
+    result["machine"]["cpu_launch"] = None
+    new.write_text(json.dumps(result))
+    assert bench_summary.summarize([old, new], print_fn=lambda *a: None)["figures"]["train"]["ms_gpt2"]["n"] == 2
 
 
 def test_a_run_that_did_not_record_its_cpu_is_a_model_of_its_own(tmp_path):

@@ -129,6 +129,7 @@ def test_setup_on_a_device_requests_its_backend_and_on_ascend_keeps_each_ops_dty
     assert calls == expected
     assert (rt.device, rt.torch_device, rt.mindspore_target) == (device, torch_device,
                                                                  runtime.MINDSPORE_TARGET[device])
+    assert rt.cpu_launch == (launch if device == "cpu" else None)   # what bench reports record
 
 
 def test_cpu_ops_launch_inline_unless_asked_and_a_misspelt_launch_is_a_user_error(monkeypatch):
@@ -136,8 +137,9 @@ def test_cpu_ops_launch_inline_unless_asked_and_a_misspelt_launch_is_a_user_erro
     spaces and case forgiven, and anything but async or inline is refused by every setup call."""
     from mindspore._c_expression import RuntimeConf
 
-    if runtime.LAUNCH_ENV not in os.environ:    # this process: set up by tests/conftest.py with the default
-        assert runtime.ensure().device == "cpu" and RuntimeConf.get_instance().is_launch_blocking()
+    rt = runtime.ensure()   # this process: set up by tests/conftest.py as the environment asked
+    assert rt.device == "cpu" and rt.cpu_launch == runtime.cpu_launch()
+    assert RuntimeConf.get_instance().is_launch_blocking() == (rt.cpu_launch == "inline")
     monkeypatch.delenv(runtime.LAUNCH_ENV, raising=False)
     assert runtime.cpu_launch() == "inline"
     monkeypatch.setenv(runtime.LAUNCH_ENV, " Async ")

@@ -54,8 +54,8 @@ def machine() -> dict:
 
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {"cpu_model": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable,
-            # how MindSpore's CPU ops launched (runtime.cpu_launch); reports without it: "async"
-            "cpu_launch": runtime.cpu_launch(),
+            # how MindSpore's CPU ops launched in this run (None on a device); reports without it: "async"
+            "cpu_launch": runtime.ensure().cpu_launch,
             "platform": platform.platform(), "started_at": datetime.now().astimezone().isoformat(timespec="seconds"),
             "load_average_start": load_average(), "load_average_end": None}
 

@@ -45,6 +45,7 @@ class Runtime:
     shims: tuple[str, ...]
     rank: int = 0  # this process's rank in an msrun group (0 when alone)
     world_size: int = 1
+    cpu_launch: str | None = None  # how this process's CPU ops launch ("inline" | "async"); None off the CPU
 
     @property
     def mindspore_target(self) -> str:
@@ -129,7 +130,7 @@ def setup(device: str | None = None, seed: int | None = None) -> Runtime:
 
         shims = tuple(compat.apply())
         _current = Runtime(device=chosen, requested=requested, seed=seed, shims=shims, rank=rank,
-                           world_size=world_size)
+                           world_size=world_size, cpu_launch=launch if chosen == "cpu" else None)
         log.info("ms_gpt2 device: %s (requested %s; MindSpore target %s%s)",
                  chosen, requested, MINDSPORE_TARGET[chosen],
                  f"; rank {rank} of {world_size}" if world_size > 1 else "")
